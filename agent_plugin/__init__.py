@@ -1,0 +1,1 @@
+"""The agent-side plugin: proves this node's identity with its TPM."""

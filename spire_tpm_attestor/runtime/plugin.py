@@ -1,0 +1,299 @@
+"""Serving a SPIRE external plugin over hashicorp go-plugin (protocol reference §0-§4).
+
+`serve()` does, in order: ignore SIGINT, check the magic cookie and protocol
+version, start JSON logging on stderr, bind a gRPC server on a unix socket in a
+private directory, register go-plugin's internal services and SPIRE's Init and
+Config services next to the plugin's own, print the handshake line (the only
+thing this process ever writes to stdout) and wait for Shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from spire_tpm_attestor.pb import (
+    go_plugin_pb2,
+    go_plugin_pb2_grpc,
+    spire_config_pb2,
+    spire_config_pb2_grpc,
+    spire_init_pb2,
+    spire_init_pb2_grpc,
+)
+from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
+from spire_tpm_attestor.runtime.logs import configure_logging
+from spire_tpm_attestor.runtime.status import FailedPrecondition, InvalidArgument, PluginError
+
+log = logging.getLogger("spire_tpm_attestor.runtime")
+
+MAGIC_COOKIE_KEY = "NodeAttestor"
+MAGIC_COOKIE_VALUE = "NodeAttestor"
+CORE_PROTOCOL_VERSION = 1
+APP_PROTOCOL_VERSION = 1
+CONFIG_SERVICE = "spire.service.common.config.v1.Config"
+HOST_SERVICES_BROKER_ID = 1
+# Every open stream (broker, stdio, each attestation) holds a worker thread for its
+# whole life; the pool creates threads lazily, so a generous bound costs nothing idle.
+WORKER_THREADS = 256
+SHUTDOWN_GRACE_SECONDS = 0.25
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closeable)
+R = TypeVar("R")
+
+
+class ConfigHolder(Generic[C]):
+    """The current configuration, swapped atomically by Configure."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._current: C | None = None
+
+    def get(self) -> C:
+        current = self._current
+        if current is None:
+            raise FailedPrecondition("not configured")
+        return current
+
+    def swap(self, new: C) -> None:
+        with self._lock:
+            old, self._current = self._current, new
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        with self._lock:
+            old, self._current = self._current, None
+        if old is not None:
+            old.close()
+
+
+@dataclass(frozen=True)
+class PluginSpec(Generic[C]):
+    """What distinguishes one plugin: its SPIRE service, config builder and servicer."""
+
+    name: str
+    service_name: str
+    build_config: Callable[[str, CoreConfig], C]
+    register_service: Callable[[grpc.Server, ConfigHolder[C]], None]
+
+
+def abort_with(context: grpc.ServicerContext, error: PluginError) -> None:
+    """End the RPC with the error's status; `context.abort` raises, so this never returns."""
+    context.abort(error.code, error.message)
+
+
+def call_guarded(context: grpc.ServicerContext, action: Callable[[], R]) -> R:
+    """Run a unary handler body, mapping our errors to statuses and anything else to INTERNAL.
+
+    Handlers raise PluginError instead of calling `context.abort` themselves, because
+    abort raises a bare Exception that could not be told apart from a bug here.
+    """
+    try:
+        return action()
+    except PluginError as error:
+        abort_with(context, error)
+    except Exception:
+        log.exception("unexpected error")
+        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the plugin log")
+    raise AssertionError("unreachable: context.abort raises")
+
+
+def stream_guarded(context: grpc.ServicerContext, responses: Iterator[R]) -> Iterator[R]:
+    """The streaming twin of call_guarded: the process never dies on bad input."""
+    try:
+        yield from responses
+    except PluginError as error:
+        abort_with(context, error)
+    except Exception:
+        log.exception("unexpected error")
+        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the plugin log")
+
+
+class BrokerService(go_plugin_pb2_grpc.GRPCBrokerServicer):
+    """go-plugin's broker: SPIRE announces its host-services socket here (id 1).
+
+    The stream must stay open for the life of the process, or SPIRE's
+    `broker.Accept(1)` fails and the plugin is not loaded.
+    """
+
+    def __init__(self) -> None:
+        self.connections: dict[int, go_plugin_pb2.ConnInfo] = {}
+
+    def StartStream(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[go_plugin_pb2.ConnInfo], context: grpc.ServicerContext
+    ) -> Iterator[go_plugin_pb2.ConnInfo]:
+        for info in request_iterator:
+            self.connections[info.service_id] = info
+            log.debug(
+                "broker connection announced",
+                extra={"service_id": info.service_id, "address": info.address},
+            )
+        wait_until_cancelled(context)
+        yield from ()
+
+
+def wait_until_cancelled(context: grpc.ServicerContext) -> None:
+    ended = threading.Event()
+    if context.add_callback(ended.set):
+        ended.wait()
+
+
+class StdioService(go_plugin_pb2_grpc.GRPCStdioServicer):
+    """go-plugin's stdio relay: SPIRE discards it, so we hold it open and send nothing."""
+
+    def StreamStdio(  # noqa: N802
+        self, request: Any, context: grpc.ServicerContext
+    ) -> Iterator[go_plugin_pb2.StdioData]:
+        wait_until_cancelled(context)
+        yield from ()
+
+
+class ControllerService(go_plugin_pb2_grpc.GRPCControllerServicer):
+    def __init__(self, shutdown: threading.Event) -> None:
+        self._shutdown = shutdown
+
+    def Shutdown(  # noqa: N802
+        self, request: go_plugin_pb2.Empty, context: grpc.ServicerContext
+    ) -> go_plugin_pb2.Empty:
+        log.debug("shutdown requested")
+        self._shutdown.set()
+        return go_plugin_pb2.Empty()
+
+
+class InitService(spire_init_pb2_grpc.InitServicer):
+    def __init__(self, service_name: str) -> None:
+        self._service_name = service_name
+
+    def Init(  # noqa: N802
+        self, request: spire_init_pb2.InitRequest, context: grpc.ServicerContext
+    ) -> spire_init_pb2.InitResponse:
+        log.debug("init", extra={"host_services": ",".join(request.host_service_names)})
+        return spire_init_pb2.InitResponse(
+            plugin_service_names=[self._service_name, CONFIG_SERVICE]
+        )
+
+    def Deinit(  # noqa: N802
+        self, request: spire_init_pb2.DeinitRequest, context: grpc.ServicerContext
+    ) -> spire_init_pb2.DeinitResponse:
+        return spire_init_pb2.DeinitResponse()
+
+
+class ConfigService(spire_config_pb2_grpc.ConfigServicer, Generic[C]):
+    def __init__(self, spec: PluginSpec[C], holder: ConfigHolder[C]) -> None:
+        self._spec = spec
+        self._holder = holder
+
+    def Configure(  # noqa: N802
+        self, request: spire_config_pb2.ConfigureRequest, context: grpc.ServicerContext
+    ) -> spire_config_pb2.ConfigureResponse:
+        def configure() -> spire_config_pb2.ConfigureResponse:
+            core = CoreConfig(trust_domain=request.core_configuration.trust_domain)
+            try:
+                config = self._spec.build_config(request.hcl_configuration, core)
+            except ConfigProblems as problems:
+                log.error("configuration rejected", extra={"problems": str(problems)})
+                raise InvalidArgument(f"invalid configuration: {problems}") from problems
+            self._holder.swap(config)
+            log.info("configured", extra={"trust_domain": core.trust_domain})
+            return spire_config_pb2.ConfigureResponse()
+
+        return call_guarded(context, configure)
+
+    def Validate(  # noqa: N802
+        self, request: spire_config_pb2.ValidateRequest, context: grpc.ServicerContext
+    ) -> spire_config_pb2.ValidateResponse:
+        def validate() -> spire_config_pb2.ValidateResponse:
+            core = CoreConfig(trust_domain=request.core_configuration.trust_domain)
+            try:
+                config = self._spec.build_config(request.hcl_configuration, core)
+            except ConfigProblems as problems:
+                return spire_config_pb2.ValidateResponse(valid=False, notes=problems.problems)
+            config.close()
+            # SPIRE treats any note as a problem, so a good config gets none.
+            return spire_config_pb2.ValidateResponse(valid=True)
+
+        return call_guarded(context, validate)
+
+
+def check_launched_by_host() -> str | None:
+    """Return why this process was not started by a go-plugin host, or None."""
+    if os.environ.get(MAGIC_COOKIE_KEY) != MAGIC_COOKIE_VALUE:
+        return (
+            "This binary is a SPIRE plugin. It is not meant to be run directly: register it in "
+            "spire-agent/spire-server configuration with plugin_cmd, or try it with "
+            "`spire-tpm-attestor check`."
+        )
+    offered = os.environ.get("PLUGIN_PROTOCOL_VERSIONS", str(APP_PROTOCOL_VERSION)).split(",")
+    if str(APP_PROTOCOL_VERSION) not in [v.strip() for v in offered]:
+        return (
+            f"the plugin host offers protocol versions {','.join(offered)}; "
+            f"this plugin speaks {APP_PROTOCOL_VERSION}"
+        )
+    return None
+
+
+def build_server(spec: PluginSpec[C], holder: ConfigHolder[C], shutdown: threading.Event) -> grpc.Server:
+    server = grpc.server(ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="rpc"))
+    go_plugin_pb2_grpc.add_GRPCBrokerServicer_to_server(BrokerService(), server)
+    go_plugin_pb2_grpc.add_GRPCStdioServicer_to_server(StdioService(), server)
+    go_plugin_pb2_grpc.add_GRPCControllerServicer_to_server(ControllerService(shutdown), server)
+    health_servicer = health.HealthServicer()
+    health_servicer.set("plugin", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    spire_init_pb2_grpc.add_InitServicer_to_server(InitService(spec.service_name), server)
+    spire_config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(spec, holder), server)
+    spec.register_service(server, holder)
+    return server
+
+
+def serve(spec: PluginSpec[C]) -> None:
+    """Run the plugin process until SPIRE calls Shutdown (or kills it)."""
+    # A terminal Ctrl-C reaches the whole process group; SPIRE, not the TTY, ends us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    refusal = check_launched_by_host()
+    if refusal is not None:
+        sys.stderr.write(refusal + "\n")
+        sys.exit(1)
+    configure_logging()
+
+    shutdown = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: shutdown.set())
+    holder: ConfigHolder[C] = ConfigHolder()
+    socket_dir = tempfile.mkdtemp(prefix="spire-tpm-")  # 0700: only our user can connect
+    socket_path = os.path.join(socket_dir, "plugin.sock")
+    server = build_server(spec, holder, shutdown)
+    server.add_insecure_port(f"unix:{socket_path}")
+    server.start()
+
+    sys.stdout.write(
+        f"{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|unix|{socket_path}|grpc\n"
+    )
+    sys.stdout.flush()
+    # From here on stdout belongs to nobody: a stray print must not reach SPIRE's pipe.
+    sys.stdout = sys.stderr
+    log.debug("plugin serving", extra={"plugin": spec.name, "socket": socket_path})
+
+    shutdown.wait()
+    server.stop(SHUTDOWN_GRACE_SECONDS).wait()
+    holder.close()
+    shutil.rmtree(socket_dir, ignore_errors=True)
+    logging.shutdown()
+    # grpc's threads are not daemons; leave now so SPIRE's 2 s unload budget holds.
+    os._exit(0)
