@@ -1,0 +1,722 @@
+"""The agent's TPM: EK, AK, credential activation and quotes through tpm2-pytss (ESAPI).
+
+Every transient object and session a `TPMSession` creates is flushed when it is released
+or when the session closes, on every path: a TPM without a resource manager (swtpm has
+three object slots) would otherwise refuse the next attestation.
+"""
+
+from __future__ import annotations
+
+import os
+
+# ESYS logs every expected failure (probing for absent NV indices) to stderr; keep it
+# quiet unless the operator asked for logs. Must be set before libtss2 is loaded.
+os.environ.setdefault("TSS2_LOG", "all+NONE")
+
+import base64
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+import tpm2_pytss as tss
+import tpm2_pytss.utils as tss_utils
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+log = logging.getLogger(__name__)
+
+# tpm2-pytss objects are untyped; this alias marks where an ESYS_TR handle travels.
+Handle = Any
+
+DEFAULT_TCTIS = ("device:/dev/tpmrm0", "device:/dev/tpm0")
+TCTI_NAMES = ("device", "swtpm", "mssim", "tabrmd")
+
+PCR_BANKS = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
+_HASHLIB_NAMES = {alg: name for name, alg in PCR_BANKS.items()}
+_MAX_PCR_INDEX = 31  # TPML_PCR_SELECTION holds at most 4 bytes of PCR bits
+_QUOTE_ATTEMPTS = 3
+_MAX_NONCE = 64  # TPM2B_DATA capacity in libtss2
+
+# TPM_RC_HANDLE for the first handle: nothing is defined or loaded there.
+_RC_NO_SUCH_HANDLE = 0x18B
+
+
+class TPMError(Exception):
+    """A TPM operation failed; the message names the step and the TPM's reason."""
+
+    def __init__(self, message: str, rc: int | None = None) -> None:
+        super().__init__(message)
+        self.rc = rc
+
+
+@dataclass(frozen=True)
+class EKType:
+    """One TCG default EK template and the NV index of its certificate."""
+
+    template: str  # tpm2-pytss lookup name (the long names work with 2.3 and 3.0)
+    algorithm: str
+    high_range: bool
+    cert_index: int
+
+
+# In default preference order: RSA 2048 first (every server accepts it), low range first.
+EK_TYPES = (
+    EKType("EK-RSA2048", "rsa2048", False, 0x01C00002),
+    EKType("EK-HIGH-RSA2048", "rsa2048", True, 0x01C00012),
+    EKType("EK-ECC256", "ecc256", False, 0x01C0000A),
+    EKType("EK-HIGH-ECC256", "ecc256", True, 0x01C00014),
+    EKType("EK-HIGH-ECC384", "ecc384", True, 0x01C00016),
+    EKType("EK-HIGH-RSA3072", "rsa3072", True, 0x01C0001C),
+    EKType("EK-HIGH-RSA4096", "rsa4096", True, 0x01C0001E),
+    EKType("EK-HIGH-ECC521", "ecc521", True, 0x01C00018),
+)
+EK_ALGORITHMS = tuple(dict.fromkeys(ek_type.algorithm for ek_type in EK_TYPES))
+
+
+@dataclass(frozen=True)
+class EndorsementKey:
+    public: bytes  # marshaled TPM2B_PUBLIC
+    certificate: bytes | None  # DER
+    algorithm: str
+    high_range: bool
+
+
+@dataclass(frozen=True)
+class PCRValue:
+    hash_alg: int  # TPM_ALG_ID of the bank
+    index: int
+    digest: bytes
+
+
+class Quote(NamedTuple):
+    attest: bytes  # TPMS_ATTEST, no size prefix: exactly what the AK signed
+    signature: bytes  # marshaled TPMT_SIGNATURE
+    pcr_values: list[PCRValue]  # in the quote's selection order
+
+
+PCRSelection = Sequence[tuple[str | int, Sequence[int]]]
+
+
+@contextmanager
+def _tpm_step(what: str) -> Iterator[None]:
+    """Turns a TSS error into a TPMError that says which step failed."""
+    try:
+        yield
+    except tss.TSS2_Exception as error:
+        raise TPMError(f"{what}: {error}", rc=int(error.rc)) from error
+
+
+def certificate_from_nv(data: bytes) -> bytes:
+    """The DER certificate in an EK certificate NV index, without header or padding.
+
+    Some TPMs prefix the certificate with the TCG PC Client header (10 01 00, UINT16
+    length); many pad the index. Only the first DER element is the certificate.
+    """
+    if data[:3] == b"\x10\x01\x00" and len(data) >= 5:
+        data = data[5 : 5 + int.from_bytes(data[3:5], "big")]
+    return data[: _der_sequence_length(data)]
+
+
+def _der_sequence_length(data: bytes) -> int:
+    """Total length (header included) of the DER SEQUENCE that starts `data`."""
+    if len(data) < 2 or data[0] != 0x30:
+        raise ValueError("does not start with a DER SEQUENCE")
+    if data[1] < 0x80:
+        header, length = 2, data[1]
+    else:
+        count = data[1] & 0x7F
+        if not 1 <= count <= 4 or len(data) < 2 + count:
+            raise ValueError("has a malformed DER length")
+        header, length = 2 + count, int.from_bytes(data[2 : 2 + count], "big")
+    if header + length > len(data):
+        raise ValueError(f"is truncated ({len(data)} bytes, DER says {header + length})")
+    return header + length
+
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----"
+)
+
+
+def load_certificate_file(path: str) -> bytes:
+    """The DER bytes of the (first) certificate in a PEM or DER file, unmodified."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError as error:
+        raise TPMError(f"cannot read the EK certificate file {path}: {error.strerror}") from error
+    match = _PEM_CERTIFICATE.search(content)
+    der = base64.b64decode(b"".join(match.group(1).split())) if match else content
+    try:
+        return der[: _der_sequence_length(der)]
+    except ValueError as error:
+        raise TPMError(f"EK certificate file {path} is neither PEM nor DER: it {error}") from None
+
+
+def _algorithm_of_certificate(der: bytes) -> str | None:
+    """The EK algorithm name for a certificate's key, or None if it cannot be told."""
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+    except ValueError:
+        return None  # odd EK certificates are common; the server parses them leniently
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ecc{key.curve.key_size}"
+    return None
+
+
+def _algorithm_of_public(public: Any) -> str:
+    """The EK algorithm name ("rsa2048", "ecc256", ...) of a TPMT_PUBLIC."""
+    if public.type == tss.TPM2_ALG.RSA:
+        return f"rsa{public.parameters.rsaDetail.keyBits}"
+    curves = {tss.TPM2_ECC.NIST_P256: 256, tss.TPM2_ECC.NIST_P384: 384, tss.TPM2_ECC.NIST_P521: 521}
+    if public.type == tss.TPM2_ALG.ECC and public.parameters.eccDetail.curveID in curves:
+        return f"ecc{curves[public.parameters.eccDetail.curveID]}"
+    raise TPMError(f"unsupported EK key type {public.type}")
+
+
+def _pcr_label(alg: int, index: int) -> str:
+    return f"{_HASHLIB_NAMES.get(alg, f'{alg:#06x}')}:{index}"
+
+
+def _pcr_bank(bank: str | int) -> int:
+    if isinstance(bank, int):
+        return bank
+    try:
+        return PCR_BANKS[bank.lower()]
+    except KeyError:
+        raise TPMError(f"unknown PCR bank {bank!r}; known: {', '.join(PCR_BANKS)}") from None
+
+
+def _normalize_selection(selection: PCRSelection) -> list[tuple[int, list[int]]]:
+    """Banks in first-seen order, duplicates merged, indices sorted, empty banks dropped."""
+    banks: dict[int, set[int]] = {}
+    for bank, indices in selection:
+        for index in indices:
+            if not 0 <= index <= _MAX_PCR_INDEX:
+                raise TPMError(f"PCR index {index} is out of range 0-{_MAX_PCR_INDEX}")
+        banks.setdefault(_pcr_bank(bank), set()).update(indices)
+    return [(alg, sorted(indices)) for alg, indices in banks.items() if indices]
+
+
+def _tpml_pcr_selection(banks: Sequence[tuple[int, Sequence[int]]]) -> Any:
+    selections = []
+    for alg, indices in banks:
+        mask = bytearray(3)  # PC Client TPMs have 24 PCRs: always send 3 bytes at least
+        for index in indices:
+            if index // 8 >= len(mask):
+                mask.extend(bytes(index // 8 + 1 - len(mask)))
+            mask[index // 8] |= 1 << (index % 8)
+        selections.append(
+            tss.TPMS_PCR_SELECTION(hash=alg, sizeofSelect=len(mask), pcrSelect=bytes(mask))
+        )
+    return tss.TPML_PCR_SELECTION(selections)
+
+
+def _selected_pcrs(selection: Any) -> list[tuple[int, int]]:
+    """(bank, index) pairs of a TPML_PCR_SELECTION, in the TPM's digest order."""
+    pairs = []
+    for bank in selection:
+        mask = bytes(bank.pcrSelect)[: bank.sizeofSelect]
+        for index in range(len(mask) * 8):
+            if mask[index // 8] & (1 << (index % 8)):
+                pairs.append((int(bank.hash), index))
+    return pairs
+
+
+def _quote_digest_matches(attest: bytes, signature: Any, values: Sequence[PCRValue]) -> bool:
+    """Whether the values read afterwards are the ones the quote's pcrDigest covers."""
+    hash_alg = int(signature.signature.any.hashAlg)
+    if hash_alg not in _HASHLIB_NAMES:
+        raise TPMError(f"AK signs with unsupported hash algorithm {hash_alg:#06x}")
+    quoted, _ = tss.TPMS_ATTEST.unmarshal(attest)
+    digest = hashlib.new(_HASHLIB_NAMES[hash_alg], b"".join(v.digest for v in values)).digest()
+    return bytes(quoted.attested.quote.pcrDigest) == digest
+
+
+def _srk_template() -> Any:
+    """The storage root key: always this template, so the TPM re-derives the same key.
+
+    It equals tpm2-pytss's TSS2-PEM parent template, so keys saved as TSS2 PEM with the
+    owner hierarchy as parent load under it.
+    """
+    attributes = (
+        tss.TPMA_OBJECT.USERWITHAUTH
+        | tss.TPMA_OBJECT.RESTRICTED
+        | tss.TPMA_OBJECT.DECRYPT
+        | tss.TPMA_OBJECT.NODA
+        | tss.TPMA_OBJECT.FIXEDTPM
+        | tss.TPMA_OBJECT.FIXEDPARENT
+        | tss.TPMA_OBJECT.SENSITIVEDATAORIGIN
+    )
+    aes128_cfb = tss.TPMT_SYM_DEF_OBJECT(
+        algorithm=tss.TPM2_ALG.AES,
+        keyBits=tss.TPMU_SYM_KEY_BITS(aes=128),
+        mode=tss.TPMU_SYM_MODE(aes=tss.TPM2_ALG.CFB),
+    )
+    return tss.TPM2B_PUBLIC(
+        publicArea=tss.TPMT_PUBLIC(
+            type=tss.TPM2_ALG.ECC,
+            nameAlg=tss.TPM2_ALG.SHA256,
+            objectAttributes=attributes,
+            parameters=tss.TPMU_PUBLIC_PARMS(
+                eccDetail=tss.TPMS_ECC_PARMS(
+                    symmetric=aes128_cfb,
+                    scheme=tss.TPMT_ECC_SCHEME(scheme=tss.TPM2_ALG.NULL),
+                    curveID=tss.TPM2_ECC.NIST_P256,
+                    kdf=tss.TPMT_KDF_SCHEME(scheme=tss.TPM2_ALG.NULL),
+                )
+            ),
+        )
+    )
+
+
+def _ak_template(algorithm: str) -> Any:
+    """A restricted signing key whose scheme is pinned (RSASSA or ECDSA with SHA-256)."""
+    attributes = (
+        tss.TPMA_OBJECT.FIXEDTPM
+        | tss.TPMA_OBJECT.FIXEDPARENT
+        | tss.TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | tss.TPMA_OBJECT.USERWITHAUTH
+        | tss.TPMA_OBJECT.RESTRICTED
+        | tss.TPMA_OBJECT.SIGN_ENCRYPT
+        | tss.TPMA_OBJECT.NODA
+    )
+    no_symmetric = tss.TPMT_SYM_DEF_OBJECT(algorithm=tss.TPM2_ALG.NULL)
+    sha256 = tss.TPMS_SCHEME_HASH(hashAlg=tss.TPM2_ALG.SHA256)
+    if algorithm == "rsa":
+        parameters = tss.TPMU_PUBLIC_PARMS(
+            rsaDetail=tss.TPMS_RSA_PARMS(
+                symmetric=no_symmetric,
+                scheme=tss.TPMT_RSA_SCHEME(
+                    scheme=tss.TPM2_ALG.RSASSA, details=tss.TPMU_ASYM_SCHEME(rsassa=sha256)
+                ),
+                keyBits=2048,
+                exponent=0,
+            )
+        )
+        key_type = tss.TPM2_ALG.RSA
+    elif algorithm == "ecc":
+        parameters = tss.TPMU_PUBLIC_PARMS(
+            eccDetail=tss.TPMS_ECC_PARMS(
+                symmetric=no_symmetric,
+                scheme=tss.TPMT_ECC_SCHEME(
+                    scheme=tss.TPM2_ALG.ECDSA, details=tss.TPMU_ASYM_SCHEME(ecdsa=sha256)
+                ),
+                curveID=tss.TPM2_ECC.NIST_P256,
+                kdf=tss.TPMT_KDF_SCHEME(scheme=tss.TPM2_ALG.NULL),
+            )
+        )
+        key_type = tss.TPM2_ALG.ECC
+    else:
+        raise TPMError(f"unknown AK algorithm {algorithm!r}; use 'rsa' or 'ecc'")
+    return tss.TPM2B_PUBLIC(
+        publicArea=tss.TPMT_PUBLIC(
+            type=key_type,
+            nameAlg=tss.TPM2_ALG.SHA256,
+            objectAttributes=attributes,
+            parameters=parameters,
+        )
+    )
+
+
+def _device_problem(tcti: str) -> str | None:
+    """Why a `device:` TCTI cannot work, in words better than libtss2's "IO failure"."""
+    name, _, path = tcti.partition(":")
+    if name != "device" or not path:
+        return None
+    if not os.path.exists(path):
+        return "no such device"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f"permission denied for uid {os.getuid()}"
+    return None
+
+
+def _open_esapi(tcti: str | None) -> tuple[Any, str]:
+    """An ESAPI context on the first TCTI that answers, and that TCTI's string."""
+    candidates = [tcti] if tcti else list(DEFAULT_TCTIS)
+    failures = []
+    for candidate in candidates:
+        if candidate.partition(":")[0] not in TCTI_NAMES:
+            failures.append(f"{candidate} (unsupported TCTI; use one of {', '.join(TCTI_NAMES)})")
+            continue
+        problem = _device_problem(candidate)
+        if problem:
+            failures.append(f"{candidate} ({problem})")
+            continue
+        try:
+            esapi = tss.ESAPI(candidate)
+        except (tss.TSS2_Exception, RuntimeError) as error:
+            failures.append(f"{candidate} ({error})")
+            continue
+        try:
+            # Opening a TCTI does not prove a TPM answers behind it.
+            esapi.get_capability(tss.TPM2_CAP.TPM_PROPERTIES, tss.TPM2_PT.MANUFACTURER, 1)
+        except tss.TSS2_Exception as error:
+            esapi.close()
+            failures.append(f"{candidate} ({error})")
+            continue
+        return esapi, candidate
+    raise TPMError("cannot open the TPM; tried " + "; ".join(failures))
+
+
+def _transient_handles(esapi: Any) -> list[int]:
+    # GetCapability(HANDLES) lists only handles of the type of its starting handle.
+    handles: list[int] = []
+    more, start = True, int(tss.TPM2_HC.TRANSIENT_FIRST)
+    while more:
+        more, data = esapi.get_capability(tss.TPM2_CAP.HANDLES, start, 64)
+        handles.extend(int(handle) for handle in data.data.handles)
+        if not handles:
+            break
+        start = handles[-1] + 1
+    return handles
+
+
+def flush_all_transients(tcti: str) -> int:
+    """Flushes every transient object in the TPM, including other processes' (tests only).
+
+    A process that died leaves its objects loaded on a TPM without a resource manager.
+    Returns how many were flushed.
+    """
+    esapi, _ = _open_esapi(tcti)
+    try:
+        handles = _transient_handles(esapi)
+        for handle in handles:
+            with _tpm_step(f"flushing {handle:#010x}"):
+                esapi.flush_context(esapi.tr_from_tpmpublic(handle))
+        return len(handles)
+    finally:
+        esapi.close()
+
+
+class TPMSession:
+    """One conversation with the TPM, normally one attestation.
+
+    Use it as a context manager: `close()` flushes every transient object and session it
+    created. Objects of other processes are left alone.
+    """
+
+    def __init__(self, tcti: str | None = None) -> None:
+        self._esapi, self.tcti = _open_esapi(tcti)
+        log.debug("opened the TPM through %s", self.tcti)
+        self._transients: list[Handle] = []  # flushed on release
+        self._persistents: list[Handle] = []  # only the ESYS_TR is closed on release
+        self._nv_reader: Callable[[int], bytes] | None = None
+        self._ek: Handle | None = None
+        self._ek_high_range = False
+        self._ek_name_alg = 0
+        self._ak: Handle | None = None
+
+    @classmethod
+    def open(cls, tcti: str | None = None) -> TPMSession:
+        """Opens the TPM behind `tcti` (None: /dev/tpmrm0, then /dev/tpm0)."""
+        return cls(tcti)
+
+    def __enter__(self) -> TPMSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Releases everything this session created. Safe to call twice."""
+        if self._esapi is None:
+            return
+        for handle in reversed(self._transients + self._persistents):
+            self._release(handle)
+        self._ek = self._ak = None
+        self._esapi.close()
+        self._esapi = None
+
+    # -- handle bookkeeping -------------------------------------------------------------
+
+    def _track(self, handle: Handle, transient: bool = True) -> Handle:
+        (self._transients if transient else self._persistents).append(handle)
+        return handle
+
+    def _release(self, handle: Handle | None) -> None:
+        """Flushes a transient (or forgets a persistent) handle; never raises."""
+        if handle is None:
+            return
+        try:
+            if handle in self._transients:
+                self._transients.remove(handle)
+                self._esapi.flush_context(handle)
+            elif handle in self._persistents:
+                self._persistents.remove(handle)
+                self._esapi.tr_close(handle)
+        except tss.TSS2_Exception as error:
+            # Raising here would hide the error that led to the cleanup.
+            log.warning("could not release TPM handle %#x: %s", int(handle), error)
+
+    def _open_persistent(self, handle: int, what: str) -> Handle:
+        with _tpm_step(f"opening the {what} at persistent handle {handle:#010x}"):
+            return self._track(self._esapi.tr_from_tpmpublic(handle), transient=False)
+
+    def _read_public(self, handle: Handle) -> Any:
+        with _tpm_step("reading a public area"):
+            public, _, _ = self._esapi.read_public(handle)
+        return public
+
+    # -- endorsement key ----------------------------------------------------------------
+
+    def read_ek(
+        self,
+        algorithm: str | None = None,
+        persistent_handle: int | None = None,
+        cert_path: str | None = None,
+    ) -> EndorsementKey:
+        """Loads the EK and finds its certificate (NV first, then `cert_path`).
+
+        Without `persistent_handle` the EK is created from the TCG default template of
+        `algorithm`, or of the first type whose certificate is in NV (RSA first).
+        """
+        self._release(self._ek)
+        self._ek = None
+        if persistent_handle is not None:
+            handle, public, ek_type = self._load_persistent_ek(persistent_handle, algorithm)
+            certificate = (
+                self._read_nv_certificate(ek_type.cert_index) if ek_type.cert_index else None
+            )
+        else:
+            ek_type, certificate = self._choose_ek_type(algorithm, cert_path)
+            handle, public = self._create_ek(ek_type)
+        if certificate is None and cert_path:
+            certificate = load_certificate_file(cert_path)
+        self._ek = handle
+        self._ek_high_range = ek_type.high_range
+        self._ek_name_alg = int(public.publicArea.nameAlg)
+        log.debug(
+            "EK %s (%s range), certificate: %s",
+            ek_type.algorithm,
+            "high" if ek_type.high_range else "low",
+            "present" if certificate else "none",
+        )
+        return EndorsementKey(
+            public=bytes(public.marshal()),
+            certificate=certificate,
+            algorithm=ek_type.algorithm,
+            high_range=ek_type.high_range,
+        )
+
+    def _choose_ek_type(
+        self, algorithm: str | None, cert_path: str | None
+    ) -> tuple[EKType, bytes | None]:
+        """The EK type to use and its NV certificate, if any."""
+        if algorithm is not None and algorithm not in EK_ALGORITHMS:
+            raise TPMError(f"unknown EK algorithm {algorithm!r}; known: {', '.join(EK_ALGORITHMS)}")
+        candidates = [t for t in EK_TYPES if algorithm in (None, t.algorithm)]
+        for ek_type in candidates:
+            certificate = self._read_nv_certificate(ek_type.cert_index)
+            if certificate is not None:
+                return ek_type, certificate
+        if algorithm is None:
+            # No certificate in NV: a configured certificate file tells which EK it is for.
+            file_algorithm = (
+                _algorithm_of_certificate(load_certificate_file(cert_path)) if cert_path else None
+            )
+            algorithm = file_algorithm if file_algorithm in EK_ALGORITHMS else "rsa2048"
+        return next(t for t in EK_TYPES if t.algorithm == algorithm), None
+
+    def _nv_read(self, index: int) -> bytes:
+        if self._nv_reader is None:
+            with _tpm_step("reading the NV buffer size"):
+                self._nv_reader = tss_utils.NVReadEK(self._esapi)
+        return bytes(self._nv_reader(index))
+
+    def _read_nv_certificate(self, index: int) -> bytes | None:
+        """The DER certificate stored at an NV index, or None if the index is undefined."""
+        try:
+            with _tpm_step(f"reading the EK certificate at NV {index:#010x}"):
+                data = self._nv_read(index)
+        except tss_utils.NoSuchIndex:
+            return None
+        try:
+            return certificate_from_nv(data)
+        except ValueError as error:
+            raise TPMError(f"NV index {index:#010x} holds no certificate: it {error}") from None
+
+    def _create_ek(self, ek_type: EKType) -> tuple[Handle, Any]:
+        def nv_read(index: int) -> bytes:
+            # The certificate is already read (or absent); a placeholder keeps
+            # create_ek_template from refusing a high-range EK without one.
+            return b"" if index == ek_type.cert_index else self._nv_read(index)
+
+        with _tpm_step(f"building the {ek_type.template} template"):
+            _, template = tss_utils.create_ek_template(ek_type.template, nv_read)
+        with _tpm_step(f"creating the {ek_type.algorithm} EK"):
+            handle, public, *_ = self._esapi.create_primary(
+                tss.TPM2B_SENSITIVE_CREATE(), template, tss.ESYS_TR.ENDORSEMENT
+            )
+        return self._track(handle), public
+
+    def _load_persistent_ek(
+        self, persistent_handle: int, algorithm: str | None
+    ) -> tuple[Handle, Any, EKType]:
+        handle = self._open_persistent(persistent_handle, "EK")
+        public = self._read_public(handle)
+        area = public.publicArea
+        key_algorithm = _algorithm_of_public(area)
+        if algorithm is not None and algorithm != key_algorithm:
+            raise TPMError(
+                f"the EK at {persistent_handle:#010x} is {key_algorithm}, not {algorithm}"
+            )
+        # Low-range EKs need a policy session; high-range ones accept the (empty) password.
+        high_range = bool(area.objectAttributes & tss.TPMA_OBJECT.USERWITHAUTH)
+        # No TCG type matches (e.g. a vendor template): no NV index to look for a certificate.
+        ek_type = next(
+            (t for t in EK_TYPES if (t.algorithm, t.high_range) == (key_algorithm, high_range)),
+            EKType("persistent", key_algorithm, high_range, cert_index=0),
+        )
+        return handle, public, ek_type
+
+    # -- attestation key ----------------------------------------------------------------
+
+    def _create_srk(self) -> Handle:
+        with _tpm_step("creating the storage root key"):
+            handle, *_ = self._esapi.create_primary(
+                tss.TPM2B_SENSITIVE_CREATE(), _srk_template(), tss.ESYS_TR.OWNER
+            )
+        return self._track(handle)
+
+    def create_ak(self, algorithm: str = "rsa", persistent_handle: int | None = None) -> bytes:
+        """Loads a fresh AK under the SRK (or the one at `persistent_handle`).
+
+        Returns its marshaled TPM2B_PUBLIC.
+        """
+        self._release(self._ak)
+        self._ak = None
+        if persistent_handle is not None:
+            self._ak = self._open_persistent(persistent_handle, "AK")
+        else:
+            template = _ak_template(algorithm)
+            srk = self._create_srk()
+            try:
+                with _tpm_step(f"creating the {algorithm} AK"):
+                    private, public, *_ = self._esapi.create(
+                        srk, tss.TPM2B_SENSITIVE_CREATE(), template
+                    )
+                with _tpm_step("loading the AK"):
+                    self._ak = self._track(self._esapi.load(srk, private, public))
+            finally:
+                self._release(srk)  # frees its slot: swtpm has only three
+        return bytes(self._read_public(self._ak).marshal())
+
+    # -- credential activation ----------------------------------------------------------
+
+    @contextmanager
+    def _ek_authorization(self) -> Iterator[Handle]:
+        """The session that authorizes use of the EK (USER role)."""
+        if self._ek_high_range:
+            yield tss.ESYS_TR.PASSWORD
+            return
+        # Low-range EKs have userWithAuth clear; their policy is PolicySecret(endorsement).
+        with _tpm_step("starting the EK policy session"):
+            session = self._track(
+                self._esapi.start_auth_session(
+                    tss.ESYS_TR.NONE,
+                    tss.ESYS_TR.NONE,
+                    tss.TPM2_SE.POLICY,
+                    tss.TPMT_SYM_DEF(algorithm=tss.TPM2_ALG.NULL),
+                    self._ek_name_alg,
+                )
+            )
+        try:
+            with _tpm_step("satisfying the EK policy"):
+                self._esapi.policy_secret(tss.ESYS_TR.ENDORSEMENT, session, b"", b"", b"", 0)
+            yield session
+        finally:
+            self._release(session)
+
+    def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        """Recovers the server's secret; only works if the EK and AK share this TPM.
+
+        Both arguments are TPM2B structures including their size prefix.
+        """
+        if self._ek is None or self._ak is None:
+            raise TPMError("activate_credential needs read_ek() and create_ak() first")
+        blob = _unmarshal_exactly(tss.TPM2B_ID_OBJECT, credential_blob, "credential blob")
+        secret = _unmarshal_exactly(
+            tss.TPM2B_ENCRYPTED_SECRET, encrypted_secret, "encrypted secret"
+        )
+        with self._ek_authorization() as ek_session, _tpm_step("activating the credential"):
+            activated = self._esapi.activate_credential(
+                self._ak,
+                self._ek,
+                blob,
+                secret,
+                session1=tss.ESYS_TR.PASSWORD,
+                session2=ek_session,
+            )
+        return bytes(activated)
+
+    # -- quote ----------------------------------------------------------------------------
+
+    def quote(self, pcr_selection: PCRSelection, nonce: bytes) -> Quote:
+        """An AK-signed quote over the selected PCRs with `nonce` as qualifying data.
+
+        `pcr_selection` lists (bank, indices), the bank as a name ("sha256") or a
+        TPM_ALG_ID. The PCR values are read after the quote; if an extend raced with it
+        (the values do not hash to the quoted digest) the quote is taken again.
+        """
+        if self._ak is None:
+            raise TPMError("quote needs create_ak() first")
+        if len(nonce) > _MAX_NONCE:
+            raise TPMError(f"nonce of {len(nonce)} bytes is longer than {_MAX_NONCE}")
+        banks = _normalize_selection(pcr_selection)
+        selection = _tpml_pcr_selection(banks)
+        for _ in range(_QUOTE_ATTEMPTS):
+            with _tpm_step("quoting the PCRs"):
+                attest, signature = self._esapi.quote(
+                    self._ak, selection, nonce, tss.TPMT_SIG_SCHEME(scheme=tss.TPM2_ALG.NULL)
+                )
+            values = self._read_pcrs(banks)
+            if _quote_digest_matches(bytes(attest), signature, values):
+                return Quote(bytes(attest), bytes(signature.marshal()), values)
+            log.info("PCRs changed while quoting; quoting again")
+        raise TPMError(f"PCRs kept changing while quoting ({_QUOTE_ATTEMPTS} attempts)")
+
+    def _read_pcrs(self, banks: Sequence[tuple[int, Sequence[int]]]) -> list[PCRValue]:
+        """PCR values in selection order; TPM2_PCR_Read returns at most 8 per call."""
+        wanted = [(alg, index) for alg, indices in banks for index in indices]
+        found: dict[tuple[int, int], bytes] = {}
+        while len(found) < len(wanted):
+            pending: dict[int, list[int]] = {}
+            for alg, index in wanted:
+                if (alg, index) not in found:
+                    pending.setdefault(alg, []).append(index)
+            with _tpm_step("reading the PCRs"):
+                _, returned, digests = self._esapi.pcr_read(
+                    _tpml_pcr_selection(list(pending.items()))
+                )
+            pairs = _selected_pcrs(returned)
+            if not pairs:
+                missing = ", ".join(
+                    _pcr_label(alg, index) for alg, indices in pending.items() for index in indices
+                )
+                raise TPMError(f"the TPM does not have PCRs {missing} (bank not allocated?)")
+            for pair, digest in zip(pairs, digests, strict=True):
+                found[pair] = bytes(digest)
+        return [PCRValue(alg, index, found[(alg, index)]) for alg, index in wanted]
+
+
+def _unmarshal_exactly(cls: Any, data: bytes, what: str) -> Any:
+    try:
+        value, consumed = cls.unmarshal(data)
+    except (tss.TSS2_Exception, ValueError) as error:
+        raise TPMError(f"malformed {what}: {error}") from error
+    if consumed != len(data):
+        raise TPMError(f"malformed {what}: {len(data) - consumed} trailing bytes")
+    return value
