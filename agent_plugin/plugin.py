@@ -1,22 +1,59 @@
-"""The agent NodeAttestor service (spire.plugin.agent.nodeattestor.v1)."""
+"""The agent NodeAttestor service (spire.plugin.agent.nodeattestor.v1).
+
+`AidAttestation` is a thin state machine: send the payload (EK, EK certificate,
+AK), answer the server's one challenge (activate the credential), done. The TPM
+is opened per attestation and every object is flushed when the stream ends.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import grpc
 
 from agent_plugin.config import AgentConfig, build_agent_config
+from agent_plugin.tpm import TPMError, TPMSession
+from spire_tpm_attestor import wire
+from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2_grpc as agent_pb2_grpc
 from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, stream_guarded
-from spire_tpm_attestor.runtime.status import PluginError
+from spire_tpm_attestor.runtime.status import Internal, InvalidArgument
 
 SERVICE_NAME = "spire.plugin.agent.nodeattestor.v1.NodeAttestor"
+log = logging.getLogger("agent_plugin")
 
 
-class NotImplementedYet(PluginError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+def build_payload(tpm: TPMSession, config: AgentConfig) -> attestation_pb2.Payload:
+    ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
+    ak_public = tpm.create_ak(config.ak_algorithm, config.ak_handle)
+    log.debug(
+        "evidence ready",
+        extra={"ek_algorithm": ek.algorithm, "ek_certificate": str(ek.certificate is not None)},
+    )
+    return attestation_pb2.Payload(
+        version=wire.PROTOCOL_VERSION,
+        ek_public=ek.public,
+        ek_certificate=ek.certificate or b"",
+        ak_public=ak_public,
+    )
+
+
+def answer_challenge(
+    tpm: TPMSession, challenge: attestation_pb2.Challenge
+) -> attestation_pb2.ChallengeResponse:
+    secret = tpm.activate_credential(challenge.credential_blob, challenge.encrypted_secret)
+    return attestation_pb2.ChallengeResponse(version=wire.PROTOCOL_VERSION, secret=secret)
+
+
+def decode_challenge(message: agent_pb2.Challenge | None) -> attestation_pb2.Challenge:
+    if message is None:
+        raise InvalidArgument("stream ended before the server's challenge")
+    try:
+        return wire.decode_challenge(message.challenge)
+    except wire.WireError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
@@ -31,10 +68,16 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
     def _attest(
         self, challenges: Iterator[agent_pb2.Challenge]
     ) -> Iterator[agent_pb2.PayloadOrChallengeResponse]:
-        next(challenges, None)
-        self._holder.get()
-        raise NotImplementedYet("node attestation is not implemented yet")
-        yield  # pragma: no cover - makes this a generator
+        config = self._holder.get()
+        try:
+            with TPMSession.open(config.tcti) as tpm:
+                payload = build_payload(tpm, config)
+                yield agent_pb2.PayloadOrChallengeResponse(payload=wire.encode(payload))
+                challenge = decode_challenge(next(challenges, None))
+                response = answer_challenge(tpm, challenge)
+                yield agent_pb2.PayloadOrChallengeResponse(challenge_response=wire.encode(response))
+        except TPMError as exc:
+            raise Internal(f"TPM: {exc}") from None
 
 
 def register(server: grpc.Server, holder: ConfigHolder[AgentConfig]) -> None:

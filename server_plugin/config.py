@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server_plugin.allowlist import AllowlistSource, FlatDirectory, check_directory
+from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.identity import (
+    DEFAULT_AGENT_PATH_TEMPLATE,
+    DEFAULT_PLUGIN_NAME,
+    AgentPathTemplate,
+)
 from spire_tpm_attestor.runtime.config import ConfigReader, CoreConfig, read_config
+from spire_tpm_attestor.tpm.errors import TPMStructureError
 
 EK_POLICIES = ("cert", "allowlist", "cert_or_allowlist", "cert_and_allowlist")
 
@@ -12,14 +20,16 @@ EK_POLICIES = ("cert", "allowlist", "cert_or_allowlist", "cert_and_allowlist")
 @dataclass(frozen=True)
 class ServerConfig:
     trust_domain: str
+    plugin_name: str
     ek_policy: str
-    ek_ca_paths: list[str]
-    hash_path: str | None
-    agent_path_template: str | None
+    ek_ca_bundle: list[ekcert.EKCertificate]
+    allowlist: list[AllowlistSource]
+    agent_path_template: AgentPathTemplate
     can_reattest: bool
 
     def close(self) -> None:
-        """Nothing to release yet."""
+        for source in self.allowlist:
+            source.close()
 
 
 def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
@@ -28,22 +38,59 @@ def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
     return "cert" if has_ca else "allowlist"
 
 
-def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
-    ek_ca_paths = reader.string_list("ek_ca_path")
+def _load_bundle(reader: ConfigReader, paths: list[str]) -> list[ekcert.EKCertificate]:
+    bundle: list[ekcert.EKCertificate] = []
+    for path in paths:
+        try:
+            certificates = ekcert.load_ca_bundle(path)
+        except (OSError, ValueError, TPMStructureError) as exc:
+            reader.problem(f"ek_ca_path: {exc}")
+            continue
+        if not certificates:
+            reader.problem(f"ek_ca_path: {path} holds no certificates")
+        bundle.extend(certificates)
+    return bundle
+
+
+def _allowlist_sources(reader: ConfigReader) -> list[AllowlistSource]:
+    sources: list[AllowlistSource] = []
     hash_path = reader.string("hash_path")
+    if hash_path is not None:
+        problem = check_directory(hash_path)
+        if problem:
+            reader.problem(f"hash_path: {problem}")
+        sources.append(FlatDirectory(hash_path))
+    return sources
+
+
+def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
+    ca_paths = reader.string_list("ek_ca_path")
+    bundle = _load_bundle(reader, ca_paths)
+    sources = _allowlist_sources(reader)
     policy = reader.choice("ek_policy", EK_POLICIES, None)
     if policy is None:
-        policy = _default_policy(bool(ek_ca_paths), hash_path is not None)
-    if "cert" in policy and not ek_ca_paths:
+        if not ca_paths and not sources:
+            reader.problem("configure ek_ca_path (EK CA certificates), an allowlist, or both")
+        policy = _default_policy(bool(ca_paths), bool(sources))
+    if "cert" in policy and not ca_paths:
         reader.problem(f"ek_policy {policy!r} needs ek_ca_path (EK CA certificates)")
-    if "allowlist" in policy and hash_path is None:
+    if "allowlist" in policy and not sources:
         reader.problem(f"ek_policy {policy!r} needs an allowlist (hash_path)")
+    template_text = reader.string("agent_path_template", DEFAULT_AGENT_PATH_TEMPLATE)
+    try:
+        template = AgentPathTemplate.parse(template_text or DEFAULT_AGENT_PATH_TEMPLATE)
+    except ValueError as exc:
+        reader.problem(f"agent_path_template: {exc}")
+        template = AgentPathTemplate(DEFAULT_AGENT_PATH_TEMPLATE)
+    if "Name" in template.fields() and not sources:
+        reader.problem("agent_path_template uses .Name, which needs an allowlist")
     return ServerConfig(
         trust_domain=core.trust_domain,
+        plugin_name=reader.string("plugin_name", DEFAULT_PLUGIN_NAME) or DEFAULT_PLUGIN_NAME,
         ek_policy=policy,
-        ek_ca_paths=ek_ca_paths,
-        hash_path=hash_path,
-        agent_path_template=reader.string("agent_path_template"),
+        ek_ca_bundle=bundle,
+        allowlist=sources,
+        agent_path_template=template,
         can_reattest=reader.boolean("can_reattest", True),
     )
 

@@ -1,16 +1,155 @@
-"""`spire-tpm-attestor`: the operator's command line."""
+"""`spire-tpm-attestor`: the operator's command line.
+
+- `version`
+- `hash`: the EK hash (the allowlist key and the default agent ID suffix) from a
+  running TPM, an EK certificate, or a public key file.
+- `check`: one full attestation through both real plugin processes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from spire_tpm_attestor import __version__
+from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+
+from spire_tpm_attestor import __version__, ekcert
+from spire_tpm_attestor.runtime.config import ConfigProblems, parse_hcl
 
 
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"spire-tpm-attestor {__version__}")
+    return 0
+
+
+def hash_of_certificate(path: str) -> str:
+    return ekcert.ek_hash(ekcert.load_certificate(Path(path).read_bytes()).public_key())
+
+
+def hash_of_public_key(path: str) -> str:
+    data = Path(path).read_bytes()
+    key = load_pem_public_key(data) if b"-----BEGIN" in data else load_der_public_key(data)
+    return ekcert.ek_hash(key)
+
+
+def hash_of_tpm(agent_config: PluginConfigFile) -> str:
+    from agent_plugin.config import build_agent_config
+    from agent_plugin.tpm import TPMSession
+    from spire_tpm_attestor.runtime.config import CoreConfig
+    from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
+
+    config = build_agent_config(agent_config.plugin_data, CoreConfig(agent_config.trust_domain))
+    with TPMSession.open(config.tcti) as tpm:
+        ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
+    return ekcert.ek_hash(parse_tpm2b_public(ek.public).public_key())
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    if args.certificate:
+        print(hash_of_certificate(args.certificate))
+    elif args.public_key:
+        print(hash_of_public_key(args.public_key))
+    else:
+        print(
+            hash_of_tpm(
+                PluginConfigFile.read(args.agent_config)
+                if args.agent_config
+                else PluginConfigFile("example.org", "", None)
+            )
+        )
+    return 0
+
+
+class PluginConfigFile:
+    """A plugin's configuration: either plugin data alone (as in `plugin_data_file`) or a
+    whole spire-agent/spire-server config whose NodeAttestor block is taken."""
+
+    def __init__(self, trust_domain: str, plugin_data: str, plugin_cmd: str | None) -> None:
+        self.trust_domain = trust_domain
+        self.plugin_data = plugin_data
+        self.plugin_cmd = plugin_cmd
+
+    @classmethod
+    def read(cls, path: str, default_trust_domain: str = "example.org") -> PluginConfigFile:
+        text = Path(path).read_text()
+        document = parse_hcl(text)
+        if "plugins" not in document:
+            return cls(default_trust_domain, text, None)
+        trust_domain = default_trust_domain
+        for section in ("server", "agent"):
+            block = _single(document.get(section))
+            if isinstance(block, dict) and isinstance(block.get("trust_domain"), str):
+                trust_domain = block["trust_domain"]
+        attestors = _single(_single(document["plugins"]).get("NodeAttestor"))
+        if not isinstance(attestors, dict) or not attestors:
+            raise ConfigProblems([f"{path}: no NodeAttestor plugin in the plugins block"])
+        name, body = next(iter(attestors.items()))
+        body = _single(body)
+        data: Any = body.get("plugin_data")
+        if body.get("plugin_data_file"):
+            plugin_data = Path(body["plugin_data_file"]).read_text()
+        else:
+            # pyhcl reads JSON as HCL, so the block can travel as JSON text.
+            plugin_data = json.dumps(_single(data)) if data else ""
+        return cls(trust_domain, plugin_data, body.get("plugin_cmd"))
+
+
+def _single(value: Any) -> Any:
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+def plugin_command(config: PluginConfigFile, side: str) -> list[str]:
+    if config.plugin_cmd:
+        return [config.plugin_cmd]
+    installed = shutil.which(f"spire-tpm-attestor-{side}") or os.path.join(
+        os.path.dirname(sys.executable), f"spire-tpm-attestor-{side}"
+    )
+    if os.path.exists(installed):
+        return [installed]
+    return [sys.executable, "-m", f"{side}_plugin.main"]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from spire_tpm_attestor.harness import (
+        AGENT_HOST_SERVICES,
+        SERVER_HOST_SERVICES,
+        AttestationFailed,
+        PluginProcess,
+        relay_attestation,
+    )
+
+    agent_config = PluginConfigFile.read(args.agent_config, args.trust_domain)
+    server_config = PluginConfigFile.read(args.server_config, args.trust_domain)
+    with (
+        PluginProcess.start(
+            plugin_command(server_config, "server"), host_service_names=SERVER_HOST_SERVICES
+        ) as server,
+        PluginProcess.start(
+            plugin_command(agent_config, "agent"), host_service_names=AGENT_HOST_SERVICES
+        ) as agent,
+    ):
+        server.configure(server_config.plugin_data, server_config.trust_domain)
+        agent.configure(agent_config.plugin_data, agent_config.trust_domain)
+        try:
+            result = relay_attestation(agent, server)
+        except AttestationFailed as failure:
+            print(
+                f"attestation failed in the {failure.side} plugin: "
+                f"{failure.code.name}: {failure.details}",
+                file=sys.stderr,
+            )
+            return 1
+    print(f"spiffe_id: {result.spiffe_id}")
+    print(f"can_reattest: {str(result.can_reattest).lower()}")
+    print("selectors:")
+    for selector in result.selectors:
+        print(f"  {selector}")
     return 0
 
 
@@ -19,14 +158,48 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spire-tpm-attestor", description="Operator tools for the SPIRE TPM node attestor."
     )
     commands = parser.add_subparsers(dest="command", required=True)
+
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=cmd_version)
+
+    hash_cmd = commands.add_parser(
+        "hash", help="print the EK hash (allowlist key) of a TPM, EK certificate or public key"
+    )
+    source = hash_cmd.add_mutually_exclusive_group()
+    source.add_argument("--agent-config", help="read the EK from the TPM this agent config uses")
+    source.add_argument("--certificate", help="EK certificate file (PEM or DER)")
+    source.add_argument("--public-key", help="EK public key file (PEM or DER SubjectPublicKeyInfo)")
+    hash_cmd.set_defaults(run=cmd_hash)
+
+    check = commands.add_parser(
+        "check", help="run one attestation through both plugins and print the result"
+    )
+    check.add_argument(
+        "--agent-config", required=True, help="agent plugin data (HCL) or a whole agent.conf"
+    )
+    check.add_argument(
+        "--server-config", required=True, help="server plugin data (HCL) or a whole server.conf"
+    )
+    check.add_argument(
+        "--trust-domain",
+        default="example.org",
+        help="trust domain when the files are plugin data alone",
+    )
+    check.set_defaults(run=cmd_check)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except ConfigProblems as problems:
+        for problem in problems.problems:
+            print(f"configuration problem: {problem}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -123,30 +123,42 @@ class PluginProcess:
 
     @classmethod
     def start(
-        cls, argv: Sequence[str], env: dict[str, str] | None = None,
-        host_service_names: Sequence[str] = (), cwd: str | None = None,
+        cls,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        host_service_names: Sequence[str] = (),
+        cwd: str | None = None,
     ) -> PluginProcess:
         environment = dict(os.environ if env is None else env)
-        environment.update({
-            "NodeAttestor": "NodeAttestor",
-            "PLUGIN_MIN_PORT": "10000",
-            "PLUGIN_MAX_PORT": "25000",
-            "PLUGIN_PROTOCOL_VERSIONS": "1",
-        })
+        environment.update(
+            {
+                "NodeAttestor": "NodeAttestor",
+                "PLUGIN_MIN_PORT": "10000",
+                "PLUGIN_MAX_PORT": "25000",
+                "PLUGIN_PROTOCOL_VERSIONS": "1",
+            }
+        )
         process = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=environment, cwd=cwd,
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environment,
+            cwd=cwd,
         )
         stderr_lines: list[bytes] = []
         _pump(process.stderr, stderr_lines)
         line = _read_first_line(process, HANDSHAKE_TIMEOUT_SECONDS)
         handshake = Handshake.parse(line.decode("utf-8", "replace"))
-        target = (
-            f"unix:{handshake.address}" if handshake.network == "unix" else handshake.address
-        )
+        target = f"unix:{handshake.address}" if handshake.network == "unix" else handshake.address
         channel = grpc.insecure_channel(target)
-        plugin = cls(argv=argv, process=process, handshake=handshake, channel=channel,
-                     stderr_lines=stderr_lines)
+        plugin = cls(
+            argv=argv,
+            process=process,
+            handshake=handshake,
+            channel=channel,
+            stderr_lines=stderr_lines,
+        )
         _pump(process.stdout, plugin.stdout_after_handshake)
         try:
             plugin._connect(host_service_names)
@@ -163,9 +175,11 @@ class PluginProcess:
         self._background.append(stdio.StreamStdio(empty_pb2.Empty()))
         # Like broker.Accept(1): announce where the host services would be served.
         self._host_dir = tempfile.mkdtemp(prefix="sta-host-")
-        self._broker_requests.put(go_plugin_pb2.ConnInfo(
-            service_id=1, network="unix", address=os.path.join(self._host_dir, "host.sock")
-        ))
+        self._broker_requests.put(
+            go_plugin_pb2.ConnInfo(
+                service_id=1, network="unix", address=os.path.join(self._host_dir, "host.sock")
+            )
+        )
         init = spire_init_pb2_grpc.InitStub(self.channel)
         response = init.Init(
             spire_init_pb2.InitRequest(host_service_names=list(host_service_names)), timeout=10
@@ -320,9 +334,11 @@ def relay_attestation(
             answer = _next(agent_stream, "agent")
             if answer.WhichOneof("data") != "challenge_response" or not answer.challenge_response:
                 raise HarnessError("plugin response missing challenge response")
-            server_requests.put(spire_server_nodeattestor_pb2.AttestRequest(
-                challenge_response=answer.challenge_response
-            ))
+            server_requests.put(
+                spire_server_nodeattestor_pb2.AttestRequest(
+                    challenge_response=answer.challenge_response
+                )
+            )
     finally:
         agent_requests.close()
         server_requests.close()

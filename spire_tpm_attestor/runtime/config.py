@@ -99,7 +99,10 @@ class ConfigReader:
         return value
 
     def integer(
-        self, name: str, default: int | None, minimum: int | None = None,
+        self,
+        name: str,
+        default: int | None,
+        minimum: int | None = None,
         maximum: int | None = None,
     ) -> int | None:
         value = self._take(name)

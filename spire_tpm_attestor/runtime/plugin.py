@@ -249,7 +249,9 @@ def check_launched_by_host() -> str | None:
     return None
 
 
-def build_server(spec: PluginSpec[C], holder: ConfigHolder[C], shutdown: threading.Event) -> grpc.Server:
+def build_server(
+    spec: PluginSpec[C], holder: ConfigHolder[C], shutdown: threading.Event
+) -> grpc.Server:
     server = grpc.server(ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="rpc"))
     go_plugin_pb2_grpc.add_GRPCBrokerServicer_to_server(BrokerService(), server)
     go_plugin_pb2_grpc.add_GRPCStdioServicer_to_server(StdioService(), server)
@@ -282,9 +284,7 @@ def serve(spec: PluginSpec[C]) -> None:
     server.add_insecure_port(f"unix:{socket_path}")
     server.start()
 
-    sys.stdout.write(
-        f"{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|unix|{socket_path}|grpc\n"
-    )
+    sys.stdout.write(f"{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|unix|{socket_path}|grpc\n")
     sys.stdout.flush()
     # From here on stdout belongs to nobody: a stray print must not reach SPIRE's pipe.
     sys.stdout = sys.stderr

@@ -34,7 +34,7 @@ PLUGINS = {
 }
 GOOD_CONFIG = {
     "agent": 'tcti = "swtpm:host=127.0.0.1,port=2321"\nak_algorithm = "ecc"\n',
-    "server": 'hash_path = "/var/lib/spire/hashes"\ncan_reattest = false\n',
+    "server": 'hash_path = "{hashes}"\ncan_reattest = false\n',
 }
 HCLOG_LEVELS = {"trace", "debug", "info", "warn", "error"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
@@ -43,6 +43,12 @@ TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)
 @pytest.fixture(params=sorted(PLUGINS))
 def side(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def good_config(side: str, tmp_path: Path) -> str:
+    (tmp_path / "hashes").mkdir()
+    return GOOD_CONFIG[side].replace("{hashes}", str(tmp_path / "hashes"))
 
 
 @pytest.fixture
@@ -69,17 +75,17 @@ def test_init_advertises_exactly_the_spire_service_names(plugin: PluginProcess, 
     assert plugin.plugin_service_names == [PLUGINS[side][1], CONFIG_SERVICE]
 
 
-def test_configure_accepts_good_hcl(plugin: PluginProcess, side: str) -> None:
-    plugin.configure(GOOD_CONFIG[side])
-    plugin.configure(GOOD_CONFIG[side])  # SPIRE may reconfigure at any time
+def test_configure_accepts_good_hcl(plugin: PluginProcess, good_config: str) -> None:
+    plugin.configure(good_config)
+    plugin.configure(good_config)  # SPIRE may reconfigure at any time
 
 
 def test_configure_accepts_plugin_data_file_content(
-    plugin: PluginProcess, side: str, tmp_path: Path
+    plugin: PluginProcess, side: str, tmp_path: Path, good_config: str
 ) -> None:
     # plugin_data_file content reaches Configure unchanged, comments and all.
     data_file = tmp_path / "plugin.hcl"
-    data_file.write_text(f"# {side} plugin\n{GOOD_CONFIG[side]}\n// trailing comment\n")
+    data_file.write_text(f"# {side} plugin\n{good_config}\n// trailing comment\n")
     plugin.configure(data_file.read_text())
 
 
@@ -90,9 +96,11 @@ def test_configure_rejects_bad_hcl(plugin: PluginProcess) -> None:
     assert "not valid HCL" in (error.value.details() or "")
 
 
-def test_configure_rejects_unknown_keys_naming_them(plugin: PluginProcess, side: str) -> None:
+def test_configure_rejects_unknown_keys_naming_them(
+    plugin: PluginProcess, good_config: str
+) -> None:
     with pytest.raises(grpc.RpcError) as error:
-        plugin.configure(GOOD_CONFIG[side] + 'tpm_devcie = "/dev/tpm0"\n')
+        plugin.configure(good_config + 'tpm_devcie = "/dev/tpm0"\n')
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "tpm_devcie: unknown option" in (error.value.details() or "")
 
@@ -105,14 +113,18 @@ def test_configure_names_the_expected_type(plugin: PluginProcess, side: str) -> 
     assert expected in (error.value.details() or "")
 
 
-def test_configure_without_trust_domain_is_rejected(plugin: PluginProcess, side: str) -> None:
+def test_configure_without_trust_domain_is_rejected(
+    plugin: PluginProcess, good_config: str
+) -> None:
     with pytest.raises(grpc.RpcError) as error:
-        plugin.configure(GOOD_CONFIG[side], trust_domain="")
+        plugin.configure(good_config, trust_domain="")
     assert "trust domain" in (error.value.details() or "")
 
 
-def test_validate_returns_no_notes_for_a_good_config(plugin: PluginProcess, side: str) -> None:
-    assert plugin.validate(GOOD_CONFIG[side]) == []
+def test_validate_returns_no_notes_for_a_good_config(
+    plugin: PluginProcess, good_config: str
+) -> None:
+    assert plugin.validate(good_config) == []
 
 
 def test_validate_returns_one_note_per_problem(plugin: PluginProcess, side: str) -> None:
@@ -125,8 +137,10 @@ def test_validate_returns_one_note_per_problem(plugin: PluginProcess, side: str)
     assert any("extra: unknown option" in note for note in notes)
 
 
-def test_validate_does_not_change_the_configuration(plugin: PluginProcess, side: str) -> None:
-    plugin.validate(GOOD_CONFIG[side])
+def test_validate_does_not_change_the_configuration(
+    plugin: PluginProcess, side: str, good_config: str
+) -> None:
+    plugin.validate(good_config)
     _assert_not_configured(plugin, side)
 
 
@@ -150,22 +164,22 @@ def test_attestation_before_configure_is_failed_precondition(
     _assert_not_configured(plugin, side)
 
 
-def test_shutdown_exits_within_two_seconds(plugin: PluginProcess, side: str) -> None:
-    plugin.configure(GOOD_CONFIG[side])
+def test_shutdown_exits_within_two_seconds(plugin: PluginProcess, good_config: str) -> None:
+    plugin.configure(good_config)
     elapsed = plugin.stop()
     assert plugin.process.returncode == 0, "exited by itself, not killed"
     assert elapsed < 2.0
 
 
-def test_stdout_carries_only_the_handshake(plugin: PluginProcess, side: str) -> None:
-    plugin.configure(GOOD_CONFIG[side])
+def test_stdout_carries_only_the_handshake(plugin: PluginProcess, good_config: str) -> None:
+    plugin.configure(good_config)
     plugin.validate("bogus = 1")
     plugin.stop()
     assert plugin.stdout_after_handshake == []
 
 
-def test_every_stderr_line_is_hclog_json(plugin: PluginProcess, side: str) -> None:
-    plugin.configure(GOOD_CONFIG[side])
+def test_every_stderr_line_is_hclog_json(plugin: PluginProcess, good_config: str) -> None:
+    plugin.configure(good_config)
     with pytest.raises(grpc.RpcError):
         plugin.configure("unknown_option = true")
     plugin.stop()
@@ -182,17 +196,18 @@ def test_every_stderr_line_is_hclog_json(plugin: PluginProcess, side: str) -> No
     assert {"info", "error"} <= levels
 
 
-def test_sigint_does_not_kill_the_plugin(plugin: PluginProcess, side: str) -> None:
+def test_sigint_does_not_kill_the_plugin(plugin: PluginProcess, good_config: str) -> None:
     plugin.process.send_signal(signal.SIGINT)
     time.sleep(0.3)
     assert plugin.process.poll() is None
-    plugin.configure(GOOD_CONFIG[side])
+    plugin.configure(good_config)
 
 
-def test_open_streams_do_not_starve_configure() -> None:
+def test_open_streams_do_not_starve_configure(tmp_path: Path) -> None:
+    config = GOOD_CONFIG["server"].replace("{hashes}", str(tmp_path))
     executable, _, host_services = PLUGINS["server"]
     with PluginProcess.start([str(executable)], host_service_names=host_services) as plugin:
-        plugin.configure(GOOD_CONFIG["server"])
+        plugin.configure(config)
         queues: list[RequestQueue[server_pb2.AttestRequest]] = []
         streams = []
         for _ in range(64):
@@ -203,7 +218,7 @@ def test_open_streams_do_not_starve_configure() -> None:
         done = threading.Event()
 
         def configure() -> None:
-            plugin.configure(GOOD_CONFIG["server"])
+            plugin.configure(config)
             done.set()
 
         threading.Thread(target=configure, daemon=True).start()

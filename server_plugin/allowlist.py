@@ -1,0 +1,109 @@
+"""Allowlist sources: where the server looks up EK hashes (DESIGN.md §5).
+
+One interface, several sources behind it (the flat directory compatible with
+spiffe/spire-tpm-plugin's `hash_path`, and more to come). A source answers a
+lookup with an entry, with None for "not present", or raises AllowlistError:
+a lookup that failed is never an admission.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+EK_HASH = re.compile(r"^[0-9a-f]{64}$")
+MAX_ENTRY_BODY = 64 * 1024
+
+
+class AllowlistError(Exception):
+    """A lookup could not give a reliable answer (I/O error, malformed entry...)."""
+
+
+@dataclass(frozen=True)
+class AllowlistEntry:
+    pub_hash: str
+    name: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+
+class AllowlistSource(Protocol):
+    def lookup(self, pub_hash: str) -> AllowlistEntry | None:
+        """The entry for this EK hash, None when absent; AllowlistError when unsure."""
+
+    def describe(self) -> str:
+        """A short name for logs and error messages, e.g. `directory /var/lib/hashes`."""
+
+    def close(self) -> None:
+        """Release watchers, connections or caches."""
+
+
+def parse_entry_body(pub_hash: str, body: bytes, source: str) -> AllowlistEntry:
+    """An entry file is empty, or JSON `{"name": str, "labels": {str: str}}`."""
+    if not body.strip():
+        return AllowlistEntry(pub_hash=pub_hash, source=source)
+    try:
+        document: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AllowlistError(f"{source}: entry {pub_hash} is not valid JSON: {exc}") from None
+    return entry_from_json(pub_hash, document, source)
+
+
+def entry_from_json(pub_hash: str, document: Any, source: str) -> AllowlistEntry:
+    if not isinstance(document, dict):
+        raise AllowlistError(f"{source}: entry {pub_hash} must be a JSON object")
+    unknown = set(document) - {"name", "labels", "pub_hash"}
+    if unknown:
+        raise AllowlistError(f"{source}: entry {pub_hash} has unknown keys {sorted(unknown)}")
+    name = document.get("name")
+    labels = document.get("labels", {})
+    if name is not None and not isinstance(name, str):
+        raise AllowlistError(f"{source}: entry {pub_hash}: name must be a string")
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise AllowlistError(f"{source}: entry {pub_hash}: labels must map strings to strings")
+    return AllowlistEntry(pub_hash=pub_hash, name=name, labels=dict(labels), source=source)
+
+
+def read_entry_file(path: str, pub_hash: str, source: str) -> AllowlistEntry | None:
+    try:
+        with open(path, "rb") as entry:
+            body = entry.read(MAX_ENTRY_BODY + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise AllowlistError(f"{source}: cannot read entry {pub_hash}: {exc.strerror}") from None
+    if len(body) > MAX_ENTRY_BODY:
+        raise AllowlistError(f"{source}: entry {pub_hash} is larger than {MAX_ENTRY_BODY} bytes")
+    return parse_entry_body(pub_hash, body, source)
+
+
+class FlatDirectory:
+    """`<dir>/<ek hash>`: spiffe/spire-tpm-plugin's `hash_path` layout."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def lookup(self, pub_hash: str) -> AllowlistEntry | None:
+        if not EK_HASH.match(pub_hash):
+            raise AllowlistError(f"{pub_hash!r} is not an EK hash")
+        return read_entry_file(os.path.join(self.path, pub_hash), pub_hash, self.describe())
+
+    def describe(self) -> str:
+        return f"directory {self.path}"
+
+    def close(self) -> None:
+        """Nothing is cached: every lookup reads the directory."""
+
+
+def check_directory(path: str) -> str | None:
+    """Why `path` cannot serve as an allowlist directory, or None."""
+    if not os.path.isdir(path):
+        return f"{path} is not a directory"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return f"{path} is not readable"
+    return None

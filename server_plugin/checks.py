@@ -1,0 +1,141 @@
+"""Each check the server makes, as a free function named for what it proves.
+
+A check returns what it established or raises `Rejected` naming itself, so the
+Attest stream stays a thin state machine and the audit log can say exactly which
+check failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.runtime.status import (
+    InvalidArgument,
+    PermissionDenied,
+    PluginError,
+    Unavailable,
+)
+from spire_tpm_attestor.tpm.credential import check_ek_template
+from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
+from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public, public_key_equals
+from spire_tpm_attestor.tpm.verify import check_ak_public
+from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
+
+
+class Rejected(Exception):
+    """A check failed; `error` is what SPIRE is told, `check` names the check."""
+
+    def __init__(self, check: str, error: PluginError) -> None:
+        super().__init__(f"{check}: {error.message}")
+        self.check = check
+        self.error = error
+
+
+def malformed(check: str, message: str) -> Rejected:
+    return Rejected(check, InvalidArgument(message))
+
+
+def denied(check: str, message: str) -> Rejected:
+    return Rejected(check, PermissionDenied(message))
+
+
+def parse_ek_public(data: bytes) -> PublicArea:
+    """The EK public area is well formed and shaped like a TCG EK (restricted decrypt key)."""
+    try:
+        area = parse_tpm2b_public(data)
+    except TPMStructureError as exc:
+        raise malformed("ek_public", f"EK public area: {exc}") from None
+    try:
+        check_ek_template(area)
+    except (TPMStructureError, VerificationError) as exc:
+        raise denied("ek_template", f"EK public area is not an endorsement key: {exc}") from None
+    return area
+
+
+def verify_ak_public(data: bytes) -> PublicArea:
+    """The AK is a genuine TPM attestation key: fixed, TPM-generated, restricted signing."""
+    try:
+        area = parse_tpm2b_public(data)
+    except TPMStructureError as exc:
+        raise malformed("ak_public", f"AK public area: {exc}") from None
+    try:
+        check_ak_public(area)
+    except (TPMStructureError, VerificationError) as exc:
+        raise denied("ak_attributes", f"AK rejected: {exc}") from None
+    return area
+
+
+def ek_hash_of(ek: PublicArea) -> str:
+    """The EK hash that names this TPM: SHA-256 of the EK's DER SubjectPublicKeyInfo."""
+    try:
+        return ekcert.ek_hash(ek.public_key())
+    except (TPMStructureError, ValueError) as exc:
+        raise malformed("ek_public", f"EK public key is invalid: {exc}") from None
+
+
+def load_ek_certificate(data: bytes) -> ekcert.EKCertificate:
+    try:
+        return ekcert.load_certificate(data)
+    except (TPMStructureError, ValueError) as exc:
+        raise malformed("ek_certificate", f"EK certificate cannot be parsed: {exc}") from None
+
+
+def verify_eks_match(certificate: ekcert.EKCertificate, ek: PublicArea) -> None:
+    """The EK certificate certifies the very key that the challenge is encrypted to."""
+    try:
+        same = public_key_equals(ek, certificate.public_key())
+    except (TPMStructureError, ValueError) as exc:
+        raise malformed("ek_certificate", f"EK certificate key cannot be read: {exc}") from None
+    if not same:
+        raise denied("ek_cert_key", "EK certificate key differs from the EK public area")
+
+
+@dataclass(frozen=True)
+class VerifiedEKCertificate:
+    certificate: ekcert.EKCertificate
+    anchor_fingerprint: str
+
+
+def verify_ek_chain(
+    certificate: ekcert.EKCertificate,
+    intermediates: Sequence[bytes],
+    bundle: Sequence[ekcert.EKCertificate],
+) -> VerifiedEKCertificate:
+    """The EK certificate chains to a configured manufacturer/organisation CA."""
+    try:
+        extra = [ekcert.load_certificate(der) for der in intermediates]
+    except (TPMStructureError, ValueError) as exc:
+        raise malformed("ek_intermediates", f"EK intermediate cannot be parsed: {exc}") from None
+    try:
+        chain = ekcert.verify_chain(certificate, extra, bundle, datetime.now(UTC))
+    except (VerificationError, TPMStructureError, ValueError) as exc:
+        raise denied(
+            "ek_cert_chain", f"EK certificate does not chain to ek_ca_path: {exc}"
+        ) from None
+    anchor = chain[-1]
+    return VerifiedEKCertificate(certificate, hashlib.sha256(anchor.der).hexdigest())
+
+
+def look_up_allowlist(sources: Sequence[AllowlistSource], pub_hash: str) -> AllowlistEntry | None:
+    """The first source that knows this EK hash; any lookup error rejects (never admits)."""
+    for source in sources:
+        try:
+            entry = source.lookup(pub_hash)
+        except AllowlistError as exc:
+            raise Rejected(
+                "allowlist_lookup", Unavailable(f"allowlist lookup failed: {exc}")
+            ) from None
+        if entry is not None:
+            return entry
+    return None
+
+
+def verify_activated_secret(expected: bytes, returned: bytes) -> None:
+    """The agent recovered our secret, so the AK lives in the TPM that holds the EK."""
+    if not hmac.compare_digest(expected, returned):
+        raise denied("credential_activation", "credential activation failed: wrong secret")

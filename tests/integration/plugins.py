@@ -1,0 +1,89 @@
+"""Helpers for end-to-end tests: the real plugin processes, configured per test."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from spire_tpm_attestor.harness import (
+    AGENT_HOST_SERVICES,
+    SERVER_HOST_SERVICES,
+    PluginProcess,
+    RequestQueue,
+)
+from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
+from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
+
+BIN = Path(sys.executable).parent
+
+
+def start_plugin(side: str) -> PluginProcess:
+    host_services = AGENT_HOST_SERVICES if side == "agent" else SERVER_HOST_SERVICES
+    return PluginProcess.start(
+        [str(BIN / f"spire-tpm-attestor-{side}")], host_service_names=host_services
+    )
+
+
+def hcl(**options: object) -> str:
+    """Plugin data as HCL text (values written as JSON literals, which HCL v1 accepts)."""
+    return "\n".join(f"{key} = {json.dumps(value)}" for key, value in options.items())
+
+
+def audit_lines(server: PluginProcess) -> list[dict[str, str]]:
+    entries = [json.loads(line) for line in server.stderr_lines]
+    return [entry for entry in entries if entry.get("@module") == "spire_tpm_attestor.audit"]
+
+
+class AgentConversation:
+    """The agent side of a hand-driven attestation, so a test can stand in the middle."""
+
+    def __init__(self, agent: PluginProcess) -> None:
+        self._requests: RequestQueue[agent_pb2.Challenge] = RequestQueue()
+        self._stream = agent.agent_stub().AidAttestation(iter(self._requests), timeout=60)
+
+    def payload(self) -> bytes:
+        return bytes(next(self._stream).payload)
+
+    def answer(self, challenge: bytes) -> bytes:
+        self._requests.put(agent_pb2.Challenge(challenge=challenge))
+        return bytes(next(self._stream).challenge_response)
+
+    def close(self) -> None:
+        self._requests.close()
+        self._stream.cancel()
+
+
+class ServerConversation:
+    """The server side of a hand-driven attestation: the test plays spire-server."""
+
+    def __init__(self, server: PluginProcess) -> None:
+        self._requests: RequestQueue[server_pb2.AttestRequest] = RequestQueue()
+        self._stream = server.server_stub().Attest(iter(self._requests), timeout=60)
+
+    def send(self, request: server_pb2.AttestRequest) -> server_pb2.AttestResponse:
+        self._requests.put(request)
+        response: server_pb2.AttestResponse = next(self._stream)
+        return response
+
+    def send_payload(self, payload: bytes) -> server_pb2.AttestResponse:
+        return self.send(server_pb2.AttestRequest(payload=payload))
+
+    def send_answer(self, answer: bytes) -> server_pb2.AttestResponse:
+        return self.send(server_pb2.AttestRequest(challenge_response=answer))
+
+    def close(self) -> None:
+        self._requests.close()
+        self._stream.cancel()
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+    """Run `call` and return the gRPC error it raised (failing the test if none)."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error
+    raise AssertionError("expected the plugin to answer with an error status")
