@@ -1,0 +1,221 @@
+"""MakeCredential: wire layout against swtpm EKs, round trip through a software activator.
+
+The activation proof against a real TPM (swtpm, RSA L-1, ECC L-2 and ECC H-3 EKs, RSA
+and ECC AKs) was run when these primitives were written; here an independent software
+TPM2_ActivateCredential, with KDFa/KDFe written out as the specification states them,
+unwraps what make_credential produced.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+
+import pytest
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT, hash_algorithm
+from spire_tpm_attestor.tpm.credential import check_ek_template, make_credential
+from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
+from spire_tpm_attestor.tpm.structures import PublicArea, Reader, parse_tpm2b_public
+from tests.unit.tpm_builders import EK_ATTRIBUTES, area, vector
+
+try:
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:  # cryptography < 47
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
+
+EKS = vector("swtpm_ek.json")
+AK_NAME = bytes.fromhex(vector("swtpm_ak_rsa.json")["ak_name"])
+
+
+class IntegrityError(Exception):
+    pass
+
+
+def kdfa(alg: int, key: bytes, label: bytes, context: bytes, bits: int) -> bytes:
+    out, counter = b"", 1
+    while len(out) * 8 < bits:
+        mac = hmac.HMAC(key, hash_algorithm(alg))
+        mac.update(struct.pack(">I", counter) + label + b"\x00" + context + struct.pack(">I", bits))
+        out += mac.finalize()
+        counter += 1
+    return out[: bits // 8]
+
+
+def kdfe(alg: int, z: bytes, use: bytes, party_u: bytes, party_v: bytes, bits: int) -> bytes:
+    out, counter = b"", 1
+    while len(out) * 8 < bits:
+        digest = hashes.Hash(hash_algorithm(alg))
+        digest.update(struct.pack(">I", counter) + z + use + party_u + party_v)
+        out += digest.finalize()
+        counter += 1
+    return out[: bits // 8]
+
+
+def activate(
+    ek_private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    ek: PublicArea,
+    object_name: bytes,
+    id_object: bytes,
+    encrypted_secret: bytes,
+) -> bytes:
+    """TPM2_ActivateCredential in software (TPM 2.0 Part 1 §24, Part 3 §12.5)."""
+    alg = ek.name_alg
+    digest_bits = hash_algorithm(alg).digest_size * 8
+    blob = Reader(id_object, "id_object").tpm2b("credential", 1024)
+    outer = Reader(blob, "blob")
+    integrity = outer.tpm2b("integrity", 64)
+    enc_identity = blob[2 + len(integrity) :]
+    seed_blob = Reader(encrypted_secret, "secret").tpm2b("secret", 1024)
+    if isinstance(ek_private, rsa.RSAPrivateKey):
+        h = hash_algorithm(alg)
+        seed = ek_private.decrypt(seed_blob, padding.OAEP(padding.MGF1(h), h, b"IDENTITY\x00"))
+    else:
+        r = Reader(seed_blob, "point")
+        x, y = r.tpm2b("x", 66), r.tpm2b("y", 66)
+        r.finish()
+        ephemeral = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), ek_private.curve
+        ).public_key()
+        z = ek_private.exchange(ec.ECDH(), ephemeral)
+        assert ek.ecc is not None
+        seed = kdfe(alg, z, b"IDENTITY\x00", x, ek.ecc.x, digest_bits)
+    mac = hmac.HMAC(kdfa(alg, seed, b"INTEGRITY", b"", digest_bits), hash_algorithm(alg))
+    mac.update(enc_identity + object_name)
+    if mac.finalize() != integrity:
+        raise IntegrityError("integrity check failed")
+    sym = kdfa(alg, seed, b"STORAGE", object_name, ek.symmetric.key_bits)
+    decryptor = Cipher(algorithms.AES(sym), CFB(bytes(16))).decryptor()
+    plain = decryptor.update(enc_identity) + decryptor.finalize()
+    return Reader(plain, "credential").tpm2b("secret", 64)
+
+
+def software_ek(
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    name_alg: int = TPM_ALG.SHA256,
+    key_bits: int = 128,
+) -> PublicArea:
+    return area(
+        private.public_key(),
+        attributes=EK_ATTRIBUTES,
+        name_alg=name_alg,
+        symmetric=(TPM_ALG.AES, key_bits, TPM_ALG.CFB),
+    )
+
+
+@pytest.fixture(scope="module")
+def rsa_private() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+@pytest.mark.parametrize(
+    ("curve", "name_alg", "key_bits"),
+    [
+        (ec.SECP256R1(), TPM_ALG.SHA256, 128),  # L-2
+        (ec.SECP384R1(), TPM_ALG.SHA384, 256),  # H-3
+        (ec.SECP256R1(), TPM_ALG.SHA512, 192),
+    ],
+)
+def test_round_trip_ecc(curve: ec.EllipticCurve, name_alg: int, key_bits: int) -> None:
+    private = ec.generate_private_key(curve)
+    ek = software_ek(private, name_alg, key_bits)
+    secret = bytes(range(32))
+    id_object, encrypted = make_credential(ek, AK_NAME, secret)
+    assert activate(private, ek, AK_NAME, id_object, encrypted) == secret
+
+
+@pytest.mark.parametrize(("name_alg", "key_bits"), [(TPM_ALG.SHA256, 128), (TPM_ALG.SHA384, 256)])
+def test_round_trip_rsa(rsa_private: rsa.RSAPrivateKey, name_alg: int, key_bits: int) -> None:
+    ek = software_ek(rsa_private, name_alg, key_bits)
+    for secret in (b"\x01", bytes(range(32))):
+        id_object, encrypted = make_credential(ek, AK_NAME, secret)
+        assert activate(rsa_private, ek, AK_NAME, id_object, encrypted) == secret
+
+
+def test_credential_is_bound_to_the_object_name(rsa_private: rsa.RSAPrivateKey) -> None:
+    ek = software_ek(rsa_private)
+    id_object, encrypted = make_credential(ek, AK_NAME, bytes(32))
+    other_name = AK_NAME[:-1] + bytes([AK_NAME[-1] ^ 1])
+    with pytest.raises(IntegrityError):
+        activate(rsa_private, ek, other_name, id_object, encrypted)
+
+
+def test_each_credential_uses_a_fresh_seed(rsa_private: rsa.RSAPrivateKey) -> None:
+    ek = software_ek(rsa_private)
+    assert make_credential(ek, AK_NAME, bytes(32)) != make_credential(ek, AK_NAME, bytes(32))
+
+
+@pytest.mark.parametrize(
+    ("kind", "id_object_size", "secret_size"),
+    [("rsa2048", 70, 258), ("ecc256", 70, 70), ("ecc384", 86, 102)],
+)
+def test_wire_layout_for_swtpm_eks(kind: str, id_object_size: int, secret_size: int) -> None:
+    """Sizes of the TPM2Bs ActivateCredential accepted on swtpm for these very EKs."""
+    ek = parse_tpm2b_public(bytes.fromhex(EKS[kind]["ek_public"]))
+    id_object, encrypted = make_credential(ek, AK_NAME, bytes(32))
+    assert (len(id_object), len(encrypted)) == (id_object_size, secret_size)
+    assert struct.unpack(">H", id_object[:2])[0] == id_object_size - 2
+    digest_size = hash_algorithm(ek.name_alg).digest_size
+    assert struct.unpack(">H", id_object[2:4])[0] == digest_size  # integrity HMAC
+    assert struct.unpack(">H", encrypted[:2])[0] == secret_size - 2
+
+
+def test_secret_and_name_limits(rsa_private: rsa.RSAPrivateKey) -> None:
+    ek = software_ek(rsa_private)
+    with pytest.raises(ValueError, match="1 to 32 bytes"):
+        make_credential(ek, AK_NAME, bytes(33))
+    with pytest.raises(ValueError, match="1 to 32 bytes"):
+        make_credential(ek, AK_NAME, b"")
+    with pytest.raises(TPMStructureError, match="Name"):
+        make_credential(ek, AK_NAME[:-1], bytes(32))
+    with pytest.raises(TPMStructureError, match="Name"):
+        make_credential(ek, b"\x00", bytes(32))
+    with pytest.raises(TPMStructureError, match="Name"):
+        make_credential(ek, b"\x00\x12" + AK_NAME[2:], bytes(32))
+
+
+# --- check_ek_template -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["rsa2048", "ecc256", "ecc384"])
+def test_swtpm_eks_are_ek_shaped(kind: str) -> None:
+    check_ek_template(parse_tpm2b_public(bytes.fromhex(EKS[kind]["ek_public"])))
+
+
+@pytest.mark.parametrize(
+    "attribute",
+    [
+        TPMA_OBJECT.FIXED_TPM,
+        TPMA_OBJECT.FIXED_PARENT,
+        TPMA_OBJECT.SENSITIVE_DATA_ORIGIN,
+        TPMA_OBJECT.RESTRICTED,
+        TPMA_OBJECT.DECRYPT,
+    ],
+)
+def test_ek_template_requires_attribute(attribute: TPMA_OBJECT) -> None:
+    ek = parse_tpm2b_public(bytes.fromhex(EKS["rsa2048"]["ek_public"]))
+    broken = replace(ek, attributes=ek.attributes & ~attribute)
+    with pytest.raises(VerificationError, match=f"{attribute.name} is not set"):
+        check_ek_template(broken)
+    # make_credential refuses to wrap to such a key.
+    with pytest.raises(VerificationError, match=f"{attribute.name} is not set"):
+        make_credential(broken, AK_NAME, bytes(32))
+
+
+def test_ek_template_rejects_signing_keys_and_bad_parameters() -> None:
+    ek = parse_tpm2b_public(bytes.fromhex(EKS["ecc256"]["ek_public"]))
+    with pytest.raises(VerificationError, match="SIGN_ENCRYPT is set"):
+        check_ek_template(replace(ek, attributes=ek.attributes | TPMA_OBJECT.SIGN_ENCRYPT))
+    with pytest.raises(VerificationError, match="nameAlg SHA1"):
+        check_ek_template(replace(ek, name_alg=TPM_ALG.SHA1))
+    with pytest.raises(VerificationError, match="NULL-NULL is not AES-CFB"):
+        check_ek_template(
+            replace(ek, symmetric=replace(ek.symmetric, alg=TPM_ALG.NULL, mode=TPM_ALG.NULL))
+        )
+    with pytest.raises(VerificationError, match="AES-CBC is not AES-CFB"):
+        check_ek_template(replace(ek, symmetric=replace(ek.symmetric, mode=TPM_ALG.CBC)))
+    with pytest.raises(VerificationError, match="AES key size 64"):
+        check_ek_template(replace(ek, symmetric=replace(ek.symmetric, key_bits=64)))
