@@ -454,6 +454,10 @@ def _candidates(child: EKCertificate, pool: Sequence[EKCertificate]) -> list[EKC
     return sorted(pool, key=lambda cert: cert.subject != child.issuer)
 
 
+def _self_signed(cert: EKCertificate) -> bool:
+    return cert.subject == cert.issuer and _signed_by(cert, cert)
+
+
 def verify_chain(
     leaf: EKCertificate,
     intermediates: Sequence[EKCertificate],
@@ -465,35 +469,41 @@ def verify_chain(
     Parents are found by signature over every candidate, never by encoded issuer name
     (equal names are encoded differently in practice). Every parent must be a CA allowed
     to sign certificates, every certificate valid at `now` (timezone-aware), and the
-    chain at most MAX_CHAIN_DEPTH long. Returns [leaf, intermediates..., anchor].
+    chain at most MAX_CHAIN_DEPTH long. Returns [leaf, intermediates..., anchor]. The
+    anchor is a self-signed root of `bundle` whenever one is reachable, so it does not
+    depend on whether an intermediate was configured in the bundle or sent by the agent;
+    otherwise it is the nearest bundle certificate.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     check_validity(leaf, now)
+    trusted = {cert.der for cert in bundle}
+    pool = list({cert.der: cert for cert in [*bundle, *intermediates]}.values())
     queue: deque[list[EKCertificate]] = deque([[leaf]])
     expanded = {leaf.der}
+    nearest: list[EKCertificate] | None = None
     problems: list[str] = []
-    # Breadth first with each certificate expanded once: shortest chain wins, and
-    # cross-signed intermediates cannot make the search explode.
+    # Breadth first with each certificate expanded once: the shortest chain wins, and
+    # cross-signed certificates cannot make the search explode.
     while queue:
         path = queue.popleft()
-        child = path[-1]
-        for anchor in _candidates(child, bundle):
-            if _signed_by(child, anchor):
-                problem = _issuer_problem(anchor, len(path) - 1, now)
-                if problem is None:
-                    return [*path, anchor]
+        for parent in _candidates(path[-1], pool):
+            if parent.der in expanded or not _signed_by(path[-1], parent):
+                continue
+            problem = _issuer_problem(parent, len(path) - 1, now)
+            if problem is not None:
                 problems.append(problem)
-        if len(path) + 1 >= MAX_CHAIN_DEPTH:
-            continue
-        for parent in _candidates(child, intermediates):
-            if parent.der not in expanded and _signed_by(child, parent):
-                problem = _issuer_problem(parent, len(path) - 1, now)
-                if problem is None:
-                    expanded.add(parent.der)
-                    queue.append([*path, parent])
-                else:
-                    problems.append(problem)
+                continue
+            chain = [*path, parent]
+            if parent.der in trusted:
+                if _self_signed(parent):
+                    return chain
+                nearest = nearest or chain
+            if len(chain) < MAX_CHAIN_DEPTH:
+                expanded.add(parent.der)
+                queue.append(chain)
+    if nearest is not None:
+        return nearest
     reason = problems[0] if problems else "no trusted issuer signed it"
     raise VerificationError(
         f"certificate {leaf.describe()} does not chain to a trusted CA: {reason}"

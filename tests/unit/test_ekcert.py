@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
+from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.ekcert import (
     EKCertificate,
     check_certificate_matches_public_area,
@@ -130,9 +131,12 @@ def test_swtpm_chain_verifies(cert_der: bytes) -> None:
         "swtpm-localca-rootca",
     ]
     assert chain[-1].sha256_fingerprint == anchor.sha256_fingerprint
-    # Intermediate configured as a trust anchor itself: the chain stops there.
-    both = [anchor, load_certificate(SWTPM_INTERMEDIATE)]
-    assert len(verify_chain(leaf, [], both, LATER)) == 2
+    # With the intermediate in the bundle too, the anchor is still the root.
+    both = [load_certificate(SWTPM_INTERMEDIATE), anchor]
+    assert [c.der for c in verify_chain(leaf, [], both, LATER)] == [c.der for c in chain]
+    # With only the intermediate trusted, the chain ends there.
+    only = verify_chain(leaf, [], [load_certificate(SWTPM_INTERMEDIATE)], LATER)
+    assert [c.subject_common_name for c in only] == ["unknown", "swtpm-localca"]
 
 
 def test_swtpm_chain_without_intermediate_fails() -> None:
@@ -293,6 +297,17 @@ def test_chain_with_intermediates(root: Issued, intermediate: Issued) -> None:
     assert [c.der for c in chain[1:]] == [der(intermediate.cert), der(root.cert)]
 
 
+def test_unusable_root_falls_back_to_the_nearest_anchor() -> None:
+    day = datetime.timedelta(days=1)
+    old_root = make_ca("Expired root", not_before=NOW - 9 * day, not_after=NOW - day)
+    middle = make_ca("Trusted intermediate", old_root)
+    leaf = load(make_ek_cert(ek_key(), middle))
+    chain = verify_chain(leaf, [], [load(old_root), load(middle)], NOW)
+    assert [c.der for c in chain] == [leaf.der, der(middle.cert)]
+    with pytest.raises(VerificationError, match=r"'CN=Expired root'.* has expired"):
+        verify_chain(leaf, [load(middle)], [load(old_root)], NOW)
+
+
 def test_chain_from_another_ca(root: Issued) -> None:
     other = make_ca("Test EK Root")  # same name, different key
     leaf = load(make_ek_cert(ek_key(), other))
@@ -365,6 +380,45 @@ def test_cross_signed_intermediates_terminate(root: Issued) -> None:
         verify_chain(leaf, [load(b), load(a_by_b), load(a)], [load(root)], NOW)
 
 
+def test_anchor_is_the_self_signed_root_not_a_rollover_certificate() -> None:
+    # Key rollover: the new root key certified under the old one, with the same name.
+    old_root = make_ca("Vendor Root")
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    rollover = Issued(make_ca("Vendor Root", old_root, key=new_key).cert, new_key)
+    leaf = load(make_ek_cert(ek_key(), rollover))
+    chain = verify_chain(leaf, [], [load(rollover), load(old_root)], NOW)
+    assert [c.der for c in chain[1:]] == [der(rollover.cert), der(old_root.cert)]
+
+
+def test_search_expands_each_certificate_once(
+    root: Issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Four CAs that all certify each other: without the once-only rule the search
+    # grows exponentially with depth before giving up.
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(4)]
+    cas = [make_ca(f"Mesh {i}", key=keys[i]) for i in range(4)]
+    mesh = [
+        load(make_ca(f"Mesh {i}", cas[j], key=keys[i]))
+        for i in range(4)
+        for j in range(4)
+        if i != j
+    ]
+    leaf = load(make_ek_cert(ek_key(), cas[0]))
+    calls = 0
+    real_signed_by = ekcert._signed_by
+
+    def counting(child: EKCertificate, parent: EKCertificate) -> bool:
+        nonlocal calls
+        calls += 1
+        return real_signed_by(child, parent)
+
+    monkeypatch.setattr(ekcert, "_signed_by", counting)
+    with pytest.raises(VerificationError, match="does not chain"):
+        verify_chain(leaf, mesh, [load(root)], NOW)
+    pool = len(mesh) + 1
+    assert calls <= (pool + 1) * pool
+
+
 # --- CA bundles -------------------------------------------------------------------------
 
 
@@ -380,7 +434,7 @@ def test_load_ca_bundle_directory(tmp_path: Path) -> None:
         "swtpm-localca-rootca",
     ]
     leaf = load_certificate(SWTPM_RSA_CERT)
-    assert len(verify_chain(leaf, [], certs, LATER)) == 2
+    assert len(verify_chain(leaf, [], certs, LATER)) == 3
 
 
 def test_load_ca_bundle_file_and_errors(tmp_path: Path) -> None:

@@ -51,9 +51,10 @@ def make_ca(
     not_before: datetime.datetime = NOW - datetime.timedelta(days=365),
     not_after: datetime.datetime = NOW + datetime.timedelta(days=365),
     subject: x509.Name | None = None,
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> Issued:
-    """A CA (self-signed when `issuer` is None) with an EC P-256 key."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    """A CA (self-signed when `issuer` is None) with an EC P-256 key (fresh unless given)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     subject = subject or name(common_name)
     builder = (
         x509.CertificateBuilder()
