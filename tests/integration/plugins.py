@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,15 @@ def hcl(**options: object) -> str:
 def audit_lines(server: PluginProcess) -> list[dict[str, str]]:
     entries = [json.loads(line) for line in server.stderr_lines]
     return [entry for entry in entries if entry.get("@module") == "spire_tpm_attestor.audit"]
+
+
+def audit_line_after(server: PluginProcess, seen: int) -> dict[str, str]:
+    """The first audit line after the `seen` earlier ones, once the stderr reader has it."""
+    deadline = time.monotonic() + 10
+    while len(lines := audit_lines(server)) <= seen:
+        assert time.monotonic() < deadline, "the server plugin wrote no audit line"
+        time.sleep(0.02)
+    return lines[seen]
 
 
 class AgentConversation:

@@ -23,6 +23,7 @@ from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
 from tests.integration.plugins import (
     AgentConversation,
     ServerConversation,
+    audit_line_after,
     audit_lines,
     hcl,
     rpc_error,
@@ -80,6 +81,7 @@ def test_attestation_admits_a_genuine_tpm(
     ca = {} if policy == "allowlist" else {"ek_ca_path": str(ek_ca.bundle_path)}
     server.configure(hcl(ek_policy=policy, hash_path=str(hashes), **ca))
 
+    seen = len(audit_lines(server))
     result = relay_attestation(agent, server)
 
     assert result.spiffe_id == f"spiffe://example.org/spire/agent/tpm/{pub_hash}"
@@ -105,8 +107,8 @@ def test_attestation_admits_a_genuine_tpm(
         assert not any(s.startswith("ek:") for s in result.selectors)
     else:
         assert cert_selectors <= set(result.selectors), result.selectors
-    admitted = [line for line in audit_lines(server) if line["ek_hash"] == pub_hash]
-    assert admitted[-1]["decision"] == "admitted"
+    audit = audit_line_after(server, seen)
+    assert (audit["decision"], audit["ek_hash"]) == ("admitted", pub_hash)
 
 
 @pytest.mark.parametrize("ak_algorithm", ["rsa", "ecc"])
@@ -139,13 +141,17 @@ def test_agent_path_template_and_options(
 
 def expect_rejection(
     agent: PluginProcess, server: PluginProcess, code: grpc.StatusCode, words: str
-) -> AttestationFailed:
+) -> dict[str, str]:
+    """Attest, expect the server to refuse, and return the audit line of the decision."""
+    seen = len(audit_lines(server))
     with pytest.raises(AttestationFailed) as failure:
         relay_attestation(agent, server)
     assert failure.value.side == "server"
     assert failure.value.code == code, failure.value
     assert words in failure.value.details, failure.value.details
-    return failure.value
+    audit = audit_line_after(server, seen)
+    assert audit["decision"] == "rejected"
+    return audit
 
 
 def test_ek_not_in_allowlist_is_denied(
@@ -154,8 +160,10 @@ def test_ek_not_in_allowlist_is_denied(
     (hashes / ("0" * 64)).write_text("")
     agent.configure(hcl(tcti=swtpm.tcti))
     server.configure(hcl(hash_path=str(hashes)))
-    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "not in the allowlist")
-    assert audit_lines(server)[-1]["check"] == "allowlist"
+    audit = expect_rejection(
+        agent, server, grpc.StatusCode.PERMISSION_DENIED, "not in the allowlist"
+    )
+    assert audit["check"] == "allowlist"
 
 
 def test_ek_certificate_from_another_ca_is_denied(
@@ -182,13 +190,13 @@ def test_ek_certificate_for_another_key_is_denied(
     provision_ek_certificates(bare_swtpm.tcti, ek_ca, foreign_key=True)
     agent.configure(hcl(tcti=bare_swtpm.tcti))
     server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path)))
-    expect_rejection(
+    audit = expect_rejection(
         agent,
         server,
         grpc.StatusCode.PERMISSION_DENIED,
         "EK certificate key differs from the EK public area",
     )
-    assert audit_lines(server)[-1]["check"] == "ek_cert_key"
+    assert audit["check"] == "ek_cert_key"
 
 
 @pytest.fixture
@@ -321,5 +329,5 @@ def test_unreadable_allowlist_entry_rejects_rather_than_admits(
         (hashes / pub_hash).write_text('{"labels": {"rack": 7}}')
     agent.configure(hcl(tcti=bare_swtpm.tcti))
     server.configure(hcl(hash_path=str(hashes)))
-    expect_rejection(agent, server, grpc.StatusCode.UNAVAILABLE, "allowlist lookup failed")
-    assert audit_lines(server)[-1]["check"] == "allowlist_lookup"
+    audit = expect_rejection(agent, server, grpc.StatusCode.UNAVAILABLE, "allowlist lookup failed")
+    assert audit["check"] == "allowlist_lookup"
