@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.runtime.status import (
     InvalidArgument,
@@ -24,7 +25,6 @@ from spire_tpm_attestor.tpm.credential import check_ek_template
 from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public, public_key_equals
 from spire_tpm_attestor.tpm.verify import check_ak_public
-from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
 
 
 class Rejected(Exception):

@@ -89,7 +89,7 @@ class PluginConfigFile:
         attestors = _single(_single(document["plugins"]).get("NodeAttestor"))
         if not isinstance(attestors, dict) or not attestors:
             raise ConfigProblems([f"{path}: no NodeAttestor plugin in the plugins block"])
-        name, body = next(iter(attestors.items()))
+        body = next(iter(attestors.values()))
         body = _single(body)
         data: Any = body.get("plugin_data")
         if body.get("plugin_data_file"):

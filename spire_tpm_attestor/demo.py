@@ -47,13 +47,19 @@ def main() -> int:
             f'ek_ca_path = "{ca.bundle_path}"\n'
             f'hash_path = "{hashes}"\n'
         )
-        with PluginProcess.start(executable("server"),
-                                 host_service_names=SERVER_HOST_SERVICES) as server, \
-                PluginProcess.start(executable("agent"),
-                                    host_service_names=AGENT_HOST_SERVICES) as agent:
+        with (
+            PluginProcess.start(
+                executable("server"), host_service_names=SERVER_HOST_SERVICES
+            ) as server,
+            PluginProcess.start(
+                executable("agent"), host_service_names=AGENT_HOST_SERVICES
+            ) as agent,
+        ):
             for name, plugin in (("server", server), ("agent", agent)):
-                print(f"{name} plugin: handshake {plugin.handshake.raw.strip()!r}, "
-                      f"serves {', '.join(plugin.plugin_service_names)}")
+                print(
+                    f"{name} plugin: handshake {plugin.handshake.raw.strip()!r}, "
+                    f"serves {', '.join(plugin.plugin_service_names)}"
+                )
             server.configure(server_hcl, TRUST_DOMAIN)
             agent.configure(agent_hcl, TRUST_DOMAIN)
             started = time.monotonic()

@@ -8,6 +8,7 @@ agent plugin and a server plugin. Tests and `spire-tpm-attestor check` use it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -216,20 +217,16 @@ class PluginProcess:
 
         Returns how long the process took to exit after Shutdown.
         """
-        try:
+        with contextlib.suppress(grpc.RpcError):  # SPIRE logs and goes on
             spire_init_pb2_grpc.InitStub(self.channel).Deinit(
                 spire_init_pb2.DeinitRequest(), timeout=10
             )
-        except grpc.RpcError:
-            pass
         self._broker_requests.close()
         started = time.monotonic()
-        try:
+        with contextlib.suppress(grpc.RpcError):  # go-plugin ignores Shutdown errors
             go_plugin_pb2_grpc.GRPCControllerStub(self.channel).Shutdown(
                 go_plugin_pb2.Empty(), timeout=2
             )
-        except grpc.RpcError:
-            pass
         self.channel.close()
         try:
             self.process.wait(timeout=EXIT_TIMEOUT_SECONDS)
