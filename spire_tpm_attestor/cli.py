@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from spire_tpm_attestor import __version__, ekcert
@@ -134,8 +135,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             plugin_command(agent_config, "agent"), host_service_names=AGENT_HOST_SERVICES
         ) as agent,
     ):
-        server.configure(server_config.plugin_data, server_config.trust_domain)
-        agent.configure(agent_config.plugin_data, agent_config.trust_domain)
+        for side, plugin, config in (
+            ("server", server, server_config),
+            ("agent", agent, agent_config),
+        ):
+            try:
+                plugin.configure(config.plugin_data, config.trust_domain)
+            except grpc.RpcError as error:
+                print(
+                    f"the {side} plugin refused its configuration: {error.details()}",
+                    file=sys.stderr,
+                )
+                return 2
         try:
             result = relay_attestation(agent, server)
         except AttestationFailed as failure:

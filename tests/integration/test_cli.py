@@ -1,0 +1,171 @@
+"""The operator CLI: `hash` and `check` against swtpm and the real plugin processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from spire_tpm_attestor import __version__, ekcert
+from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+
+CLI = str(Path(sys.executable).parent / "spire-tpm-attestor")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_version() -> None:
+    result = run("version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"spire-tpm-attestor {__version__}"
+
+
+@pytest.fixture
+def ek_certificate(bare_swtpm: SWTPM, ek_ca: TestCA) -> x509.Certificate:
+    certificate: x509.Certificate = provision_ek_certificates(
+        bare_swtpm.tcti, ek_ca, algorithms=("rsa2048",)
+    )["rsa2048"]
+    return certificate
+
+
+@pytest.mark.swtpm
+def test_hash_agrees_across_certificate_public_key_and_tpm(
+    bare_swtpm: SWTPM, ek_certificate: x509.Certificate, tmp_path: Path
+) -> None:
+    expected = ekcert.ek_hash(ek_certificate.public_key())
+    (tmp_path / "ek.pem").write_bytes(ek_certificate.public_bytes(Encoding.PEM))
+    (tmp_path / "ek.der").write_bytes(ek_certificate.public_bytes(Encoding.DER))
+    public = ek_certificate.public_key()
+    (tmp_path / "pub.pem").write_bytes(
+        public.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    (tmp_path / "agent.hcl").write_text(f'tcti = "{bare_swtpm.tcti}"\n')
+    for option, name in (
+        ("--certificate", "ek.pem"),
+        ("--certificate", "ek.der"),
+        ("--public-key", "pub.pem"),
+        ("--agent-config", "agent.hcl"),
+    ):
+        result = run("hash", option, str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected, (option, name)
+
+
+def test_hash_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("hash", "--certificate", str(tmp_path / "nope.pem"))
+    assert result.returncode == 2
+    assert "nope.pem" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.fixture
+def allowlist(tmp_path: Path) -> Path:
+    directory = tmp_path / "hashes"
+    directory.mkdir()
+    return directory
+
+
+@pytest.mark.swtpm
+def test_check_with_plugin_data_files(
+    bare_swtpm: SWTPM,
+    ek_certificate: x509.Certificate,
+    ek_ca: TestCA,
+    allowlist: Path,
+    tmp_path: Path,
+) -> None:
+    pub_hash = ekcert.ek_hash(ek_certificate.public_key())
+    (allowlist / pub_hash).write_text('{"name": "node-1"}')
+    (tmp_path / "agent.hcl").write_text(f'tcti = "{bare_swtpm.tcti}"\n')
+    (tmp_path / "server.hcl").write_text(
+        f'ek_policy = "cert_and_allowlist"\nek_ca_path = "{ek_ca.bundle_path}"\n'
+        f'hash_path = "{allowlist}"\n'
+    )
+    result = run(
+        "check",
+        "--agent-config",
+        str(tmp_path / "agent.hcl"),
+        "--server-config",
+        str(tmp_path / "server.hcl"),
+        "--trust-domain",
+        "corp.test",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"spiffe_id: spiffe://corp.test/spire/agent/tpm/{pub_hash}" in result.stdout
+    assert f"  pub_hash:{pub_hash}" in result.stdout
+    assert "  name:node-1" in result.stdout
+
+
+@pytest.mark.swtpm
+def test_check_with_whole_spire_config_files(
+    bare_swtpm: SWTPM, ek_certificate: x509.Certificate, ek_ca: TestCA, tmp_path: Path
+) -> None:
+    examples = Path(__file__).parents[2] / "examples"
+    server_conf = (examples / "server.conf").read_text()
+    server_conf = server_conf.replace('ek_policy = "cert_or_allowlist"', 'ek_policy = "cert"')
+    server_conf = server_conf.replace('"/etc/spire/tpm/ek-ca"', f'"{ek_ca.bundle_path}"')
+    server_conf = server_conf.replace('hash_path = "/var/lib/spire/tpm/hashes"', "")
+    agent_conf = (
+        (examples / "agent.conf")
+        .read_text()
+        .replace('# tcti = "device:/dev/tpmrm0"', f'tcti = "{bare_swtpm.tcti}"')
+    )
+    # The example's plugin_cmd points at an install location; use this checkout's.
+    for side in ("server", "agent"):
+        install = f"/opt/spire-tpm-attestor/bin/spire-tpm-attestor-{side}"
+        here = str(Path(sys.executable).parent / f"spire-tpm-attestor-{side}")
+        server_conf, agent_conf = (
+            server_conf.replace(install, here),
+            agent_conf.replace(install, here),
+        )
+    (tmp_path / "server.conf").write_text(server_conf)
+    (tmp_path / "agent.conf").write_text(agent_conf)
+    result = run(
+        "check",
+        "--agent-config",
+        str(tmp_path / "agent.conf"),
+        "--server-config",
+        str(tmp_path / "server.conf"),
+    )
+    assert result.returncode == 0, result.stderr
+    pub_hash = ekcert.ek_hash(ek_certificate.public_key())
+    assert f"spiffe_id: spiffe://example.org/spire/agent/tpm/{pub_hash}" in result.stdout
+    assert "  ek:model:swtpm" in result.stdout
+
+
+@pytest.mark.swtpm
+def test_check_names_the_failing_check(
+    bare_swtpm: SWTPM, ek_certificate: x509.Certificate, allowlist: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "agent.hcl").write_text(f'tcti = "{bare_swtpm.tcti}"\n')
+    (tmp_path / "server.hcl").write_text(f'hash_path = "{allowlist}"\n')
+    result = run(
+        "check",
+        "--agent-config",
+        str(tmp_path / "agent.hcl"),
+        "--server-config",
+        str(tmp_path / "server.hcl"),
+    )
+    assert result.returncode == 1
+    assert "attestation failed in the server plugin: PERMISSION_DENIED" in result.stderr
+    assert "is not in the allowlist" in result.stderr
+
+
+def test_check_reports_a_refused_configuration(tmp_path: Path) -> None:
+    (tmp_path / "agent.hcl").write_text('tcti = "swtpm:port=1"\n')
+    (tmp_path / "server.hcl").write_text('ek_policy = "cert"\n')
+    result = run(
+        "check",
+        "--agent-config",
+        str(tmp_path / "agent.hcl"),
+        "--server-config",
+        str(tmp_path / "server.hcl"),
+    )
+    assert result.returncode == 2
+    assert "the server plugin refused its configuration" in result.stderr
+    assert "needs ek_ca_path" in result.stderr
