@@ -35,14 +35,22 @@ proto:
 	$(PY) -c "import setup; setup.generate_protos()"
 
 # Real SPIRE binaries for the integration tests, built from the Go module proxy.
+# Not `go install pkg@version`: that always looks up the module's latest version
+# (deprecation check, @v/list or @latest), which a proxy serving only pinned
+# versions answers with 403/404. Instead download the exact module version and
+# build its two commands in place with the module's own go.mod/go.sum (the same
+# build list `go install pkg@version` would use). cgo is required for SQLite.
+SPIRE_MODULE := github.com/spiffe/spire
 spire: $(SPIRE_BIN)/spire-server
 
 $(SPIRE_BIN)/spire-server:
 	@if command -v go >/dev/null; then \
-	  mkdir -p $(SPIRE_BIN) && \
-	  CGO_ENABLED=1 GOBIN=$(CURDIR)/$(SPIRE_BIN) GOFLAGS=-mod=mod go install \
-	    github.com/spiffe/spire/cmd/spire-server@$(SPIRE_VERSION) \
-	    github.com/spiffe/spire/cmd/spire-agent@$(SPIRE_VERSION); \
+	  set -e; mkdir -p $(SPIRE_BIN); \
+	  go mod download $(SPIRE_MODULE)@$(SPIRE_VERSION); \
+	  cd "$$(go env GOMODCACHE)/$(SPIRE_MODULE)@$(SPIRE_VERSION)"; \
+	  CGO_ENABLED=1 GOFLAGS=-mod=readonly go build -trimpath \
+	    -ldflags '-X $(SPIRE_MODULE)/pkg/common/version.gittag=$(SPIRE_VERSION:v%=%)' \
+	    -o $(CURDIR)/$(SPIRE_BIN)/ ./cmd/spire-server ./cmd/spire-agent; \
 	else echo "go not found: real-SPIRE tests will be skipped"; fi
 
 test: install
