@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc nginx
-SPIRE_VERSION ?= v1.15.3
+# v1.15.x needs a dependency (ejbca-go-client-sdk v1.1.0) the module proxy here does not serve.
+SPIRE_VERSION ?= v1.14.5
 SPIRE_BIN := .cache/spire/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
