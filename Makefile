@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc nginx
 # v1.15.x needs a dependency (ejbca-go-client-sdk v1.1.0) the module proxy here does not serve.
 SPIRE_VERSION ?= v1.14.5
-SPIRE_BIN := .cache/spire/$(SPIRE_VERSION)/bin
+# Outside the checkout, so fresh clones on the same machine reuse the build.
+SPIRE_BIN ?= $(HOME)/.cache/spire-tpm-attestor/spire/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install system-packages proto test demo bench lint spire clean
@@ -51,12 +52,12 @@ $(SPIRE_BIN)/spire-server:
 	  cd "$$(go env GOMODCACHE)/$(SPIRE_MODULE)@$(SPIRE_VERSION)"; \
 	  CGO_ENABLED=1 GOFLAGS=-mod=readonly go build -trimpath \
 	    -ldflags '-X $(SPIRE_MODULE)/pkg/common/version.gittag=$(SPIRE_VERSION:v%=%)' \
-	    -o $(CURDIR)/$(SPIRE_BIN)/ ./cmd/spire-server ./cmd/spire-agent; \
+	    -o $(SPIRE_BIN)/ ./cmd/spire-server ./cmd/spire-agent; \
 	else echo "go not found: real-SPIRE tests will be skipped"; fi
 
 test: install
 	-@$(MAKE) --no-print-directory spire
-	SPIRE_BIN=$(CURDIR)/$(SPIRE_BIN) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	SPIRE_BIN=$(SPIRE_BIN) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m spire_tpm_attestor.demo
