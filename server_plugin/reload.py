@@ -1,0 +1,207 @@
+"""Values loaded from files or directories that reload themselves when those change.
+
+`Reloading(what, paths, load)` calls `load()` once (its errors are the caller's to
+report, typically as configuration problems), then watches `paths` with watchdog. On a
+change it waits for writes to settle, calls `load()` again and swaps the value in
+atomically. A load that fails keeps the last good value and logs why, so a half-written
+or broken file never takes trust material away. `close()` stops watching.
+
+Usage, for a CA bundle given as a list of files or directories:
+
+    bundle = Reloading("ek_ca_path", paths, lambda: load_bundle(paths))
+    ...  bundle.value  ...   # the current list, never a partially loaded one
+    bundle.close()
+
+A file is watched through its parent directory, so replacing it by rename (editors,
+`mv`, Kubernetes ConfigMap/Secret mounts swapping their `..data` symlink) is seen too.
+Every event in a watched directory only triggers a cheap stat fingerprint of the paths;
+`load()` runs when that fingerprint changed (`touch` forces a reload). One watchdog
+Observer thread serves the whole process, with one watch per directory however many
+values share it. Filesystems that do not deliver inotify events for remote writes (NFS
+changed on another host) need a local touch, or a configuration reload, to be seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from watchdog.events import (
+    EVENT_TYPE_ATTRIB,
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# Long enough for a writer to finish a file (or an editor its save dance), short enough
+# that an operator sees the change at once.
+SETTLE_SECONDS = 0.2
+# Opening or reading a file (which load() itself does) must not count as a change.
+_CHANGES = frozenset(
+    {
+        EVENT_TYPE_CREATED,
+        EVENT_TYPE_DELETED,
+        EVENT_TYPE_MODIFIED,
+        EVENT_TYPE_MOVED,
+        EVENT_TYPE_CLOSED,
+        EVENT_TYPE_ATTRIB,
+    }
+)
+
+Fingerprint = tuple[object, ...]
+
+
+def _stat_key(path: str) -> object:
+    try:
+        st = os.stat(path)  # follows symlinks: a swapped target is a change
+    except OSError as exc:
+        return exc.errno
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def fingerprint(paths: Sequence[str]) -> Fingerprint:
+    """What changes when the content under `paths` may have changed."""
+    parts: list[object] = []
+    for path in paths:
+        parts.append(_stat_key(path))
+        if os.path.isdir(path):
+            try:
+                names = sorted(os.listdir(path))
+            except OSError as exc:
+                parts.append(exc.errno)
+                continue
+            parts.extend((name, _stat_key(os.path.join(path, name))) for name in names)
+    return tuple(parts)
+
+
+class _Dispatch(FileSystemEventHandler):
+    """The one watchdog handler of a directory; calls everyone interested in it."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in _CHANGES:
+            for callback in list(self.callbacks):
+                callback()
+
+
+class DirectoryWatches:
+    """Reference-counted watchdog watches on directories, on one shared Observer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._observer: BaseObserver | None = None
+        self._watches: dict[str, tuple[ObservedWatch, _Dispatch]] = {}
+
+    def add(self, directory: str, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if self._observer is None:
+                self._observer = Observer()  # a daemon thread, like its emitters
+                self._observer.start()
+            if directory not in self._watches:
+                dispatch = _Dispatch()
+                watch = self._observer.schedule(dispatch, directory, recursive=False)
+                self._watches[directory] = (watch, dispatch)
+            self._watches[directory][1].callbacks.append(callback)
+
+    def remove(self, directory: str, callback: Callable[[], None]) -> None:
+        with self._lock:
+            watch, dispatch = self._watches[directory]
+            dispatch.callbacks.remove(callback)
+            if not dispatch.callbacks and self._observer is not None:
+                del self._watches[directory]
+                self._observer.unschedule(watch)
+
+    def watched(self) -> list[str]:
+        with self._lock:
+            return sorted(self._watches)
+
+
+WATCHES = DirectoryWatches()
+
+
+def _watched_directory(path: str) -> str:
+    return path if os.path.isdir(path) else os.path.dirname(path) or "."
+
+
+class Reloading(Generic[T]):
+    """A value loaded from `paths` by `load`, reloaded when they change (see module doc)."""
+
+    def __init__(
+        self,
+        what: str,
+        paths: Sequence[str],
+        load: Callable[[], T],
+        settle_seconds: float = SETTLE_SECONDS,
+    ) -> None:
+        self.what = what
+        self.paths = [os.path.abspath(path) for path in paths]
+        self._load = load
+        self._settle = settle_seconds
+        # Taken before loading: a change during the load is then seen as a change.
+        self._fingerprint = fingerprint(self.paths)
+        self._value = load()
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._closed = False
+        self._directories = sorted({_watched_directory(path) for path in self.paths})
+        for directory in self._directories:
+            WATCHES.add(directory, self._changed)
+
+    @property
+    def value(self) -> T:
+        return self._value
+
+    def _changed(self) -> None:
+        """On the observer thread: (re)start the settle timer, so a burst loads once."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self._settle, self.reload)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def reload(self) -> bool:
+        """Load again if the paths changed; True when a new value was swapped in."""
+        with self._reload_lock:
+            current = fingerprint(self.paths)
+            if current == self._fingerprint or self._closed:
+                return False
+            self._fingerprint = current  # a bad state is reported once, not per event
+            try:
+                value = self._load()
+            except Exception as exc:  # whatever the loader raises, the last good value stays
+                log.warning(
+                    "reload failed; keeping the last good value",
+                    extra={"what": self.what, "paths": ",".join(self.paths), "reason": str(exc)},
+                )
+                return False
+            self._value = value
+        log.info("reloaded", extra={"what": self.what, "paths": ",".join(self.paths)})
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+        for directory in self._directories:
+            WATCHES.remove(directory, self._changed)
