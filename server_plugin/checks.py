@@ -44,12 +44,17 @@ def denied(check: str, message: str) -> Rejected:
     return Rejected(check, PermissionDenied(message))
 
 
+def parse_public_area(data: bytes, field: str, label: str) -> PublicArea:
+    """A TPM2B_PUBLIC from the agent, parsed strictly; malformed input is INVALID_ARGUMENT."""
+    try:
+        return parse_tpm2b_public(data)
+    except TPMStructureError as exc:
+        raise malformed(field, f"{label} public area: {exc}") from None
+
+
 def parse_ek_public(data: bytes) -> PublicArea:
     """The EK public area is well formed and shaped like a TCG EK (restricted decrypt key)."""
-    try:
-        area = parse_tpm2b_public(data)
-    except TPMStructureError as exc:
-        raise malformed("ek_public", f"EK public area: {exc}") from None
+    area = parse_public_area(data, "ek_public", "EK")
     try:
         check_ek_template(area)
     except (TPMStructureError, VerificationError) as exc:
@@ -59,10 +64,7 @@ def parse_ek_public(data: bytes) -> PublicArea:
 
 def verify_ak_public(data: bytes) -> PublicArea:
     """The AK is a genuine TPM attestation key: fixed, TPM-generated, restricted signing."""
-    try:
-        area = parse_tpm2b_public(data)
-    except TPMStructureError as exc:
-        raise malformed("ak_public", f"AK public area: {exc}") from None
+    area = parse_public_area(data, "ak_public", "AK")
     try:
         check_ak_public(area)
     except (TPMStructureError, VerificationError) as exc:

@@ -21,6 +21,7 @@ import grpc
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from spire_tpm_attestor import __version__, ekcert
+from spire_tpm_attestor.harness import AttestationResult
 from spire_tpm_attestor.runtime.config import ConfigProblems, parse_hcl
 
 
@@ -156,12 +157,17 @@ def cmd_check(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
+    print_result(result)
+    return 0
+
+
+def print_result(result: AttestationResult, selector_type: str = "") -> None:
+    """The agent ID and selectors, as an operator reads them (`tpm:` for registration)."""
     print(f"spiffe_id: {result.spiffe_id}")
     print(f"can_reattest: {str(result.can_reattest).lower()}")
     print("selectors:")
     for selector in result.selectors:
-        print(f"  {selector}")
-    return 0
+        print(f"  {selector_type}{selector}")
 
 
 def build_parser() -> argparse.ArgumentParser:

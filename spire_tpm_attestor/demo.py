@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.cli import print_result
 from spire_tpm_attestor.harness import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,
@@ -66,11 +67,7 @@ def main() -> int:
             result = relay_attestation(agent, server)
             elapsed = time.monotonic() - started
         print(f"\nattested in {elapsed * 1000:.0f} ms")
-        print(f"spiffe_id: {result.spiffe_id}")
-        print(f"can_reattest: {str(result.can_reattest).lower()}")
-        print("selectors:")
-        for selector in result.selectors:
-            print(f"  tpm:{selector}")
+        print_result(result, selector_type="tpm:")
     return 0
 
 

@@ -20,6 +20,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=120, check=False)
 
 
+def check(agent_config: Path, server_config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run(
+        "check", "--agent-config", str(agent_config), "--server-config", str(server_config), *extra
+    )
+
+
 def test_version() -> None:
     result = run("version")
     assert result.returncode == 0
@@ -86,12 +92,9 @@ def test_check_with_plugin_data_files(
         f'ek_policy = "cert_and_allowlist"\nek_ca_path = "{ek_ca.bundle_path}"\n'
         f'hash_path = "{allowlist}"\n'
     )
-    result = run(
-        "check",
-        "--agent-config",
-        str(tmp_path / "agent.hcl"),
-        "--server-config",
-        str(tmp_path / "server.hcl"),
+    result = check(
+        tmp_path / "agent.hcl",
+        tmp_path / "server.hcl",
         "--trust-domain",
         "corp.test",
     )
@@ -125,13 +128,7 @@ def test_check_with_whole_spire_config_files(
         )
     (tmp_path / "server.conf").write_text(server_conf)
     (tmp_path / "agent.conf").write_text(agent_conf)
-    result = run(
-        "check",
-        "--agent-config",
-        str(tmp_path / "agent.conf"),
-        "--server-config",
-        str(tmp_path / "server.conf"),
-    )
+    result = check(tmp_path / "agent.conf", tmp_path / "server.conf")
     assert result.returncode == 0, result.stderr
     pub_hash = ekcert.ek_hash(ek_certificate.public_key())
     assert f"spiffe_id: spiffe://example.org/spire/agent/tpm/{pub_hash}" in result.stdout
@@ -144,13 +141,7 @@ def test_check_names_the_failing_check(
 ) -> None:
     (tmp_path / "agent.hcl").write_text(f'tcti = "{bare_swtpm.tcti}"\n')
     (tmp_path / "server.hcl").write_text(f'hash_path = "{allowlist}"\n')
-    result = run(
-        "check",
-        "--agent-config",
-        str(tmp_path / "agent.hcl"),
-        "--server-config",
-        str(tmp_path / "server.hcl"),
-    )
+    result = check(tmp_path / "agent.hcl", tmp_path / "server.hcl")
     assert result.returncode == 1
     assert "attestation failed in the server plugin: PERMISSION_DENIED" in result.stderr
     assert "is not in the allowlist" in result.stderr
@@ -159,13 +150,7 @@ def test_check_names_the_failing_check(
 def test_check_reports_a_refused_configuration(tmp_path: Path) -> None:
     (tmp_path / "agent.hcl").write_text('tcti = "swtpm:port=1"\n')
     (tmp_path / "server.hcl").write_text('ek_policy = "cert"\n')
-    result = run(
-        "check",
-        "--agent-config",
-        str(tmp_path / "agent.hcl"),
-        "--server-config",
-        str(tmp_path / "server.hcl"),
-    )
+    result = check(tmp_path / "agent.hcl", tmp_path / "server.hcl")
     assert result.returncode == 2
     assert "the server plugin refused its configuration" in result.stderr
     assert "needs ek_ca_path" in result.stderr
