@@ -118,6 +118,8 @@ class PluginProcess:
     stdout_after_handshake: list[bytes] = field(default_factory=list)
     stderr_lines: list[bytes] = field(default_factory=list)
     plugin_service_names: list[str] = field(default_factory=list)
+    # Seconds from just before exec until the handshake line was read (for benchmarks).
+    handshake_seconds: float = 0.0
     _broker_requests: RequestQueue[go_plugin_pb2.ConnInfo] = field(default_factory=RequestQueue)
     _background: list[Any] = field(default_factory=list)
     _host_dir: str = ""
@@ -139,6 +141,7 @@ class PluginProcess:
                 "PLUGIN_PROTOCOL_VERSIONS": "1",
             }
         )
+        launched = time.perf_counter()
         process = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -150,6 +153,7 @@ class PluginProcess:
         stderr_lines: list[bytes] = []
         _pump(process.stderr, stderr_lines)
         line = _read_first_line(process, HANDSHAKE_TIMEOUT_SECONDS)
+        handshake_seconds = time.perf_counter() - launched
         handshake = Handshake.parse(line.decode("utf-8", "replace"))
         target = f"unix:{handshake.address}" if handshake.network == "unix" else handshake.address
         channel = grpc.insecure_channel(target)
@@ -159,6 +163,7 @@ class PluginProcess:
             handshake=handshake,
             channel=channel,
             stderr_lines=stderr_lines,
+            handshake_seconds=handshake_seconds,
         )
         _pump(process.stdout, plugin.stdout_after_handshake)
         try:
