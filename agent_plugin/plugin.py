@@ -75,9 +75,11 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
                 yield agent_pb2.PayloadOrChallengeResponse(payload=wire.encode(payload))
                 challenge = decode_challenge(next(challenges, None))
                 response = answer_challenge(tpm, challenge)
-                yield agent_pb2.PayloadOrChallengeResponse(challenge_response=wire.encode(response))
         except TPMError as exc:
             raise Internal(f"TPM: {exc}") from None
+        # Yield only after the session is closed: gRPC may not resume this generator
+        # for a while, and a TPM without a resource manager has few object slots.
+        yield agent_pb2.PayloadOrChallengeResponse(challenge_response=wire.encode(response))
 
 
 def register(server: grpc.Server, holder: ConfigHolder[AgentConfig]) -> None:
