@@ -30,6 +30,7 @@ from spire_tpm_attestor.swtpm import (  # noqa: E402
 from spire_tpm_attestor.tpm.credential import make_credential  # noqa: E402
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public  # noqa: E402
 from spire_tpm_attestor.tpm.verify import check_ak_public, verify_quote  # noqa: E402
+from tests.integration.tpm_state import leftover_handles  # noqa: E402
 
 SECRET = bytes(range(32))
 NONCE = b"\x5a" * 32
@@ -56,19 +57,6 @@ def challenge_for(
     """What the server sends: the secret wrapped to the EK and the AK's Name."""
     ak_name = parse_tpm2b_public(ak_public).name()
     return make_credential(parse_tpm2b_public(ek_public), ak_name, secret)
-
-
-def leftover_handles(tcti: str) -> list[int]:
-    """Transient objects and sessions still in the TPM (swtpm has no resource manager)."""
-    esapi = tss.ESAPI(tcti)
-    try:
-        handles: list[int] = []
-        for first in (0x80000000, 0x02000000, 0x03000000):  # objects, loaded + saved sessions
-            _, data = esapi.get_capability(tss.TPM2_CAP.HANDLES, first, 64)
-            handles.extend(int(handle) for handle in data.data.handles)
-        return handles
-    finally:
-        esapi.close()
 
 
 def closed_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -12,9 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor import wire
 from spire_tpm_attestor.harness import (
-    AttestationFailed,
     PluginProcess,
     relay_attestation,
 )
@@ -25,10 +23,12 @@ from tests.integration.plugins import (
     ServerConversation,
     audit_line_after,
     audit_lines,
+    expect_rejection,
     hcl,
+    provisioned_hash,
     rpc_error,
-    start_plugin,
 )
+from tests.integration.tpm_state import leftover_handles
 
 pytestmark = pytest.mark.swtpm  # the simulator fixtures skip where swtpm is missing
 
@@ -36,31 +36,11 @@ EK_ALGORITHMS = ("rsa2048", "ecc256", "ecc384")
 POLICIES = ("cert", "allowlist", "cert_or_allowlist", "cert_and_allowlist")
 
 
-@pytest.fixture(scope="module")
-def agent() -> Iterator[PluginProcess]:
-    with start_plugin("agent") as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[PluginProcess]:
-    with start_plugin("server") as process:
-        yield process
-
-
 @pytest.fixture
 def hashes(tmp_path: Path) -> Path:
     directory = tmp_path / "hashes"
     directory.mkdir()
     return directory
-
-
-def provisioned_hash(swtpm: SWTPM, ca: TestCA, algorithm: str) -> str:
-    """Provision one EK certificate and return the EK hash the server should compute."""
-    certificate: x509.Certificate = provision_ek_certificates(
-        swtpm.tcti, ca, algorithms=(algorithm,)
-    )[algorithm]
-    return ekcert.ek_hash(certificate.public_key())
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -137,21 +117,6 @@ def test_agent_path_template_and_options(
     result = relay_attestation(agent, server)
     assert result.spiffe_id == f"spiffe://example.org/spire/agent/tpm_prod/node-7/{pub_hash}"
     assert result.can_reattest is False
-
-
-def expect_rejection(
-    agent: PluginProcess, server: PluginProcess, code: grpc.StatusCode, words: str
-) -> dict[str, str]:
-    """Attest, expect the server to refuse, and return the audit line of the decision."""
-    seen = len(audit_lines(server))
-    with pytest.raises(AttestationFailed) as failure:
-        relay_attestation(agent, server)
-    assert failure.value.side == "server"
-    assert failure.value.code == code, failure.value
-    assert words in failure.value.details, failure.value.details
-    audit = audit_line_after(server, seen)
-    assert audit["decision"] == "rejected"
-    return audit
 
 
 def test_ek_not_in_allowlist_is_denied(
@@ -331,3 +296,19 @@ def test_unreadable_allowlist_entry_rejects_rather_than_admits(
     server.configure(hcl(hash_path=str(hashes)))
     audit = expect_rejection(agent, server, grpc.StatusCode.UNAVAILABLE, "allowlist lookup failed")
     assert audit["check"] == "allowlist_lookup"
+
+
+def test_agent_leaves_no_tpm_objects_once_it_has_answered(
+    admitted_setup: tuple[PluginProcess, PluginProcess], swtpm: SWTPM
+) -> None:
+    # swtpm, like /dev/tpm0, has no resource manager and three object slots: the agent
+    # must flush before its answer leaves, not whenever gRPC next resumes its stream.
+    agent, server = admitted_setup
+    for _ in range(5):
+        node, spire = AgentConversation(agent), ServerConversation(server)
+        try:
+            node.answer(spire.send_payload(node.payload()).challenge)
+            assert leftover_handles(swtpm.tcti) == []
+        finally:
+            node.close()
+            spire.close()
