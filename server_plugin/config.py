@@ -5,13 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server_plugin.allowlist import AllowlistSource, FlatDirectory, check_directory
+from server_plugin.reload import Reloading
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.identity import (
     DEFAULT_AGENT_PATH_TEMPLATE,
     DEFAULT_PLUGIN_NAME,
     AgentPathTemplate,
 )
-from spire_tpm_attestor.runtime.config import ConfigReader, CoreConfig, read_config
+from spire_tpm_attestor.runtime.config import (
+    ConfigProblems,
+    ConfigReader,
+    CoreConfig,
+    read_config,
+)
 from spire_tpm_attestor.tpm.errors import TPMStructureError
 
 EK_POLICIES = ("cert", "allowlist", "cert_or_allowlist", "cert_and_allowlist")
@@ -22,12 +28,19 @@ class ServerConfig:
     trust_domain: str
     plugin_name: str
     ek_policy: str
-    ek_ca_bundle: list[ekcert.EKCertificate]
+    ek_ca: Reloading[list[ekcert.EKCertificate]] | None
     allowlist: list[AllowlistSource]
     agent_path_template: AgentPathTemplate
     can_reattest: bool
 
+    @property
+    def ek_ca_bundle(self) -> list[ekcert.EKCertificate]:
+        """The EK CA certificates as last (re)loaded from ek_ca_path."""
+        return self.ek_ca.value if self.ek_ca is not None else []
+
     def close(self) -> None:
+        if self.ek_ca is not None:
+            self.ek_ca.close()
         for source in self.allowlist:
             source.close()
 
@@ -38,18 +51,36 @@ def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
     return "cert" if has_ca else "allowlist"
 
 
-def _load_bundle(reader: ConfigReader, paths: list[str]) -> list[ekcert.EKCertificate]:
+def load_ca_bundles(option: str, paths: list[str]) -> list[ekcert.EKCertificate]:
+    """Every certificate in `paths`; ConfigProblems names each path that is unusable."""
     bundle: list[ekcert.EKCertificate] = []
+    problems: list[str] = []
     for path in paths:
         try:
             certificates = ekcert.load_ca_bundle(path)
         except (OSError, ValueError, TPMStructureError) as exc:
-            reader.problem(f"ek_ca_path: {exc}")
+            problems.append(f"{option}: {exc}")
             continue
         if not certificates:
-            reader.problem(f"ek_ca_path: {path} holds no certificates")
+            problems.append(f"{option}: {path} holds no certificates")
         bundle.extend(certificates)
+    if problems:
+        raise ConfigProblems(problems)
     return bundle
+
+
+def reloading_ca_bundle(
+    reader: ConfigReader, option: str, paths: list[str]
+) -> Reloading[list[ekcert.EKCertificate]] | None:
+    """The CA bundle in `paths`, reloaded when they change; None (and problems) if unusable."""
+    if not paths:
+        return None
+    try:
+        return Reloading(option, paths, lambda: load_ca_bundles(option, paths))
+    except ConfigProblems as problems:
+        for problem in problems.problems:
+            reader.problem(problem)
+        return None
 
 
 def _allowlist_sources(reader: ConfigReader) -> list[AllowlistSource]:
@@ -65,7 +96,7 @@ def _allowlist_sources(reader: ConfigReader) -> list[AllowlistSource]:
 
 def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
     ca_paths = reader.string_list("ek_ca_path")
-    bundle = _load_bundle(reader, ca_paths)
+    ek_ca = reloading_ca_bundle(reader, "ek_ca_path", ca_paths)
     sources = _allowlist_sources(reader)
     policy = reader.choice("ek_policy", EK_POLICIES, None)
     if policy is None:
@@ -88,7 +119,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         trust_domain=core.trust_domain,
         plugin_name=reader.string("plugin_name", DEFAULT_PLUGIN_NAME) or DEFAULT_PLUGIN_NAME,
         ek_policy=policy,
-        ek_ca_bundle=bundle,
+        ek_ca=ek_ca,
         allowlist=sources,
         agent_path_template=template,
         can_reattest=reader.boolean("can_reattest", True),

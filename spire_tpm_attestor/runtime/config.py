@@ -7,13 +7,23 @@ reject with all of them at once and `Validate` can return one note per problem.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import hcl
 
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
 T = TypeVar("T")
+C = TypeVar("C", bound=Closeable)
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ConfigProblems(Exception):
@@ -42,6 +52,14 @@ def parse_hcl(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigProblems(["configuration must be a set of key = value pairs"])
     return data
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration: "500ms", "60s", "5m", "1h", "1h30m", "1.5h"."""
+    parts = _DURATION_PART.findall(text)
+    if not text or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f'{text!r} is not a duration such as "500ms", "60s", "5m" or "1h"')
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 
 def _type_name(value: Any) -> str:
@@ -147,6 +165,39 @@ class ConfigReader:
             self.problem(f"{self.key(name)}: {exc}")
             return None
 
+    def duration(self, name: str, default: float, minimum: float = 0.0) -> float:
+        """A duration string in seconds; durations below `minimum` are problems."""
+        seconds = self.parsed(name, parse_duration)
+        if seconds is None:
+            return default
+        if seconds < minimum:
+            self.problem(f"{self.key(name)}: must be at least {minimum:g}s")
+            return default
+        return seconds
+
+    def labeled_blocks(self, name: str) -> list[tuple[str, ConfigReader]]:
+        """Blocks written `name "label" { ... }`, in the order they appear.
+
+        pyhcl gives {label: body} (JSON configurations may also give a list of such
+        objects). Callers finish() each reader, so unknown options in a block are named.
+        """
+        value = self._take(name)
+        if value is None:
+            return []
+        groups = value if isinstance(value, list) else [value]
+        blocks: list[tuple[str, ConfigReader]] = []
+        for group in groups:
+            if not isinstance(group, dict) or not all(isinstance(v, dict) for v in group.values()):
+                self.problem(f'{self.key(name)}: expected labeled blocks: {name} "label" {{ ... }}')
+                return []
+            for label, body in group.items():
+                if any(label == seen for seen, _ in blocks):
+                    self.problem(f"{self.key(name)}: {label!r} is configured twice")
+                    continue
+                reader = ConfigReader(body, self._problems, prefix=f"{self.key(name)}.{label}.")
+                blocks.append((label, reader))
+        return blocks
+
     def block(self, name: str) -> ConfigReader | None:
         """A nested block (`name { ... }`); repeated blocks are a problem."""
         value = self._take(name)
@@ -169,9 +220,12 @@ class ConfigReader:
 
 
 def read_config(
-    hcl_text: str, core: CoreConfig, build: Callable[[ConfigReader, CoreConfig], T]
-) -> T:
-    """Parse, build and check a configuration; raise ConfigProblems listing everything wrong."""
+    hcl_text: str, core: CoreConfig, build: Callable[[ConfigReader, CoreConfig], C]
+) -> C:
+    """Parse, build and check a configuration; raise ConfigProblems listing everything wrong.
+
+    A rejected configuration is closed here: building it may have started watchers.
+    """
     problems: list[str] = []
     if not core.trust_domain:
         problems.append("core configuration is missing the trust domain")
@@ -179,5 +233,6 @@ def read_config(
     result = build(reader, core)
     reader.finish()
     if problems:
+        result.close()
         raise ConfigProblems(problems)
     return result

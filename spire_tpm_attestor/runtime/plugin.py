@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,7 +32,7 @@ from spire_tpm_attestor.pb import (
     spire_init_pb2,
     spire_init_pb2_grpc,
 )
-from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
+from spire_tpm_attestor.runtime.config import Closeable, ConfigProblems, CoreConfig
 from spire_tpm_attestor.runtime.logs import configure_logging
 from spire_tpm_attestor.runtime.status import FailedPrecondition, InvalidArgument, PluginError
 
@@ -48,10 +48,6 @@ HOST_SERVICES_BROKER_ID = 1
 # whole life; the pool creates threads lazily, so a generous bound costs nothing idle.
 WORKER_THREADS = 256
 SHUTDOWN_GRACE_SECONDS = 0.25
-
-
-class Closeable(Protocol):
-    def close(self) -> None: ...
 
 
 C = TypeVar("C", bound=Closeable)

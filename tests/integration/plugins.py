@@ -9,15 +9,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
+from cryptography import x509
 
+from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.harness import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,
+    AttestationFailed,
     PluginProcess,
     RequestQueue,
+    relay_attestation,
 )
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
+from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
 
 BIN = Path(sys.executable).parent
 
@@ -34,8 +40,12 @@ def hcl(**options: object) -> str:
     return "\n".join(f"{key} = {json.dumps(value)}" for key, value in options.items())
 
 
+def log_entries(plugin: PluginProcess) -> list[dict[str, str]]:
+    return [json.loads(line) for line in list(plugin.stderr_lines)]
+
+
 def audit_lines(server: PluginProcess) -> list[dict[str, str]]:
-    entries = [json.loads(line) for line in server.stderr_lines]
+    entries = log_entries(server)
     return [entry for entry in entries if entry.get("@module") == "spire_tpm_attestor.audit"]
 
 
@@ -46,6 +56,45 @@ def audit_line_after(server: PluginProcess, seen: int) -> dict[str, str]:
         assert time.monotonic() < deadline, "the server plugin wrote no audit line"
         time.sleep(0.02)
     return lines[seen]
+
+
+def wait_for_log(
+    plugin: PluginProcess,
+    matches: Callable[[dict[str, str]], bool],
+    after: int = 0,
+    timeout: float = 30,
+) -> dict[str, str]:
+    """The first log entry from index `after` on that `matches`, waiting until it comes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for entry in log_entries(plugin)[after:]:
+            if matches(entry):
+                return entry
+        assert time.monotonic() < deadline, "the plugin did not log the expected line"
+        time.sleep(0.02)
+
+
+def provisioned_hash(swtpm: SWTPM, ca: TestCA, algorithm: str) -> str:
+    """Provision one EK certificate and return the EK hash the server should compute."""
+    certificate: x509.Certificate = provision_ek_certificates(
+        swtpm.tcti, ca, algorithms=(algorithm,)
+    )[algorithm]
+    return ekcert.ek_hash(certificate.public_key())
+
+
+def expect_rejection(
+    agent: PluginProcess, server: PluginProcess, code: grpc.StatusCode, words: str
+) -> dict[str, str]:
+    """Attest, expect the server to refuse, and return the audit line of the decision."""
+    seen = len(audit_lines(server))
+    with pytest.raises(AttestationFailed) as failure:
+        relay_attestation(agent, server)
+    assert failure.value.side == "server"
+    assert failure.value.code == code, failure.value
+    assert words in failure.value.details, failure.value.details
+    audit = audit_line_after(server, seen)
+    assert audit["decision"] == "rejected"
+    return audit
 
 
 class AgentConversation:
