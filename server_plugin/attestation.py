@@ -1,8 +1,10 @@
 """The server's side of one node attestation, as steps the Attest stream calls in order.
 
-payload -> `check_payload` (EK, AK, EK trust) -> `issue_challenge` -> response ->
-`verify_response` -> `agent_attributes`. Each step uses the named checks in
-`server_plugin.checks`; nothing here talks gRPC.
+payload -> `check_payload` (EK, AK, EK trust, DevID certificate) -> `issue_challenge`
+(secret, nonce, PCR selection) -> response -> `verify_response` (secret, quote, PCR
+policy, DevID residency and signature) -> `agent_attributes`. Each step uses the named
+checks in `server_plugin.checks` and `server_plugin.platform_checks`; nothing here talks
+gRPC.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from server_plugin.checks import (
     verify_eks_match,
 )
 from server_plugin.config import ServerConfig
+from server_plugin.pcr_policy import PCRKey, PCRPolicy, bank_selections
+from server_plugin.platform_checks import (
+    VerifiedDevID,
+    check_pcr_policy,
+    pcr_selectors,
+    verify_devid_chain,
+    verify_devid_public,
+    verify_devid_residency,
+    verify_devid_signature,
+    verify_pcr_quote,
+)
 from spire_tpm_attestor import ekcert, wire
 from spire_tpm_attestor.identity import TemplateError, agent_spiffe_id, selector_safe
 from spire_tpm_attestor.pb import attestation_pb2
@@ -45,6 +58,7 @@ class Evidence:
     ak: PublicArea
     ek_certificate: VerifiedEKCertificate | None
     allowlist_entry: AllowlistEntry | None
+    devid: VerifiedDevID | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,16 @@ class PendingChallenge:
     evidence: Evidence
     secret: bytes
     nonce: bytes
+    pcr_request: frozenset[PCRKey] = frozenset()
+    pcr_policy: PCRPolicy | None = None  # as it was when the challenge was issued
+
+
+@dataclass(frozen=True)
+class Attested:
+    """Everything the response proved: the payload's evidence and the quoted PCRs."""
+
+    evidence: Evidence
+    pcr_values: dict[PCRKey, bytes]
 
 
 def decode_payload(data: bytes) -> attestation_pb2.Payload:
@@ -81,7 +105,19 @@ def check_payload(config: ServerConfig, payload: attestation_pb2.Payload) -> Evi
     verified, entry = establish_ek_trust(
         config, pub_hash, certificate, list(payload.ek_intermediates)
     )
-    return Evidence(pub_hash, ek, ak, verified, entry)
+    return Evidence(pub_hash, ek, ak, verified, entry, establish_devid(config, payload))
+
+
+def establish_devid(config: ServerConfig, payload: attestation_pb2.Payload) -> VerifiedDevID | None:
+    """Check the DevID certificate and public area now; residency comes with the response."""
+    if not payload.devid_certificates:
+        if config.devid.required:
+            raise denied("devid_required", "require_devid is set and the agent sent no DevID")
+        return None
+    if config.devid.bundle is None:
+        return None  # this server does not verify DevIDs: the node gets no DevID facts
+    certificate = verify_devid_chain(payload.devid_certificates, config.devid.bundle.value)
+    return VerifiedDevID(certificate, verify_devid_public(payload.devid_public, certificate))
 
 
 def establish_ek_trust(
@@ -125,8 +161,9 @@ def _first(failure: Rejected | None) -> Rejected:
     return failure or denied("ek_trust", "EK is not trusted")
 
 
-def issue_challenge(evidence: Evidence) -> tuple[bytes, PendingChallenge]:
-    """Encrypt a fresh secret to the EK, bound to the AK's Name; add a fresh nonce."""
+def issue_challenge(config: ServerConfig, evidence: Evidence) -> tuple[bytes, PendingChallenge]:
+    """Encrypt a fresh secret to the EK, bound to the AK's Name; add a fresh nonce and the
+    PCRs to quote (`pcr_selection` and every PCR the policy names)."""
     secret = os.urandom(wire.SECRET_SIZE)
     nonce = os.urandom(wire.NONCE_SIZE)
     try:
@@ -135,17 +172,33 @@ def issue_challenge(evidence: Evidence) -> tuple[bytes, PendingChallenge]:
         raise malformed(
             "make_credential", f"cannot encrypt a challenge to this EK: {exc}"
         ) from None
+    policy = config.pcr.policy()
+    requested = config.pcr.selection | (policy.pcrs() if policy else frozenset())
     challenge = attestation_pb2.Challenge(
         version=wire.PROTOCOL_VERSION,
         credential_blob=credential_blob,
         encrypted_secret=encrypted_secret,
         nonce=nonce,
+        pcr_selection=bank_selections(requested),
     )
-    return wire.encode(challenge), PendingChallenge(evidence, secret, nonce)
+    return wire.encode(challenge), PendingChallenge(evidence, secret, nonce, requested, policy)
 
 
-def verify_response(pending: PendingChallenge, response: attestation_pb2.ChallengeResponse) -> None:
+def verify_response(
+    pending: PendingChallenge, response: attestation_pb2.ChallengeResponse
+) -> Attested:
+    # The secret first: it is what binds the AK, which signs every other proof, to the EK.
     verify_activated_secret(pending.secret, response.secret)
+    evidence = pending.evidence
+    pcr_values: dict[PCRKey, bytes] = {}
+    if pending.pcr_request:
+        pcr_values = verify_pcr_quote(evidence.ak, response, pending.nonce, pending.pcr_request)
+        if pending.pcr_policy is not None:
+            check_pcr_policy(pending.pcr_policy, pcr_values)
+    if evidence.devid is not None:
+        verify_devid_residency(evidence.ak, response, pending.nonce, evidence.devid.public)
+        verify_devid_signature(evidence.devid.public, response, pending.nonce)
+    return Attested(evidence, pcr_values)
 
 
 def agent_facts(config: ServerConfig, evidence: Evidence) -> dict[str, str | None]:
@@ -157,10 +210,12 @@ def agent_facts(config: ServerConfig, evidence: Evidence) -> dict[str, str | Non
         "PubHash": evidence.pub_hash,
         "EKCertSerial": format(certificate.serial_number, "x") if certificate else None,
         "Name": entry.name if entry else None,
+        **(evidence.devid.facts() if evidence.devid else {}),
     }
 
 
-def selectors(evidence: Evidence) -> list[str]:
+def selectors(attested: Attested) -> list[str]:
+    evidence = attested.evidence
     values = [f"pub_hash:{evidence.pub_hash}"]
     if evidence.ek_certificate is not None:
         certificate = evidence.ek_certificate.certificate
@@ -179,16 +234,21 @@ def selectors(evidence: Evidence) -> list[str]:
             values.append(f"name:{selector_safe(entry.name)}")
         for key, value in sorted(entry.labels.items()):
             values.append(f"label:{selector_safe(key)}:{selector_safe(value)}")
+    if evidence.devid is not None:
+        for kind, value in evidence.devid.selectors():
+            if value:
+                values.append(f"{kind}:{selector_safe(value)}")
+    values.extend(pcr_selectors(attested.pcr_values))
     return values
 
 
-def agent_attributes(config: ServerConfig, evidence: Evidence) -> AgentAttributes:
+def agent_attributes(config: ServerConfig, attested: Attested) -> AgentAttributes:
     try:
-        path = config.agent_path_template.render(agent_facts(config, evidence))
+        path = config.agent_path_template.render(agent_facts(config, attested.evidence))
     except TemplateError as exc:
         raise denied("agent_path_template", str(exc)) from None
     return AgentAttributes(
         spiffe_id=agent_spiffe_id(config.trust_domain, path),
-        selector_values=selectors(evidence),
+        selector_values=selectors(attested),
         can_reattest=config.can_reattest,
     )

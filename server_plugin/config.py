@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server_plugin.allowlist import AllowlistSource, FlatDirectory, check_directory
+from server_plugin.platform_config import (
+    DevIDOptions,
+    PCROptions,
+    read_devid_options,
+    read_pcr_options,
+)
 from server_plugin.reload import Reloading
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.identity import (
@@ -32,6 +38,8 @@ class ServerConfig:
     allowlist: list[AllowlistSource]
     agent_path_template: AgentPathTemplate
     can_reattest: bool
+    pcr: PCROptions
+    devid: DevIDOptions
 
     @property
     def ek_ca_bundle(self) -> list[ekcert.EKCertificate]:
@@ -43,6 +51,8 @@ class ServerConfig:
             self.ek_ca.close()
         for source in self.allowlist:
             source.close()
+        self.pcr.close()
+        self.devid.close()
 
 
 def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
@@ -123,6 +133,12 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         allowlist=sources,
         agent_path_template=template,
         can_reattest=reader.boolean("can_reattest", True),
+        pcr=read_pcr_options(reader),
+        devid=read_devid_options(
+            reader,
+            template,
+            reloading_ca_bundle(reader, "devid_ca_path", reader.string_list("devid_ca_path")),
+        ),
     )
 
 

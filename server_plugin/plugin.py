@@ -52,11 +52,11 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
         try:
             evidence = attestation.check_payload(config, attestation.decode_payload(payload))
             pub_hash = evidence.pub_hash
-            challenge, pending = attestation.issue_challenge(evidence)
+            challenge, pending = attestation.issue_challenge(config, evidence)
             yield server_pb2.AttestResponse(challenge=challenge)
             answer = attestation.decode_response(next_request(requests, "challenge_response"))
-            attestation.verify_response(pending, answer)
-            attributes = attestation.agent_attributes(config, evidence)
+            attested = attestation.verify_response(pending, answer)
+            attributes = attestation.agent_attributes(config, attested)
         except Rejected as rejected:
             audit.warning(
                 "attestation rejected",

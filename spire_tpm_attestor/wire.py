@@ -127,5 +127,11 @@ def decode_challenge_response(data: bytes) -> attestation_pb2.ChallengeResponse:
     return response
 
 
+def devid_signed_data(server_nonce: bytes, agent_nonce: bytes) -> bytes:
+    """What the DevID key signs (hashed with SHA-256): both nonces, so the agent never
+    signs a value the server alone chose."""
+    return server_nonce + agent_nonce
+
+
 def encode(message: Message) -> bytes:
     return message.SerializeToString(deterministic=True)

@@ -136,21 +136,23 @@ def _attest(config: ServerConfig, payload: bytes) -> tuple[int, int, AgentAttrib
     """
     started = time.thread_time_ns()
     evidence = attestation.check_payload(config, attestation.decode_payload(payload))
-    _challenge, pending = attestation.issue_challenge(evidence)
+    _challenge, pending = attestation.issue_challenge(config, evidence)
     challenged = time.thread_time_ns()
     response = _response(pending.secret)
     answered = time.thread_time_ns()
-    attestation.verify_response(pending, attestation.decode_response(response))
-    attributes = attestation.agent_attributes(config, evidence)
+    attested = attestation.verify_response(pending, attestation.decode_response(response))
+    attributes = attestation.agent_attributes(config, attested)
     finished = time.thread_time_ns()
     return challenged - started, finished - answered, attributes
 
 
 def _attest_untimed(config: ServerConfig, payload: bytes) -> None:
     evidence = attestation.check_payload(config, attestation.decode_payload(payload))
-    _challenge, pending = attestation.issue_challenge(evidence)
-    attestation.verify_response(pending, attestation.decode_response(_response(pending.secret)))
-    attestation.agent_attributes(config, evidence)
+    _challenge, pending = attestation.issue_challenge(config, evidence)
+    attested = attestation.verify_response(
+        pending, attestation.decode_response(_response(pending.secret))
+    )
+    attestation.agent_attributes(config, attested)
 
 
 def _measure(case: Case) -> CaseResult:
@@ -222,7 +224,7 @@ def _capture(tpm: SWTPM, ca: TestCA) -> dict[str, Captured]:
                 ak_public = session.create_ak("rsa")
                 payload = _payload(ek.public, ek.certificate, ak_public)
                 evidence = attestation.check_payload(config, attestation.decode_payload(payload))
-                challenge, pending = attestation.issue_challenge(evidence)
+                challenge, pending = attestation.issue_challenge(config, evidence)
                 decoded = wire.decode_challenge(challenge)
                 secret = session.activate_credential(
                     decoded.credential_blob, decoded.encrypted_secret

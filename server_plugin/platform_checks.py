@@ -1,0 +1,199 @@
+"""The server's checks of platform state (PCR quotes) and device identity (DevID).
+
+Like `server_plugin.checks`: each check is a free function named for what it proves,
+returning what it established or raising `Rejected` that names it. Malformed evidence
+is INVALID_ARGUMENT; evidence that is well formed but does not prove what it claims,
+or is missing where the policy needs it, is PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cryptography import x509
+
+from server_plugin.checks import Rejected, denied, malformed
+from server_plugin.pcr_policy import PCRKey, PCRPolicy, pcr_label
+from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor.pb import attestation_pb2
+from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT, alg_name
+from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
+from spire_tpm_attestor.tpm.structures import (
+    PublicArea,
+    parse_signature,
+    parse_tpm2b_public,
+    public_key_equals,
+)
+from spire_tpm_attestor.tpm.verify import verify_certify, verify_quote, verify_signature
+
+# A DevID is a TPM-generated, non-migratable signing key (TCG "TPM 2.0 Keys for Device
+# Identity and Attestation"); a TPM refuses to load an object claiming fixedTPM that it
+# did not create itself, so these attributes in a certified Name prove residency.
+_DEVID_REQUIRED_ATTRIBUTES = (
+    TPMA_OBJECT.FIXED_TPM,
+    TPMA_OBJECT.FIXED_PARENT,
+    TPMA_OBJECT.SENSITIVE_DATA_ORIGIN,
+    TPMA_OBJECT.SIGN_ENCRYPT,
+)
+
+
+def _proof_failed(check: str, what: str, exc: Exception) -> Rejected:
+    """Unparseable evidence is malformed; evidence that does not verify is denied."""
+    if isinstance(exc, TPMStructureError):
+        return malformed(check, f"{what} is malformed: {exc}")
+    return denied(check, f"{what} does not verify: {exc}")
+
+
+# --- PCRs -----------------------------------------------------------------------------
+
+
+def reported_pcr_values(values: Iterable[attestation_pb2.PCRValue]) -> dict[PCRKey, bytes]:
+    """The PCR values as reported (not yet verified), each PCR at most once."""
+    reported: dict[PCRKey, bytes] = {}
+    for value in values:
+        key = (value.hash_alg, value.index)
+        if key in reported:
+            raise malformed("pcr_values", f"PCR {alg_name(key[0])}:{key[1]} is reported twice")
+        reported[key] = bytes(value.digest)
+    return reported
+
+
+def verify_pcr_quote(
+    ak: PublicArea,
+    response: attestation_pb2.ChallengeResponse,
+    nonce: bytes,
+    requested: frozenset[PCRKey],
+) -> dict[PCRKey, bytes]:
+    """The AK quoted, over our nonce, at least the PCRs we asked for, with these values.
+
+    Returns the verified values of the requested PCRs.
+    """
+    if not response.quote or not response.quote_signature:
+        raise denied("pcr_quote", "the server asked for a PCR quote and the agent sent none")
+    values = reported_pcr_values(response.pcr_values)
+    try:
+        verify_quote(
+            ak, response.quote, response.quote_signature, nonce, values, required=requested
+        )
+    except (TPMStructureError, VerificationError) as exc:
+        raise _proof_failed("pcr_quote", "PCR quote", exc) from None
+    return {key: values[key] for key in requested}
+
+
+def check_pcr_policy(policy: PCRPolicy, values: dict[PCRKey, bytes]) -> None:
+    """Every PCR the policy names holds one of the values it allows."""
+    violation = policy.violation(values)
+    if violation is not None:
+        raise denied("pcr_policy", violation)
+
+
+def pcr_selectors(values: dict[PCRKey, bytes]) -> list[str]:
+    return [f"pcr:{pcr_label(key)}:{values[key].hex()}" for key in sorted(values)]
+
+
+# --- DevID ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifiedDevID:
+    """A DevID certificate that chains to devid_ca_path and certifies `public`."""
+
+    certificate: ekcert.EKCertificate
+    public: PublicArea
+
+    def facts(self) -> dict[str, str | None]:
+        """The DevID fields agent_path_template may use."""
+        return {
+            "DevIDSubjectCN": self.certificate.subject_common_name,
+            "DevIDSerialNumber": format(self.certificate.serial_number, "x"),
+            "DevIDFingerprint": self.certificate.sha256_fingerprint,
+        }
+
+    def selectors(self) -> list[tuple[str, str | None]]:
+        certificate = self.certificate
+        return [
+            ("devid:subject:cn", certificate.subject_common_name),
+            ("devid:issuer:cn", certificate.issuer_common_name),
+            ("devid:serialnumber", format(certificate.serial_number, "x")),
+            ("devid:fingerprint", certificate.sha256_fingerprint),
+        ]
+
+
+def verify_devid_chain(
+    certificates: Sequence[bytes], bundle: Sequence[ekcert.EKCertificate]
+) -> ekcert.EKCertificate:
+    """The DevID leaf (first) chains, through the others, to a CA of devid_ca_path."""
+    try:
+        leaf, *intermediates = [ekcert.load_certificate(der) for der in certificates]
+    except (TPMStructureError, ValueError) as exc:
+        raise malformed(
+            "devid_certificates", f"DevID certificate cannot be parsed: {exc}"
+        ) from None
+    if leaf.is_ca:
+        raise denied("devid_cert_chain", "the DevID certificate is a CA certificate")
+    try:
+        usage = leaf.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.digital_signature:
+        raise denied("devid_cert_chain", "the DevID certificate does not allow digitalSignature")
+    try:
+        ekcert.verify_chain(leaf, intermediates, bundle, datetime.now(UTC))
+    except (VerificationError, TPMStructureError, ValueError) as exc:
+        raise denied(
+            "devid_cert_chain", f"DevID certificate does not chain to devid_ca_path: {exc}"
+        ) from None
+    return leaf
+
+
+def verify_devid_public(data: bytes, certificate: ekcert.EKCertificate) -> PublicArea:
+    """The DevID public area is a TPM-resident signing key, and the certificate's key."""
+    try:
+        area = parse_tpm2b_public(data)
+    except TPMStructureError as exc:
+        raise malformed("devid_public", f"DevID public area: {exc}") from None
+    for attribute in _DEVID_REQUIRED_ATTRIBUTES:
+        if not area.has(attribute):
+            raise denied(
+                "devid_key_attributes",
+                f"DevID key is not a TPM-resident key: {attribute.name} is not set",
+            )
+    if area.has(TPMA_OBJECT.DECRYPT):
+        raise denied("devid_key_attributes", "DevID key is also a decryption key")
+    try:
+        same = public_key_equals(area, certificate.public_key())
+    except (TPMStructureError, ValueError) as exc:
+        raise malformed("devid_public", f"DevID key cannot be read: {exc}") from None
+    if not same:
+        raise denied("devid_cert_key", "DevID certificate key differs from the DevID public area")
+    return area
+
+
+def verify_devid_residency(
+    ak: PublicArea, response: attestation_pb2.ChallengeResponse, nonce: bytes, devid: PublicArea
+) -> None:
+    """The AK (bound to the EK by credential activation) certified, over our nonce, that
+    the DevID key is loaded in its TPM."""
+    if not response.devid_certify or not response.devid_certify_signature:
+        raise denied("devid_residency", "the agent sent a DevID but no TPM2_Certify of it")
+    try:
+        verify_certify(ak, response.devid_certify, response.devid_certify_signature, nonce, devid)
+    except (TPMStructureError, VerificationError) as exc:
+        raise _proof_failed("devid_residency", "DevID certification", exc) from None
+
+
+def verify_devid_signature(
+    devid: PublicArea, response: attestation_pb2.ChallengeResponse, nonce: bytes
+) -> None:
+    """The DevID key signed SHA-256(our nonce || the agent's own fresh nonce)."""
+    if not response.devid_signature or not response.agent_nonce:
+        raise denied("devid_signature", "the agent sent a DevID but no DevID signature")
+    try:
+        signature = parse_signature(response.devid_signature)
+        if signature.hash_alg != TPM_ALG.SHA256:
+            raise VerificationError(f"signed with {alg_name(signature.hash_alg)}, not SHA256")
+        verify_signature(devid, wire.devid_signed_data(nonce, response.agent_nonce), signature)
+    except (TPMStructureError, VerificationError) as exc:
+        raise _proof_failed("devid_signature", "DevID signature", exc) from None
