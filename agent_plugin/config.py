@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent_plugin.devid import DevIDFileError, DevIDKey, load_devid_key
 from spire_tpm_attestor.runtime.config import ConfigReader, CoreConfig, read_config
 
 EK_ALGORITHMS = ("rsa2048", "ecc256", "ecc384")
@@ -30,9 +31,39 @@ class AgentConfig:
     ek_cert_path: str | None
     ak_algorithm: str
     ak_handle: int | None
+    devid: DevIDKey | None
 
     def close(self) -> None:
         """Nothing to release: the agent opens the TPM per attestation."""
+
+
+def _read_devid(reader: ConfigReader) -> DevIDKey | None:
+    """The DevID chain and key, read (and checked against each other) at Configure."""
+    cert_path = reader.string("devid_cert_path")
+    key_path = reader.string("devid_key_path")
+    public_path = reader.string("devid_public_path")
+    private_path = reader.string("devid_private_path")
+    parent_handle = reader.parsed("devid_parent_handle", parse_handle)
+    if cert_path is None:
+        if key_path or public_path or private_path:
+            reader.problem("the devid_* key options need devid_cert_path (the DevID certificate)")
+        return None
+    if key_path is not None and (public_path or private_path or parent_handle):
+        reader.problem(
+            "devid_key_path (a TSS2 PEM key, which names its parent) excludes "
+            "devid_public_path, devid_private_path and devid_parent_handle"
+        )
+        return None
+    if key_path is None and not (public_path and private_path):
+        reader.problem(
+            "devid_cert_path needs devid_key_path, or devid_public_path with devid_private_path"
+        )
+        return None
+    try:
+        return load_devid_key(cert_path, key_path, public_path, private_path, parent_handle)
+    except DevIDFileError as exc:
+        reader.problem(f"DevID: {exc}")
+        return None
 
 
 def _build(reader: ConfigReader, core: CoreConfig) -> AgentConfig:
@@ -44,6 +75,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> AgentConfig:
         ek_cert_path=reader.string("ek_cert_path"),
         ak_algorithm=reader.choice("ak_algorithm", AK_ALGORITHMS, "rsa") or "rsa",
         ak_handle=reader.parsed("ak_handle", parse_handle),
+        devid=_read_devid(reader),
     )
 
 

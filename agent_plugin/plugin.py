@@ -1,8 +1,9 @@
 """The agent NodeAttestor service (spire.plugin.agent.nodeattestor.v1).
 
 `AidAttestation` is a thin state machine: send the payload (EK, EK certificate,
-AK), answer the server's one challenge (activate the credential), done. The TPM
-is opened per attestation and every object is flushed when the stream ends.
+AK, DevID), answer the server's one challenge (activate the credential; quote the PCRs
+it asks for; certify the DevID key with the AK and sign both nonces with it), done.
+The TPM is opened per attestation and every object is flushed when the stream ends.
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ log = logging.getLogger("agent_plugin")
 
 
 def build_payload(tpm: TPMSession, config: AgentConfig) -> attestation_pb2.Payload:
-    ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
+    # Keys under the SRK first, the EK last: the SRK then never shares the TPM's object
+    # slots (three on swtpm) with the EK, the AK and the DevID key at once.
     ak_public = tpm.create_ak(config.ak_algorithm, config.ak_handle)
+    devid = config.devid
+    devid_public = (
+        tpm.load_devid(devid.public, devid.private, devid.parent_handle) if devid else b""
+    )
+    ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
     log.debug(
         "evidence ready",
         extra={"ek_algorithm": ek.algorithm, "ek_certificate": str(ek.certificate is not None)},
@@ -37,14 +44,31 @@ def build_payload(tpm: TPMSession, config: AgentConfig) -> attestation_pb2.Paylo
         ek_public=ek.public,
         ek_certificate=ek.certificate or b"",
         ak_public=ak_public,
+        devid_certificates=devid.certificates if devid else (),
+        devid_public=devid_public,
     )
 
 
 def answer_challenge(
-    tpm: TPMSession, challenge: attestation_pb2.Challenge
+    tpm: TPMSession, challenge: attestation_pb2.Challenge, config: AgentConfig
 ) -> attestation_pb2.ChallengeResponse:
     secret = tpm.activate_credential(challenge.credential_blob, challenge.encrypted_secret)
-    return attestation_pb2.ChallengeResponse(version=wire.PROTOCOL_VERSION, secret=secret)
+    response = attestation_pb2.ChallengeResponse(version=wire.PROTOCOL_VERSION, secret=secret)
+    selection = [(bank.hash_alg, list(bank.indices)) for bank in challenge.pcr_selection]
+    if any(indices for _, indices in selection):  # quote only what the server asks for
+        quote = tpm.quote(selection, challenge.nonce)
+        response.quote = quote.attest
+        response.quote_signature = quote.signature
+        response.pcr_values.extend(
+            attestation_pb2.PCRValue(hash_alg=v.hash_alg, index=v.index, digest=v.digest)
+            for v in quote.pcr_values
+        )
+    if config.devid is not None:
+        response.devid_certify, response.devid_certify_signature = tpm.certify_devid(
+            challenge.nonce
+        )
+        response.agent_nonce, response.devid_signature = tpm.sign_with_devid(challenge.nonce)
+    return response
 
 
 def decode_challenge(message: agent_pb2.Challenge | None) -> attestation_pb2.Challenge:
@@ -74,7 +98,7 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
                 payload = build_payload(tpm, config)
                 yield agent_pb2.PayloadOrChallengeResponse(payload=wire.encode(payload))
                 challenge = decode_challenge(next(challenges, None))
-                response = answer_challenge(tpm, challenge)
+                response = answer_challenge(tpm, challenge, config)
         except TPMError as exc:
             raise Internal(f"TPM: {exc}") from None
         # Yield only after the session is closed: gRPC may not resume this generator

@@ -29,6 +29,8 @@ import tpm2_pytss.utils as tss_utils
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from spire_tpm_attestor.wire import devid_signed_data
+
 log = logging.getLogger(__name__)
 
 # tpm2-pytss objects are untyped; this alias marks where an ESYS_TR handle travels.
@@ -42,6 +44,7 @@ _HASHLIB_NAMES = {alg: name for name, alg in PCR_BANKS.items()}
 _MAX_PCR_INDEX = 31  # TPML_PCR_SELECTION holds at most 4 bytes of PCR bits
 _QUOTE_ATTEMPTS = 3
 _MAX_NONCE = 64  # TPM2B_DATA capacity in libtss2
+_AGENT_NONCE_SIZE = 32
 
 # TPM_RC_HANDLE for the first handle: nothing is defined or loaded there.
 _RC_NO_SUCH_HANDLE = 0x18B
@@ -240,6 +243,15 @@ def _quote_digest_matches(attest: bytes, signature: Any, values: Sequence[PCRVal
     return bytes(quoted.attested.quote.pcrDigest) == digest
 
 
+def _aes128_cfb(definition: Any) -> Any:
+    """AES-128-CFB as a TPMT_SYM_DEF (sessions) or TPMT_SYM_DEF_OBJECT (storage keys)."""
+    return definition(
+        algorithm=tss.TPM2_ALG.AES,
+        keyBits=tss.TPMU_SYM_KEY_BITS(aes=128),
+        mode=tss.TPMU_SYM_MODE(aes=tss.TPM2_ALG.CFB),
+    )
+
+
 def _srk_template() -> Any:
     """The storage root key: always this template, so the TPM re-derives the same key.
 
@@ -255,11 +267,6 @@ def _srk_template() -> Any:
         | tss.TPMA_OBJECT.FIXEDPARENT
         | tss.TPMA_OBJECT.SENSITIVEDATAORIGIN
     )
-    aes128_cfb = tss.TPMT_SYM_DEF_OBJECT(
-        algorithm=tss.TPM2_ALG.AES,
-        keyBits=tss.TPMU_SYM_KEY_BITS(aes=128),
-        mode=tss.TPMU_SYM_MODE(aes=tss.TPM2_ALG.CFB),
-    )
     return tss.TPM2B_PUBLIC(
         publicArea=tss.TPMT_PUBLIC(
             type=tss.TPM2_ALG.ECC,
@@ -267,7 +274,7 @@ def _srk_template() -> Any:
             objectAttributes=attributes,
             parameters=tss.TPMU_PUBLIC_PARMS(
                 eccDetail=tss.TPMS_ECC_PARMS(
-                    symmetric=aes128_cfb,
+                    symmetric=_aes128_cfb(tss.TPMT_SYM_DEF_OBJECT),
                     scheme=tss.TPMT_ECC_SCHEME(scheme=tss.TPM2_ALG.NULL),
                     curveID=tss.TPM2_ECC.NIST_P256,
                     kdf=tss.TPMT_KDF_SCHEME(scheme=tss.TPM2_ALG.NULL),
@@ -279,14 +286,24 @@ def _srk_template() -> Any:
 
 def _ak_template(algorithm: str) -> Any:
     """A restricted signing key whose scheme is pinned (RSASSA or ECDSA with SHA-256)."""
+    restricted = tss.TPMA_OBJECT.RESTRICTED | tss.TPMA_OBJECT.NODA
+    return _signing_key_template(algorithm, restricted, "AK")
+
+
+def _devid_template(algorithm: str) -> Any:
+    """An LDevID key (TCG "TPM 2.0 Keys for Device Identity"): it signs what it is given."""
+    return _signing_key_template(algorithm, tss.TPMA_OBJECT(0), "DevID")
+
+
+def _signing_key_template(algorithm: str, extra_attributes: Any, what: str) -> Any:
+    """A TPM-generated, non-duplicable signing key whose scheme is pinned to SHA-256."""
     attributes = (
         tss.TPMA_OBJECT.FIXEDTPM
         | tss.TPMA_OBJECT.FIXEDPARENT
         | tss.TPMA_OBJECT.SENSITIVEDATAORIGIN
         | tss.TPMA_OBJECT.USERWITHAUTH
-        | tss.TPMA_OBJECT.RESTRICTED
         | tss.TPMA_OBJECT.SIGN_ENCRYPT
-        | tss.TPMA_OBJECT.NODA
+        | extra_attributes
     )
     no_symmetric = tss.TPMT_SYM_DEF_OBJECT(algorithm=tss.TPM2_ALG.NULL)
     sha256 = tss.TPMS_SCHEME_HASH(hashAlg=tss.TPM2_ALG.SHA256)
@@ -315,7 +332,7 @@ def _ak_template(algorithm: str) -> Any:
         )
         key_type = tss.TPM2_ALG.ECC
     else:
-        raise TPMError(f"unknown AK algorithm {algorithm!r}; use 'rsa' or 'ecc'")
+        raise TPMError(f"unknown {what} algorithm {algorithm!r}; use 'rsa' or 'ecc'")
     return tss.TPM2B_PUBLIC(
         publicArea=tss.TPMT_PUBLIC(
             type=key_type,
@@ -413,6 +430,8 @@ class TPMSession:
         self._ek_high_range = False
         self._ek_name_alg = 0
         self._ak: Handle | None = None
+        self._devid: Handle | None = None
+        self._encrypted: Handle | None = None  # the salted session, started on first use
 
     @classmethod
     def open(cls, tcti: str | None = None) -> TPMSession:
@@ -436,7 +455,7 @@ class TPMSession:
             return
         for handle in reversed(self._transients + self._persistents):
             self._release(handle)
-        self._ek = self._ak = None
+        self._ek = self._ak = self._devid = self._encrypted = None
         self._esapi.close()
         self._esapi = None
 
@@ -582,7 +601,54 @@ class TPMSession:
         )
         return handle, public, ek_type
 
-    # -- attestation key ----------------------------------------------------------------
+    # -- parameter encryption -----------------------------------------------------------
+
+    def _session_for(self, *, encrypt_response: bool) -> Handle:
+        """The session to put first on a command that carries a secret or a proof.
+
+        A salted HMAC session: its key comes from a salt encrypted to the EK (or, before
+        the EK is loaded, to the SRK), so someone on the TPM bus can neither read the
+        first parameter of the command, nor of the response when `encrypt_response` (only
+        for commands whose response starts with a TPM2B), nor forge either. A TPM without
+        AES-128-CFB gets a plain password session instead.
+        """
+        if self._encrypted is None:
+            self._encrypted = self._start_salted_session()
+        if self._encrypted == tss.ESYS_TR.PASSWORD:
+            return self._encrypted
+        attributes = tss.TPMA_SESSION.CONTINUESESSION | tss.TPMA_SESSION.DECRYPT
+        if encrypt_response:
+            attributes |= tss.TPMA_SESSION.ENCRYPT
+        self._esapi.trsess_set_attributes(self._encrypted, attributes)
+        return self._encrypted
+
+    def _start_salted_session(self) -> Handle:
+        if not self._supports_aes_cfb():
+            log.warning("the TPM lacks AES-128-CFB: TPM commands run without encryption")
+            return tss.ESYS_TR.PASSWORD
+        srk = self._create_srk() if self._ek is None else None
+        try:
+            with _tpm_step("starting the encrypted session"):
+                return self._track(
+                    self._esapi.start_auth_session(
+                        self._ek if srk is None else srk,
+                        tss.ESYS_TR.NONE,
+                        tss.TPM2_SE.HMAC,
+                        _aes128_cfb(tss.TPMT_SYM_DEF),
+                        tss.TPM2_ALG.SHA256,
+                    )
+                )
+        finally:
+            self._release(srk)
+
+    def _supports_aes_cfb(self) -> bool:
+        with _tpm_step("listing the TPM's algorithms"):
+            _, data = self._esapi.get_capability(tss.TPM2_CAP.ALGS, tss.TPM2_ALG.AES, 64)
+        algorithms = data.data.algorithms
+        implemented = {int(algorithms.algProperties[i].alg) for i in range(algorithms.count)}
+        return {int(tss.TPM2_ALG.AES), int(tss.TPM2_ALG.CFB)} <= implemented
+
+    # -- keys under the storage root key ----------------------------------------------------
 
     def _create_srk(self) -> Handle:
         with _tpm_step("creating the storage root key"):
@@ -590,6 +656,20 @@ class TPMSession:
                 tss.TPM2B_SENSITIVE_CREATE(), _srk_template(), tss.ESYS_TR.OWNER
             )
         return self._track(handle)
+
+    @contextmanager
+    def _parent(self, persistent_handle: int | None) -> Iterator[Handle]:
+        """The parent for creating or loading a key: the persistent key at
+        `persistent_handle`, or the standard SRK, released afterwards (swtpm has only
+        three object slots)."""
+        if persistent_handle is None:
+            parent = self._create_srk()
+        else:
+            parent = self._open_persistent(persistent_handle, "parent key")
+        try:
+            yield parent
+        finally:
+            self._release(parent)
 
     def create_ak(self, algorithm: str = "rsa", persistent_handle: int | None = None) -> bytes:
         """Loads a fresh AK under the SRK (or the one at `persistent_handle`).
@@ -602,17 +682,98 @@ class TPMSession:
             self._ak = self._open_persistent(persistent_handle, "AK")
         else:
             template = _ak_template(algorithm)
-            srk = self._create_srk()
-            try:
+            with self._parent(None) as srk:
                 with _tpm_step(f"creating the {algorithm} AK"):
                     private, public, *_ = self._esapi.create(
                         srk, tss.TPM2B_SENSITIVE_CREATE(), template
                     )
                 with _tpm_step("loading the AK"):
                     self._ak = self._track(self._esapi.load(srk, private, public))
-            finally:
-                self._release(srk)  # frees its slot: swtpm has only three
         return bytes(self._read_public(self._ak).marshal())
+
+    # -- DevID ----------------------------------------------------------------------------
+
+    def create_devid_key(
+        self, algorithm: str = "ecc", parent_handle: int | None = None
+    ) -> tuple[bytes, bytes]:
+        """Creates an LDevID key under the SRK (or `parent_handle`) for provisioning.
+
+        Returns its marshaled TPM2B_PUBLIC and TPM2B_PRIVATE (what `tpm2_create -u/-r`
+        writes); the key is not left loaded.
+        """
+        template = _devid_template(algorithm)
+        with self._parent(parent_handle) as parent, _tpm_step("creating the DevID key"):
+            private, public, *_ = self._esapi.create(parent, tss.TPM2B_SENSITIVE_CREATE(), template)
+        return bytes(public.marshal()), bytes(private.marshal())
+
+    def load_devid(self, public: bytes, private: bytes, parent_handle: int | None = None) -> bytes:
+        """Loads the DevID key from its blobs under the SRK (or `parent_handle`).
+
+        Returns its marshaled TPM2B_PUBLIC as the TPM reports it.
+        """
+        self._release(self._devid)
+        self._devid = None
+        public_area = _unmarshal_exactly(tss.TPM2B_PUBLIC, public, "DevID public area")
+        private_blob = _unmarshal_exactly(tss.TPM2B_PRIVATE, private, "DevID private blob")
+        with self._parent(parent_handle) as parent, _tpm_step("loading the DevID key"):
+            self._devid = self._track(self._esapi.load(parent, private_blob, public_area))
+        return bytes(self._read_public(self._devid).marshal())
+
+    def certify_devid(self, nonce: bytes) -> tuple[bytes, bytes]:
+        """TPM2_Certify of the DevID key by the AK over `nonce`: the DevID is in this TPM.
+
+        Returns the TPMS_ATTEST (no size prefix) and the marshaled TPMT_SIGNATURE.
+        """
+        if self._devid is None or self._ak is None:
+            raise TPMError("certify_devid needs load_devid() and create_ak() first")
+        # Certify authorizes the certified object (ADMIN) first, then the signing AK.
+        session = self._session_for(encrypt_response=True)
+        with _tpm_step("certifying the DevID key with the AK"):
+            attest, signature = self._esapi.certify(
+                self._devid,
+                self._ak,
+                nonce,
+                tss.TPMT_SIG_SCHEME(scheme=tss.TPM2_ALG.NULL),
+                session1=session,
+                session2=tss.ESYS_TR.PASSWORD,
+            )
+        return bytes(attest), bytes(signature.marshal())
+
+    def sign_with_devid(self, server_nonce: bytes) -> tuple[bytes, bytes]:
+        """Proof of possession of the DevID key, bound to `server_nonce`.
+
+        The key signs SHA-256(server_nonce || agent_nonce) with an agent nonce drawn here,
+        so no caller can make it sign a value of its own choosing. Returns the agent
+        nonce and the marshaled TPMT_SIGNATURE.
+        """
+        if self._devid is None:
+            raise TPMError("sign_with_devid needs load_devid() first")
+        agent_nonce = os.urandom(_AGENT_NONCE_SIZE)
+        digest = hashlib.sha256(devid_signed_data(server_nonce, agent_nonce)).digest()
+        # TPM2_Sign answers with a TPMT_SIGNATURE, which is not a TPM2B: no response encryption.
+        session = self._session_for(encrypt_response=False)
+        with _tpm_step("signing with the DevID key"):
+            signature = self._esapi.sign(
+                self._devid,
+                digest,
+                self._devid_scheme(),
+                tss.TPMT_TK_HASHCHECK(tag=tss.TPM2_ST.HASHCHECK, hierarchy=tss.TPM2_RH.NULL),
+                session1=session,
+            )
+        return agent_nonce, bytes(signature.marshal())
+
+    def _devid_scheme(self) -> Any:
+        """SHA-256 with the key's own scheme, or RSASSA/ECDSA when the key pins none."""
+        area = self._read_public(self._devid).publicArea
+        is_rsa = area.type == tss.TPM2_ALG.RSA
+        detail = area.parameters.rsaDetail if is_rsa else area.parameters.eccDetail
+        if detail.scheme.scheme != tss.TPM2_ALG.NULL:
+            if detail.scheme.details.anySig.hashAlg != tss.TPM2_ALG.SHA256:
+                raise TPMError("the DevID key's scheme does not hash with SHA-256")
+            return tss.TPMT_SIG_SCHEME(scheme=tss.TPM2_ALG.NULL)
+        scheme = tss.TPMT_SIG_SCHEME(scheme=tss.TPM2_ALG.RSASSA if is_rsa else tss.TPM2_ALG.ECDSA)
+        scheme.details.any.hashAlg = tss.TPM2_ALG.SHA256
+        return scheme
 
     # -- credential activation ----------------------------------------------------------
 
@@ -651,13 +812,15 @@ class TPMSession:
         secret = _unmarshal_exactly(
             tss.TPM2B_ENCRYPTED_SECRET, encrypted_secret, "encrypted secret"
         )
+        # The AK (ADMIN role) takes the encrypted session: the secret comes back encrypted.
+        session = self._session_for(encrypt_response=True)
         with self._ek_authorization() as ek_session, _tpm_step("activating the credential"):
             activated = self._esapi.activate_credential(
                 self._ak,
                 self._ek,
                 blob,
                 secret,
-                session1=tss.ESYS_TR.PASSWORD,
+                session1=session,
                 session2=ek_session,
             )
         return bytes(activated)
@@ -678,9 +841,14 @@ class TPMSession:
         banks = _normalize_selection(pcr_selection)
         selection = _tpml_pcr_selection(banks)
         for _ in range(_QUOTE_ATTEMPTS):
+            session = self._session_for(encrypt_response=True)
             with _tpm_step("quoting the PCRs"):
                 attest, signature = self._esapi.quote(
-                    self._ak, selection, nonce, tss.TPMT_SIG_SCHEME(scheme=tss.TPM2_ALG.NULL)
+                    self._ak,
+                    selection,
+                    nonce,
+                    tss.TPMT_SIG_SCHEME(scheme=tss.TPM2_ALG.NULL),
+                    session1=session,
                 )
             values = self._read_pcrs(banks)
             if _quote_digest_matches(bytes(attest), signature, values):
