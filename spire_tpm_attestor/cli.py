@@ -4,6 +4,7 @@
 - `hash`: the EK hash (the allowlist key and the default agent ID suffix) from a
   running TPM, an EK certificate, or a public key file.
 - `check`: one full attestation through both real plugin processes.
+- `devid create`: a DevID key in this machine's TPM, for a CA to certify.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import grpc
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from spire_tpm_attestor import __version__, ekcert
+from spire_tpm_attestor.devid_cli import add_devid_commands
 from spire_tpm_attestor.harness import AttestationResult
 from spire_tpm_attestor.runtime.config import ConfigProblems, parse_hcl
 
@@ -203,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust domain when the files are plugin data alone",
     )
     check.set_defaults(run=cmd_check)
+
+    add_devid_commands(commands)
     return parser
 
 

@@ -1,7 +1,7 @@
 """swtpm simulators with TCG-style EK certificates, for the tests and `make demo`.
 
 `TestCA` is a throw-away root + intermediate CA that issues EK certificates shaped like a
-TPM vendor's; `SWTPM` runs one fresh simulator on free localhost ports;
+TPM vendor's, and DevID certificates; `SWTPM` runs one fresh simulator on free localhost ports;
 `provision_ek_certificates` puts EK certificates into the simulator's NV the way a TPM
 manufacturer does. tpm2-pytss is imported only inside the functions that talk to the TPM,
 so the module loads on machines without libtss2 (the server side, the unit tests).
@@ -241,6 +241,51 @@ class TestCA:
                 critical=False,
             )
             .sign(self.intermediate_key, hashes.SHA256())
+        )
+
+
+    def issue_devid_certificate(
+        self, public_key: EKPublicKey, subject_cn: str, *, serial_number: int | None = None
+    ) -> x509.Certificate:
+        """An LDevID certificate for a key in a TPM, as an enterprise CA issues one."""
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
+            .issuer_name(self.intermediate_certificate.subject)
+            .public_key(public_key)
+            .serial_number(serial_number or x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + _CA_VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self.intermediate_key.public_key()
+                ),
+                critical=False,
+            )
+            .sign(self.intermediate_key, hashes.SHA256())
+        )
+
+    def chain_pem(self, leaf: x509.Certificate) -> bytes:
+        """`leaf` then the intermediate, as PEM: what an agent's devid_cert_path holds."""
+        return b"".join(
+            certificate.public_bytes(serialization.Encoding.PEM)
+            for certificate in (leaf, self.intermediate_certificate)
         )
 
 
