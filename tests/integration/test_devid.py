@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from spire_tpm_attestor import wire
-from spire_tpm_attestor.harness import PluginProcess, relay_attestation
+from spire_tpm_attestor.harness import AttestationFailed, PluginProcess, relay_attestation
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from spire_tpm_attestor.tpm.errors import VerificationError
@@ -25,6 +25,7 @@ from tests.integration.platform_setup import (
     provision_devid,
 )
 from tests.integration.plugins import expect_rejection, hcl, provisioned_hash
+from tests.integration.tpm_state import leftover_handles
 from tests.unit.tpm_builders import marshal_public, tpm_sign
 
 pytestmark = pytest.mark.swtpm
@@ -88,6 +89,24 @@ def test_devid_is_proven_and_becomes_selectors(
         f"devid:fingerprint:{hashlib.sha256(der).hexdigest()}",
     } <= set(result.selectors), result.selectors
     assert result.challenge_rounds == 1
+    assert leftover_handles(swtpm.tcti) == []
+
+
+def test_devid_of_another_tpm_fails_the_agent_cleanly(
+    agent: PluginProcess,
+    server: PluginProcess,
+    swtpm: SWTPM,
+    ek_ca: TestCA,
+    devid_ca: TestCA,
+    tmp_path: Path,
+) -> None:
+    with SWTPM() as other:
+        devid = provision_devid(other.tcti, devid_ca, tmp_path)
+    configure(agent, server, swtpm, ek_ca, devid_ca, devid)
+    with pytest.raises(AttestationFailed) as failure:
+        relay_attestation(agent, server)
+    assert failure.value.side == "agent" and "loading the DevID key" in failure.value.details
+    assert leftover_handles(swtpm.tcti) == []
 
 
 def test_devid_with_pcrs_and_template_fields(
