@@ -1,9 +1,11 @@
 """Allowlist sources: where the server looks up EK hashes (DESIGN.md §5).
 
-One interface, several sources behind it (the flat directory compatible with
-spiffe/spire-tpm-plugin's `hash_path`, and more to come). A source answers a
-lookup with an entry, with None for "not present", or raises AllowlistError:
-a lookup that failed is never an admission.
+One interface, several sources behind it: here the directory layouts (flat, compatible
+with spiffe/spire-tpm-plugin's `hash_path`, and bucketed); the JSON document kinds (a
+local file, an HTTP(S) endpoint) live in `allowlist_document` and `allowlist_http`.
+A source answers a lookup with an entry, with None for "not present", or raises
+AllowlistError: a lookup that failed is never an admission (nor, on a deny list, a
+pass).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-EK_HASH = re.compile(r"^[0-9a-f]{64}$")
+# \Z, not $: a name ending in a newline is not an EK hash.
+EK_HASH = re.compile(r"^[0-9a-f]{64}\Z")
+BUCKET = re.compile(r"^[0-9a-f]{2}\Z")
 MAX_ENTRY_BODY = 64 * 1024
 
 
@@ -82,22 +87,70 @@ def read_entry_file(path: str, pub_hash: str, source: str) -> AllowlistEntry | N
     return parse_entry_body(pub_hash, body, source)
 
 
-class FlatDirectory:
-    """`<dir>/<ek hash>`: spiffe/spire-tpm-plugin's `hash_path` layout."""
+class DirectorySource:
+    """An allowlist kept as one file per EK hash under `path`; nothing is cached, so
+    every lookup sees the directory as it is now (NFS, ConfigMaps, git checkouts)."""
 
-    def __init__(self, path: str) -> None:
+    kind = ""
+
+    def __init__(self, path: str, name: str) -> None:
         self.path = path
+        self.name = name
+
+    def entry_path(self, pub_hash: str) -> str:
+        raise NotImplementedError
+
+    def hashes(self) -> Iterator[str]:
+        """Every EK hash this layout would find, in no particular order."""
+        raise NotImplementedError
 
     def lookup(self, pub_hash: str) -> AllowlistEntry | None:
         if not EK_HASH.match(pub_hash):
             raise AllowlistError(f"{pub_hash!r} is not an EK hash")
-        return read_entry_file(os.path.join(self.path, pub_hash), pub_hash, self.describe())
+        entry = read_entry_file(self.entry_path(pub_hash), pub_hash, self.describe())
+        # "Absent" only counts while the directory itself is there (not unmounted).
+        if entry is None and not os.path.isdir(self.path):
+            raise AllowlistError(f"{self.describe()}: {self.path} is not a directory")
+        return entry
 
     def describe(self) -> str:
-        return f"directory {self.path}"
+        return f"{self.name} ({self.kind} {self.path})"
 
     def close(self) -> None:
         """Nothing is cached: every lookup reads the directory."""
+
+
+def _hash_names(directory: str, prefix: str = "") -> Iterator[str]:
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if EK_HASH.match(entry.name) and entry.name.startswith(prefix):
+                yield entry.name
+
+
+class FlatDirectory(DirectorySource):
+    """`<dir>/<ek hash>`: spiffe/spire-tpm-plugin's `hash_path` layout."""
+
+    kind = "directory"
+
+    def entry_path(self, pub_hash: str) -> str:
+        return os.path.join(self.path, pub_hash)
+
+    def hashes(self) -> Iterator[str]:
+        return _hash_names(self.path)
+
+
+class BucketedDirectory(DirectorySource):
+    """`<dir>/<first two hex digits>/<ek hash>`: 256 buckets, for millions of entries."""
+
+    kind = "bucketed directory"
+
+    def entry_path(self, pub_hash: str) -> str:
+        return os.path.join(self.path, pub_hash[:2], pub_hash)
+
+    def hashes(self) -> Iterator[str]:
+        for bucket in sorted(os.listdir(self.path)):
+            if BUCKET.match(bucket) and os.path.isdir(os.path.join(self.path, bucket)):
+                yield from _hash_names(os.path.join(self.path, bucket), bucket)
 
 
 def check_directory(path: str) -> str | None:

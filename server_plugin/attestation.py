@@ -17,6 +17,7 @@ from server_plugin.allowlist import AllowlistEntry
 from server_plugin.checks import (
     Rejected,
     VerifiedEKCertificate,
+    check_denylist,
     denied,
     ek_hash_of,
     load_ek_certificate,
@@ -97,6 +98,7 @@ def decode_response(data: bytes) -> attestation_pb2.ChallengeResponse:
 def check_payload(config: ServerConfig, payload: attestation_pb2.Payload) -> Evidence:
     ek = parse_ek_public(payload.ek_public)
     pub_hash = ek_hash_of(ek)
+    check_denylist(config.denylist, pub_hash)  # a denied EK goes no further, under any policy
     ak = verify_ak_public(payload.ak_public)
     certificate = load_ek_certificate(payload.ek_certificate) if payload.ek_certificate else None
     if certificate is not None:

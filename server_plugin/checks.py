@@ -123,18 +123,30 @@ def verify_ek_chain(
     return VerifiedEKCertificate(certificate, hashlib.sha256(anchor.der).hexdigest())
 
 
-def look_up_allowlist(sources: Sequence[AllowlistSource], pub_hash: str) -> AllowlistEntry | None:
-    """The first source that knows this EK hash; any lookup error rejects (never admits)."""
+def _look_up(
+    sources: Sequence[AllowlistSource], pub_hash: str, check: str, what: str
+) -> AllowlistEntry | None:
+    """The first source, in order, that knows this EK hash; a lookup error rejects."""
     for source in sources:
         try:
             entry = source.lookup(pub_hash)
         except AllowlistError as exc:
-            raise Rejected(
-                "allowlist_lookup", Unavailable(f"allowlist lookup failed: {exc}")
-            ) from None
+            raise Rejected(check, Unavailable(f"{what} lookup failed: {exc}")) from None
         if entry is not None:
             return entry
     return None
+
+
+def look_up_allowlist(sources: Sequence[AllowlistSource], pub_hash: str) -> AllowlistEntry | None:
+    """The allowlist entry for this EK; any lookup error rejects (never admits)."""
+    return _look_up(sources, pub_hash, "allowlist_lookup", "allowlist")
+
+
+def check_denylist(sources: Sequence[AllowlistSource], pub_hash: str) -> None:
+    """The EK is on no deny list; a deny-list lookup that fails rejects too (never passes)."""
+    entry = _look_up(sources, pub_hash, "denylist_lookup", "deny list")
+    if entry is not None:
+        raise denied("denylist", f"EK {pub_hash} is on the deny list {entry.source}")
 
 
 def verify_activated_secret(expected: bytes, returned: bytes) -> None:

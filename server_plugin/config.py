@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from server_plugin.allowlist import AllowlistSource, FlatDirectory, check_directory
+from server_plugin.allowlist import AllowlistSource
+from server_plugin.allowlist_config import read_allowlist_sources
 from server_plugin.platform_config import (
     DevIDOptions,
     PCROptions,
@@ -36,6 +37,7 @@ class ServerConfig:
     ek_policy: str
     ek_ca: Reloading[list[ekcert.EKCertificate]] | None
     allowlist: list[AllowlistSource]
+    denylist: list[AllowlistSource]
     agent_path_template: AgentPathTemplate
     can_reattest: bool
     pcr: PCROptions
@@ -49,7 +51,7 @@ class ServerConfig:
     def close(self) -> None:
         if self.ek_ca is not None:
             self.ek_ca.close()
-        for source in self.allowlist:
+        for source in [*self.allowlist, *self.denylist]:
             source.close()
         self.pcr.close()
         self.devid.close()
@@ -93,21 +95,10 @@ def reloading_ca_bundle(
         return None
 
 
-def _allowlist_sources(reader: ConfigReader) -> list[AllowlistSource]:
-    sources: list[AllowlistSource] = []
-    hash_path = reader.string("hash_path")
-    if hash_path is not None:
-        problem = check_directory(hash_path)
-        if problem:
-            reader.problem(f"hash_path: {problem}")
-        sources.append(FlatDirectory(hash_path))
-    return sources
-
-
 def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
     ca_paths = reader.string_list("ek_ca_path")
     ek_ca = reloading_ca_bundle(reader, "ek_ca_path", ca_paths)
-    sources = _allowlist_sources(reader)
+    sources, denylist = read_allowlist_sources(reader)
     policy = reader.choice("ek_policy", EK_POLICIES, None)
     if policy is None:
         if not ca_paths and not sources:
@@ -116,7 +107,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
     if "cert" in policy and not ca_paths:
         reader.problem(f"ek_policy {policy!r} needs ek_ca_path (EK CA certificates)")
     if "allowlist" in policy and not sources:
-        reader.problem(f"ek_policy {policy!r} needs an allowlist (hash_path)")
+        reader.problem(f"ek_policy {policy!r} needs an allowlist (hash_path or allowlist blocks)")
     template_text = reader.string("agent_path_template", DEFAULT_AGENT_PATH_TEMPLATE)
     try:
         template = AgentPathTemplate.parse(template_text or DEFAULT_AGENT_PATH_TEMPLATE)
@@ -131,6 +122,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         ek_policy=policy,
         ek_ca=ek_ca,
         allowlist=sources,
+        denylist=denylist,
         agent_path_template=template,
         can_reattest=reader.boolean("can_reattest", True),
         pcr=read_pcr_options(reader),

@@ -44,6 +44,11 @@ def log_entries(plugin: PluginProcess) -> list[dict[str, str]]:
     return [json.loads(line) for line in list(plugin.stderr_lines)]
 
 
+def hcl_block(kind: str, label: str, **options: object) -> str:
+    """A labeled block, e.g. `allowlist "racks" { type = "directory" ... }`."""
+    return f'{kind} "{label}" {{\n{hcl(**options)}\n}}'
+
+
 def audit_lines(server: PluginProcess) -> list[dict[str, str]]:
     entries = log_entries(server)
     return [entry for entry in entries if entry.get("@module") == "spire_tpm_attestor.audit"]

@@ -1,0 +1,140 @@
+"""Reading the allowlist and deny-list sources out of the server configuration.
+
+hash_path = "/var/lib/spire/tpm/hashes"       # a flat directory, consulted first
+allowlist "racks" {                            # then each block, in order
+  type = "bucketed_directory"                  # directory | bucketed_directory | file | http
+  path = "/var/lib/spire/tpm/allowlist"
+}
+denylist "revoked" {                           # any kind; beats every allow
+  type = "file"
+  path = "/etc/spire/tpm/revoked.json"
+}
+"""
+
+from __future__ import annotations
+
+import ssl
+from urllib.parse import urlsplit
+
+from server_plugin.allowlist import (
+    AllowlistSource,
+    BucketedDirectory,
+    DirectorySource,
+    FlatDirectory,
+    check_directory,
+)
+from server_plugin.allowlist_document import DocumentError, DocumentFile
+from server_plugin.allowlist_http import HTTPAllowlist, HTTPSettings
+from spire_tpm_attestor.runtime.config import ConfigReader
+
+SOURCE_TYPES = ("directory", "bucketed_directory", "file", "http")
+DIRECTORY_TYPES: dict[str, type[DirectorySource]] = {
+    "directory": FlatDirectory,
+    "bucketed_directory": BucketedDirectory,
+}
+DEFAULTS = HTTPSettings(url="")
+
+
+def read_allowlist_sources(
+    reader: ConfigReader,
+) -> tuple[list[AllowlistSource], list[AllowlistSource]]:
+    """(allow sources, deny sources), each in the order they are consulted."""
+    allow: list[AllowlistSource] = []
+    hash_path = reader.string("hash_path")
+    if hash_path is not None:
+        problem = check_directory(hash_path)
+        if problem:
+            reader.problem(f"hash_path: {problem}")
+        allow.append(FlatDirectory(hash_path, "hash_path"))
+    allow.extend(_sources(reader, "allowlist"))
+    return allow, _sources(reader, "denylist")
+
+
+def _sources(reader: ConfigReader, kind: str) -> list[AllowlistSource]:
+    sources: list[AllowlistSource] = []
+    for label, block in reader.labeled_blocks(kind):
+        source_type = block.choice("type", SOURCE_TYPES, None)
+        if source_type is None:
+            if not block.has("type"):
+                block.problem(f"{block.key('type')}: required, one of {', '.join(SOURCE_TYPES)}")
+            continue  # the other options cannot be judged without the type
+        name = f'{kind} "{label}"'
+        source = (
+            _http_source(block, name)
+            if source_type == "http"
+            else _path_source(block, name, source_type)
+        )
+        block.finish()
+        if source is not None:
+            sources.append(source)
+    return sources
+
+
+def _path_source(block: ConfigReader, name: str, source_type: str) -> AllowlistSource | None:
+    path = block.string("path")
+    if path is None:
+        block.problem(f"{block.key('path')}: required for type {source_type!r}")
+        return None
+    if source_type == "file":
+        try:
+            return DocumentFile(path, name)
+        except DocumentError as exc:
+            block.problem(f"{block.key('path')}: {exc}")
+            return None
+    problem = check_directory(path)
+    if problem:
+        block.problem(f"{block.key('path')}: {problem}")
+    return DIRECTORY_TYPES[source_type](path, name)
+
+
+def _http_source(block: ConfigReader, name: str) -> AllowlistSource | None:
+    url = block.string("url")
+    settings = HTTPSettings(
+        url=url or "",
+        ca_path=block.string("ca_path"),
+        client_certificate_path=block.string("client_certificate_path"),
+        client_key_path=block.string("client_key_path"),
+        bearer_token_path=block.string("bearer_token_path"),
+        refresh_interval=block.duration("refresh_interval", DEFAULTS.refresh_interval, 0.01),
+        max_staleness=block.duration("max_staleness", DEFAULTS.max_staleness, 0.01),
+        connect_timeout=block.duration("connect_timeout", DEFAULTS.connect_timeout, 0.01),
+        read_timeout=block.duration("read_timeout", DEFAULTS.read_timeout, 0.01),
+        max_body_bytes=block.integer("max_body_bytes", DEFAULTS.max_body_bytes, 1)
+        or DEFAULTS.max_body_bytes,
+    )
+    problems = (
+        _http_problems(settings) if url is not None else [("url", "required for type 'http'")]
+    )
+    for option, problem in problems:
+        block.problem(f"{block.key(option)}: {problem}")
+    if problems:
+        return None
+    try:
+        return HTTPAllowlist(name, settings)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        block.problem(f"{name}: TLS material or bearer token unusable: {exc}")
+        return None
+
+
+def _http_problems(settings: HTTPSettings) -> list[tuple[str, str]]:
+    """(option, problem) pairs; HTTPAllowlist itself loads the TLS files and token."""
+    parts = urlsplit(settings.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [("url", f"{settings.url!r} is not an http:// or https:// URL")]
+    problems: list[tuple[str, str]] = []
+    if parts.scheme == "http":
+        # Secrets and TLS options on a plain-text URL are a mistake, not a preference.
+        for option, value in (
+            ("ca_path", settings.ca_path),
+            ("client_certificate_path", settings.client_certificate_path),
+            ("bearer_token_path", settings.bearer_token_path),
+        ):
+            if value:
+                problems.append((option, "needs an https:// url"))
+    if bool(settings.client_certificate_path) != bool(settings.client_key_path):
+        problems.append(
+            ("client_key_path", "client_certificate_path and client_key_path go together")
+        )
+    if settings.max_staleness < settings.refresh_interval:
+        problems.append(("max_staleness", "must be at least refresh_interval"))
+    return problems

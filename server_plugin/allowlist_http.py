@@ -1,0 +1,240 @@
+"""An allowlist (or deny list) fetched from an HTTP(S) endpoint serving the JSON document.
+
+A daemon thread fetches the document at once, then every `refresh_interval` (with
+±10% jitter, so a fleet of SPIRE servers does not fetch in step; after a failure it
+retries within 30 s). Requests are conditional (If-None-Match / If-Modified-Since from
+the last accepted document), so an unchanged list costs a 304. Bodies larger than
+`max_body_bytes` (after decompression), responses slower than the timeouts, other
+statuses than 200/304 and documents that do not parse are refused; each refusal is
+logged and the last good copy stays in use, until it is `max_staleness` older than its
+last confirmation: then lookups fail closed (AllowlistError, hence UNAVAILABLE).
+
+TLS trust (`ca_path`, else the system store), the optional client certificate and the
+optional bearer token are files reloaded when they change (Reloading), so rotating
+them needs no restart. Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from server_plugin.allowlist import AllowlistEntry, AllowlistError
+from server_plugin.allowlist_document import DocumentError, Index, parse_document
+from server_plugin.reload import Reloading
+
+log = logging.getLogger(__name__)
+
+JITTER = 0.1
+RETRY_SECONDS = 30.0
+MAX_TOKEN_BYTES = 16 * 1024
+USER_AGENT = "spire-tpm-attestor"
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    url: str
+    ca_path: str | None = None
+    client_certificate_path: str | None = None
+    client_key_path: str | None = None
+    bearer_token_path: str | None = None
+    refresh_interval: float = 60.0
+    max_staleness: float = 3600.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    max_body_bytes: int = 256 * 2**20
+
+
+class FetchError(Exception):
+    """This refresh failed; the message says why (no secrets in it)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The last accepted document and what confirms it is still current."""
+
+    index: Index
+    etag: str | None
+    last_modified: str | None
+    confirmed_at: float  # monotonic time of the last 200 or 304
+
+
+def tls_context(settings: HTTPSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=settings.ca_path)
+    if settings.client_certificate_path:
+        context.load_cert_chain(settings.client_certificate_path, settings.client_key_path)
+    return context
+
+
+def read_token(path: str) -> str:
+    with open(path, "rb") as file:
+        data = file.read(MAX_TOKEN_BYTES + 1)
+    if len(data) > MAX_TOKEN_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_TOKEN_BYTES} bytes")
+    token = data.decode("ascii", "replace").strip()
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError(f"{path} does not hold a bearer token (one line of printable text)")
+    return token
+
+
+class HTTPAllowlist:
+    def __init__(
+        self, name: str, settings: HTTPSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._last_error = "no fetch has completed yet"
+        self._first_attempt = threading.Event()
+        self._stop = threading.Event()
+        self._tls: Reloading[ssl.SSLContext] | None = None
+        self._token: Reloading[str] | None = None
+        try:
+            if settings.url.startswith("https://"):
+                paths = [
+                    path
+                    for path in (
+                        settings.ca_path,
+                        settings.client_certificate_path,
+                        settings.client_key_path,
+                    )
+                    if path
+                ]
+                self._tls = Reloading(f"{name} TLS", paths, lambda: tls_context(settings))
+            token_path = settings.bearer_token_path
+            if token_path:
+                self._token = Reloading(
+                    f"{name} bearer token", [token_path], lambda: read_token(token_path)
+                )
+        except BaseException:
+            self.close()
+            raise
+        self._thread = threading.Thread(
+            target=self._run, name=f"allowlist-http {name}", daemon=True
+        )
+        self._thread.start()
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.settings.url})"
+
+    def lookup(self, pub_hash: str) -> AllowlistEntry | None:
+        snapshot = self._snapshot
+        if snapshot is None:
+            # Right after Configure the first fetch may still be on its way.
+            self._first_attempt.wait(self.settings.connect_timeout + self.settings.read_timeout)
+            snapshot = self._snapshot
+        if snapshot is None:
+            raise AllowlistError(f"{self.describe()}: no copy of the list yet: {self._last_error}")
+        age = self._clock() - snapshot.confirmed_at
+        if age > self.settings.max_staleness:
+            raise AllowlistError(
+                f"{self.describe()}: the last good copy was confirmed {age:.0f}s ago, more than "
+                f"max_staleness ({self.settings.max_staleness:g}s): {self._last_error}"
+            )
+        return snapshot.index.lookup(pub_hash, self.describe())
+
+    def close(self) -> None:
+        """Stop refreshing; a fetch in flight finishes in the background and is dropped."""
+        self._stop.set()
+        for reloading in (self._tls, self._token):
+            if reloading is not None:
+                reloading.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            succeeded = self.refresh()
+            self._first_attempt.set()
+            interval = self.settings.refresh_interval
+            if not succeeded:
+                interval = min(interval, RETRY_SECONDS)
+            self._stop.wait(interval * random.uniform(1 - JITTER, 1 + JITTER))
+
+    def refresh(self) -> bool:
+        """Fetch once; True when the list is confirmed current (200 accepted or 304)."""
+        started = self._clock()
+        try:
+            snapshot = self._fetch(self._snapshot)
+        except (FetchError, DocumentError) as exc:
+            self._last_error = str(exc)
+            reason = "document rejected" if isinstance(exc, DocumentError) else "fetch failed"
+            log.warning(
+                f"allowlist refresh failed ({reason}); keeping the last good copy",
+                extra={"source": self.describe(), "reason": str(exc)},
+            )
+            return False
+        if self._stop.is_set():
+            return False
+        changed = self._snapshot is None or snapshot.index is not self._snapshot.index
+        self._snapshot = snapshot
+        if changed:
+            log.info(
+                "allowlist refreshed",
+                extra={
+                    "source": self.describe(),
+                    "entries": len(snapshot.index),
+                    "seconds": f"{self._clock() - started:.3f}",
+                },
+            )
+        else:
+            log.debug("allowlist unchanged (304)", extra={"source": self.describe()})
+        return True
+
+    def _headers(self, snapshot: Snapshot | None) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if snapshot is not None and snapshot.etag:
+            headers["If-None-Match"] = snapshot.etag
+        if snapshot is not None and snapshot.last_modified:
+            headers["If-Modified-Since"] = snapshot.last_modified
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.value}"
+        return headers
+
+    def _fetch(self, snapshot: Snapshot | None) -> Snapshot:
+        settings = self.settings
+        timeout = httpx.Timeout(
+            connect=settings.connect_timeout,
+            read=settings.read_timeout,
+            write=settings.read_timeout,
+            pool=settings.connect_timeout,
+        )
+        verify: ssl.SSLContext | bool = self._tls.value if self._tls is not None else True
+        try:
+            with (
+                httpx.Client(verify=verify, timeout=timeout, follow_redirects=False) as client,
+                client.stream("GET", settings.url, headers=self._headers(snapshot)) as response,
+            ):
+                if response.status_code == 304 and snapshot is not None:
+                    return Snapshot(
+                        snapshot.index, snapshot.etag, snapshot.last_modified, self._clock()
+                    )
+                if response.status_code != 200:
+                    raise FetchError(f"HTTP status {response.status_code}")
+                body = self._read_body(response)
+                etag = response.headers.get("ETag")
+                last_modified = response.headers.get("Last-Modified")
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{type(exc).__name__}: {exc}") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise FetchError(str(exc)) from None
+        index = parse_document(body, self.describe())
+        return Snapshot(index, etag, last_modified, self._clock())
+
+    def _read_body(self, response: httpx.Response) -> bytearray:
+        limit = self.settings.max_body_bytes
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise FetchError(f"the body ({declared} bytes) is larger than max_body_bytes ({limit})")
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise FetchError(f"the body is larger than max_body_bytes ({limit})")
+        return body

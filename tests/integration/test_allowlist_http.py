@@ -1,0 +1,237 @@
+"""The HTTP(S) allowlist source against servers on loopback, driven directly (no plugin)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from server_plugin.allowlist import AllowlistEntry, AllowlistError
+from server_plugin.allowlist_http import HTTPAllowlist, HTTPSettings
+from tests.integration.http_servers import (
+    DocumentServer,
+    Nginx,
+    TLSFiles,
+    document,
+    json_body,
+    publish,
+)
+from tests.unit.test_allowlist_document import ek_hash
+
+NODE = AllowlistEntry(ek_hash(1), "node-1", {"rack": "r1"})
+OTHER = AllowlistEntry(ek_hash(2))
+
+
+def eventually(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return TLSFiles.create(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def server() -> Iterator[DocumentServer]:
+    running = DocumentServer(body=document(NODE)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def sources() -> Iterator[list[HTTPAllowlist]]:
+    opened: list[HTTPAllowlist] = []
+    yield opened
+    for source in opened:
+        source.close()
+
+
+def open_source(
+    sources: list[HTTPAllowlist],
+    settings: HTTPSettings,
+    clock: Callable[[], float] = time.monotonic,
+) -> HTTPAllowlist:
+    source = HTTPAllowlist('allowlist "test"', settings, clock)
+    sources.append(source)
+    return source
+
+
+def quick(url: str, **options: object) -> HTTPSettings:
+    """Refreshes are driven by hand (refresh()): the background interval is long."""
+    settings = HTTPSettings(url=url, refresh_interval=3600, max_staleness=60, read_timeout=2)
+    return replace(settings, **options)  # type: ignore[arg-type]
+
+
+def test_lookup_returns_entries_with_metadata(
+    server: DocumentServer, sources: list[HTTPAllowlist]
+) -> None:
+    source = open_source(sources, quick(server.url))
+    assert source.lookup(NODE.pub_hash) == replace(NODE, source=source.describe())
+    assert source.lookup(OTHER.pub_hash) is None
+
+
+def test_conditional_requests_get_304_and_keep_the_copy(
+    server: DocumentServer, sources: list[HTTPAllowlist]
+) -> None:
+    source = open_source(sources, quick(server.url))
+    assert source.lookup(NODE.pub_hash) is not None
+    assert source.refresh() is True
+    assert server.requests[-1]["If-None-Match"] == server.etag
+    assert source.lookup(NODE.pub_hash) is not None
+    server.body = document(OTHER)  # a new ETag: the next refresh takes the new list
+    assert source.refresh() is True
+    assert source.lookup(NODE.pub_hash) is None
+    assert source.lookup(OTHER.pub_hash) is not None
+
+
+@pytest.mark.parametrize(
+    ("misbehave", "reason"),
+    [
+        (lambda s: setattr(s, "body", b"<html>oops</html>"), "not valid JSON"),
+        (lambda s: setattr(s, "body", json_body({"version": 2, "entries": []})), "version 2"),
+        (
+            lambda s: setattr(s, "body", json_body({"version": 1, "entries": [{"pub_hash": "x"}]})),
+            "entry 0: pub_hash",
+        ),
+        (lambda s: setattr(s, "body", document(NODE, OTHER) + b" " * 5000), "max_body_bytes"),
+        (
+            lambda s: (
+                setattr(s, "body", document(NODE, OTHER) + b" " * 5000),
+                setattr(s, "chunked", True),
+            ),
+            "max_body_bytes",
+        ),
+        (lambda s: setattr(s, "delay", 1.0), "ReadTimeout"),
+        (lambda s: setattr(s, "status", 500), "HTTP status 500"),
+    ],
+    ids=["garbage", "wrong_version", "bad_entry", "oversized", "oversized_chunked", "slow", "500"],
+)
+def test_bad_responses_keep_the_last_good_copy_and_say_why(
+    server: DocumentServer,
+    sources: list[HTTPAllowlist],
+    caplog: pytest.LogCaptureFixture,
+    misbehave: Callable[[DocumentServer], object],
+    reason: str,
+) -> None:
+    source = open_source(sources, quick(server.url, max_body_bytes=4096, read_timeout=0.3))
+    assert source.lookup(NODE.pub_hash) is not None
+    misbehave(server)  # a changed body has a new ETag: it is not answered 304
+    assert source.refresh() is False
+    assert reason in caplog.records[-1].__dict__["reason"], caplog.records[-1].__dict__
+    assert "keeping the last good copy" in caplog.records[-1].getMessage()
+    assert source.lookup(NODE.pub_hash) is not None  # the last good copy
+    assert source.lookup(OTHER.pub_hash) is None  # and nothing of the refused one
+
+
+def test_with_no_good_copy_lookups_fail_closed(
+    server: DocumentServer, sources: list[HTTPAllowlist]
+) -> None:
+    server.body = json_body({"version": 9})
+    source = open_source(sources, quick(server.url))
+    with pytest.raises(AllowlistError, match="no copy of the list yet: unsupported version 9"):
+        source.lookup(NODE.pub_hash)
+
+
+def test_outage_uses_the_last_good_copy_until_max_staleness(
+    server: DocumentServer, sources: list[HTTPAllowlist]
+) -> None:
+    clock = Clock()
+    source = open_source(sources, quick(server.url, max_staleness=60), clock)
+    assert source.lookup(NODE.pub_hash) is not None
+    server.stop()
+    clock.now += 30
+    assert source.refresh() is False
+    assert source.lookup(NODE.pub_hash) is not None  # 30 s old: still good
+    clock.now += 31
+    with pytest.raises(AllowlistError, match=r"confirmed 61s ago, more than max_staleness \(60s\)"):
+        source.lookup(NODE.pub_hash)
+    with pytest.raises(AllowlistError):
+        source.lookup(OTHER.pub_hash)  # an absent EK is no longer a clean "absent" either
+
+
+def test_a_304_confirms_the_copy_as_fresh(
+    server: DocumentServer, sources: list[HTTPAllowlist]
+) -> None:
+    clock = Clock()
+    source = open_source(sources, quick(server.url, max_staleness=60), clock)
+    assert source.lookup(NODE.pub_hash) is not None
+    clock.now += 50
+    assert source.refresh() is True  # answered 304
+    clock.now += 50
+    assert source.lookup(NODE.pub_hash) is not None  # 50 s after the 304, not 100
+
+
+def test_bearer_token_is_sent_and_reread_when_its_file_changes(
+    tls: TLSFiles, sources: list[HTTPAllowlist], tmp_path: Path
+) -> None:
+    server = DocumentServer(tls=tls, body=document(NODE), token="first").start()
+    try:
+        token = tmp_path / "token"
+        token.write_text("first\n")
+        source = open_source(
+            sources, quick(server.url, ca_path=str(tls.ca), bearer_token_path=str(token))
+        )
+        assert source.lookup(NODE.pub_hash) is not None
+        assert server.requests[-1]["Authorization"] == "Bearer first"
+        server.token = "second"
+        token.write_text("second\n")
+        eventually(
+            lambda: source.refresh() and server.requests[-1]["Authorization"] == "Bearer second",
+            "the new token",
+        )
+    finally:
+        server.stop()
+
+
+def test_tls_to_a_server_outside_ca_path_fails(
+    tls: TLSFiles, sources: list[HTTPAllowlist], tmp_path: Path
+) -> None:
+    other = TLSFiles.create(tmp_path / "other", name="Other")
+    server = DocumentServer(tls=tls, body=document(NODE)).start()
+    try:
+        source = open_source(sources, quick(server.url, ca_path=str(other.ca)))
+        with pytest.raises(AllowlistError, match="CERTIFICATE_VERIFY_FAILED"):
+            source.lookup(NODE.pub_hash)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nginx(tls: TLSFiles, tmp_path: Path) -> Iterator[Nginx]:
+    root = tmp_path / "www"
+    root.mkdir()
+    publish(root / "allowlist.json", document(NODE))
+    running = Nginx(tmp_path / "nginx", root, tls).start()
+    yield running
+    running.stop()
+
+
+def test_nginx_answers_refreshes_with_304_until_the_file_changes(
+    nginx: Nginx, tls: TLSFiles, sources: list[HTTPAllowlist]
+) -> None:
+    source = open_source(sources, quick(f"{nginx.url}/allowlist.json", ca_path=str(tls.ca)))
+    assert source.lookup(NODE.pub_hash) is not None
+    assert source.refresh() is True
+    assert source.refresh() is True
+    publish(nginx.root / "allowlist.json", document(OTHER))
+    assert source.refresh() is True
+    assert source.lookup(NODE.pub_hash) is None
+    assert source.lookup(OTHER.pub_hash) is not None
+    statuses = [line.split()[0] for line in nginx.access_log()]
+    assert statuses == ["200", "304", "304", "200"], nginx.access_log()

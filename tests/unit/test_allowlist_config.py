@@ -1,0 +1,121 @@
+"""Allowlist and deny-list blocks in the server configuration: sources, order, problems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server_plugin.allowlist import BucketedDirectory, FlatDirectory
+from server_plugin.allowlist_document import DocumentFile
+from server_plugin.allowlist_http import HTTPAllowlist
+from server_plugin.config import ServerConfig, build_server_config
+from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
+from tests.integration.plugins import hcl, hcl_block
+
+CORE = CoreConfig("example.org")
+EMPTY_DOCUMENT = '{"version": 1, "entries": []}'
+
+
+def build(text: str) -> ServerConfig:
+    return build_server_config(text, CORE)
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(ConfigProblems) as error:
+        build(text)
+    return error.value.problems
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> dict[str, str]:
+    for name in ("flat", "racks", "revoked"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "revoked.json").write_text(EMPTY_DOCUMENT)
+    return {name: str(tmp_path / name) for name in ("flat", "racks", "revoked", "revoked.json")}
+
+
+def test_sources_in_order_and_deny_lists(dirs: dict[str, str]) -> None:
+    config = build(
+        "\n".join(
+            [
+                hcl_block("allowlist", "zz", type="directory", path=dirs["racks"]),
+                hcl(hash_path=dirs["flat"]),
+                hcl_block("allowlist", "aa", type="bucketed_directory", path=dirs["racks"]),
+                hcl_block("allowlist", "web", type="http", url="http://127.0.0.1:9/a.json"),
+                hcl_block("denylist", "revoked", type="file", path=dirs["revoked.json"]),
+                hcl_block("denylist", "dir", type="directory", path=dirs["revoked"]),
+            ]
+        )
+    )
+    try:
+        assert [type(s) for s in config.allowlist] == [
+            FlatDirectory,  # hash_path first, then the blocks as written
+            FlatDirectory,
+            BucketedDirectory,
+            HTTPAllowlist,
+        ]
+        assert [s.describe() for s in config.allowlist[:3]] == [
+            f"hash_path (directory {dirs['flat']})",
+            f'allowlist "zz" (directory {dirs["racks"]})',
+            f'allowlist "aa" (bucketed directory {dirs["racks"]})',
+        ]
+        assert [type(s) for s in config.denylist] == [DocumentFile, FlatDirectory]
+        assert config.ek_policy == "allowlist"  # any allow source serves ek_policy "allowlist"
+    finally:
+        config.close()
+
+
+def test_a_single_bucketed_block_is_an_allowlist(dirs: dict[str, str]) -> None:
+    config = build(
+        hcl(ek_policy="allowlist", agent_path_template="{{ .Name }}")
+        + "\n"
+        + hcl_block("allowlist", "racks", type="bucketed_directory", path=dirs["racks"])
+    )
+    config.close()
+
+
+def test_a_deny_list_alone_trusts_nothing(dirs: dict[str, str]) -> None:
+    problems = problems_of(hcl_block("denylist", "r", type="directory", path=dirs["revoked"]))
+    assert "configure ek_ca_path (EK CA certificates), an allowlist, or both" in problems
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ({}, "allowlist.x.type: required, one of directory, bucketed_directory, file, http"),
+        ({"type": "ldap"}, "allowlist.x.type: 'ldap' is not one of"),
+        ({"type": "directory"}, "allowlist.x.path: required for type 'directory'"),
+        ({"type": "directory", "path": "/nonexistent"}, "/nonexistent is not a directory"),
+        ({"type": "directory", "path": "/", "pth": "x"}, "allowlist.x.pth: unknown option"),
+        ({"type": "file", "path": "/nonexistent.json"}, "cannot read /nonexistent.json"),
+        ({"type": "http"}, "allowlist.x.url: required for type 'http'"),
+        ({"type": "http", "url": "ftp://h/a"}, "allowlist.x.url: 'ftp://h/a' is not an http"),
+        (
+            {"type": "http", "url": "http://h/a", "bearer_token_path": "/t"},
+            "allowlist.x.bearer_token_path: needs an https:// url",
+        ),
+        (
+            {"type": "http", "url": "https://h/a", "client_certificate_path": "/c"},
+            "client_certificate_path and client_key_path go together",
+        ),
+        (
+            {"type": "http", "url": "https://h/a", "refresh_interval": "1m", "max_staleness": "5s"},
+            "allowlist.x.max_staleness: must be at least refresh_interval",
+        ),
+        ({"type": "http", "url": "https://h/a", "read_timeout": "10"}, "is not a duration"),
+        ({"type": "http", "url": "https://h/a", "max_body_bytes": 0}, "max_body_bytes: 0 is"),
+        (
+            {"type": "http", "url": "https://h/a", "ca_path": "/nonexistent.pem"},
+            'allowlist "x": TLS material or bearer token unusable',
+        ),
+    ],
+)
+def test_block_problems_are_named(block: dict[str, object], expected: str) -> None:
+    problems = problems_of(hcl(ek_ca_path="/") + "\n" + hcl_block("allowlist", "x", **block))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_unlabeled_block_is_a_problem(dirs: dict[str, str]) -> None:
+    problems = problems_of(f"allowlist {{\n{hcl(type='directory', path=dirs['racks'])}\n}}")
+    assert 'allowlist: expected labeled blocks: allowlist "label" { ... }' in problems

@@ -1,0 +1,90 @@
+"""Directory layouts and the local document file, looked up directly."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from server_plugin.allowlist import AllowlistEntry, AllowlistError, BucketedDirectory, FlatDirectory
+from server_plugin.allowlist_document import DocumentError, DocumentFile
+from tests.unit.test_allowlist_document import ek_hash
+
+
+def test_bucketed_directory_reads_entries_from_their_bucket(tmp_path: Path) -> None:
+    listed, unlisted, misplaced = ek_hash(1), ek_hash(2), ek_hash(3)
+    (tmp_path / listed[:2]).mkdir()
+    (tmp_path / listed[:2] / listed).write_text('{"name": "n1", "labels": {"rack": "r"}}')
+    (tmp_path / misplaced).write_text("")  # the flat place, not its bucket
+    source = BucketedDirectory(str(tmp_path), 'allowlist "b"')
+    assert source.lookup(listed) == AllowlistEntry(listed, "n1", {"rack": "r"}, source.describe())
+    assert source.lookup(unlisted) is None
+    assert source.lookup(misplaced) is None
+    assert source.describe() == f'allowlist "b" (bucketed directory {tmp_path})'
+    assert list(source.hashes()) == [listed]
+
+
+def test_flat_directory_lists_only_ek_hash_names(tmp_path: Path) -> None:
+    for name in (ek_hash(1), ek_hash(2), "README.md", f".{ek_hash(3)}.tmp", ek_hash(4).upper()):
+        (tmp_path / name).write_text("")
+    assert sorted(FlatDirectory(str(tmp_path), "hash_path").hashes()) == sorted(
+        [ek_hash(1), ek_hash(2)]
+    )
+
+
+@pytest.mark.parametrize("layout", [FlatDirectory, BucketedDirectory])
+def test_a_missing_directory_is_an_error_not_an_absence(
+    tmp_path: Path, layout: type[FlatDirectory]
+) -> None:
+    source = layout(str(tmp_path / "unmounted"), "denylist")
+    with pytest.raises(AllowlistError, match="is not a directory"):
+        source.lookup(ek_hash(1))
+
+
+def test_a_bucket_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / ek_hash(1)[:2]).write_text("")
+    with pytest.raises(AllowlistError, match="cannot read entry"):
+        BucketedDirectory(str(tmp_path), "b").lookup(ek_hash(1))
+
+
+@pytest.mark.parametrize("layout", [FlatDirectory, BucketedDirectory])
+def test_names_that_are_not_ek_hashes_are_refused(
+    tmp_path: Path, layout: type[FlatDirectory]
+) -> None:
+    with pytest.raises(AllowlistError, match="not an EK hash"):
+        layout(str(tmp_path), "x").lookup("../" + ek_hash(1)[3:])
+
+
+def write_document(path: Path, *hashes: str) -> None:
+    entries = [{"pub_hash": h} for h in hashes]
+    path.write_text(json.dumps({"version": 1, "entries": entries}))
+
+
+def test_document_file_reloads_and_keeps_the_last_good_copy(tmp_path: Path) -> None:
+    path = tmp_path / "revoked.json"
+    write_document(path, ek_hash(1))
+    source = DocumentFile(str(path), 'denylist "revoked"')
+    try:
+        assert source.lookup(ek_hash(1)) is not None
+        assert source.lookup(ek_hash(2)) is None
+        write_document(path, ek_hash(2))
+        deadline = time.monotonic() + 10
+        while source.lookup(ek_hash(2)) is None:
+            assert time.monotonic() < deadline, "the file was not reloaded"
+            time.sleep(0.02)
+        assert source.lookup(ek_hash(1)) is None
+        path.write_text('{"version": 2, "entries": []}')  # refused: the last good copy stays
+        assert source._index.reload() is False
+        assert source.lookup(ek_hash(2)) is not None
+    finally:
+        source.close()
+
+
+def test_document_file_that_does_not_load_is_an_error_at_once(tmp_path: Path) -> None:
+    with pytest.raises(DocumentError, match="cannot read"):
+        DocumentFile(str(tmp_path / "missing.json"), "x")
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(DocumentError, match="must be a JSON object"):
+        DocumentFile(str(tmp_path / "bad.json"), "x")
