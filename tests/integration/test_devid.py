@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -32,6 +36,7 @@ pytestmark = pytest.mark.swtpm
 
 DEVID_ATTRIBUTES = 0x00040072  # fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth, sign
 ECDSA = 0x0018
+CLI = "spire-tpm-attestor"
 
 
 @pytest.fixture(scope="module")
@@ -355,3 +360,49 @@ def test_agent_never_signs_the_server_nonce_alone(
             with pytest.raises(VerificationError):
                 verify_signature(area, chosen_by_server, signature)
     assert len(agent_nonces) == len(exchanges)  # fresh every time
+
+
+def test_example_provisioning_script_with_an_openssl_ca(
+    agent: PluginProcess,
+    server: PluginProcess,
+    swtpm: SWTPM,
+    ek_ca: TestCA,
+    devid_ca: TestCA,
+    tmp_path: Path,
+) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    ca_key = tmp_path / "ca-key.pem"
+    ca_key.write_bytes(
+        devid_ca.intermediate_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    agent_config = tmp_path / "agent.hcl"
+    agent_config.write_text(hcl(tcti=swtpm.tcti))
+    out = tmp_path / "devid"
+    script = Path(__file__).parents[2] / "examples" / "devid" / "provision.sh"
+    arguments = [agent_config, out, devid_ca.intermediate_path, ca_key, "rack2-node3"]
+    subprocess.run(
+        ["sh", str(script), *map(str, arguments)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "SPIRE_TPM_ATTESTOR": str(Path(sys.executable).parent / CLI)},
+    )
+    agent.configure(
+        hcl(
+            tcti=swtpm.tcti,
+            devid_cert_path=str(out / "devid-chain.pem"),
+            devid_key_path=str(out / "devid.tss.pem"),
+        )
+    )
+    server.configure(
+        hcl(
+            ek_ca_path=str(ek_ca.bundle_path),
+            devid_ca_path=str(devid_ca.root_path),
+            require_devid=True,
+        )
+    )
+    assert "devid:subject:cn:rack2-node3" in relay_attestation(agent, server).selectors
