@@ -642,11 +642,14 @@ class TPMSession:
             self._release(srk)
 
     def _supports_aes_cfb(self) -> bool:
+        return all(self._implements(alg) for alg in (tss.TPM2_ALG.AES, tss.TPM2_ALG.CFB))
+
+    def _implements(self, alg: int) -> bool:
+        # GetCapability(ALGS) lists implemented algorithms from the one asked for on.
         with _tpm_step("listing the TPM's algorithms"):
-            _, data = self._esapi.get_capability(tss.TPM2_CAP.ALGS, tss.TPM2_ALG.AES, 64)
+            _, data = self._esapi.get_capability(tss.TPM2_CAP.ALGS, alg, 1)
         algorithms = data.data.algorithms
-        implemented = {int(algorithms.algProperties[i].alg) for i in range(algorithms.count)}
-        return {int(tss.TPM2_ALG.AES), int(tss.TPM2_ALG.CFB)} <= implemented
+        return algorithms.count > 0 and int(algorithms.algProperties[0].alg) == int(alg)
 
     # -- keys under the storage root key ----------------------------------------------------
 

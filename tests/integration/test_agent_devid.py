@@ -182,3 +182,45 @@ def test_cli_writes_consistent_files(devid: DevIDFiles) -> None:
     assert parse_tpm2b_public(public).public_key() == devid.public_key
     assert b"BEGIN PUBLIC KEY" in spki_pem
     assert (devid.directory / "devid.priv").stat().st_mode & 0o077 == 0
+
+
+def _created(tcti: str, template: str) -> tuple[bytes, bytes]:
+    """A DevID-shaped key from another tool's template (tpm2_create -G ... style)."""
+    attributes = (
+        tss.TPMA_OBJECT.FIXEDTPM
+        | tss.TPMA_OBJECT.FIXEDPARENT
+        | tss.TPMA_OBJECT.SENSITIVEDATAORIGIN
+        | tss.TPMA_OBJECT.USERWITHAUTH
+        | tss.TPMA_OBJECT.SIGN_ENCRYPT
+    )
+    public = tss.TPM2B_PUBLIC(publicArea=tss.TPMT_PUBLIC.parse(template, attributes))
+    esapi = tss.ESAPI(tcti)
+    try:
+        srk, *_ = esapi.create_primary(
+            tss.TPM2B_SENSITIVE_CREATE(), _srk_template(), tss.ESYS_TR.OWNER
+        )
+        private, public, *_ = esapi.create(srk, tss.TPM2B_SENSITIVE_CREATE(), public)
+        esapi.flush_context(srk)
+    finally:
+        esapi.close()
+    return bytes(public.marshal()), bytes(private.marshal())
+
+
+@pytest.mark.parametrize("template", ["ecc256:null:null", "rsa2048:null:null"])
+def test_devid_without_a_pinned_scheme_signs_with_sha256(swtpm: SWTPM, template: str) -> None:
+    public, private = _created(swtpm.tcti, template)
+    with TPMSession(swtpm.tcti) as tpm:
+        tpm.load_devid(public, private)
+        agent_nonce, signature = tpm.sign_with_devid(NONCE)
+    parsed = parse_signature(signature)
+    assert parsed.hash_alg == 0x000B
+    verify_signature(parse_tpm2b_public(public), wire.devid_signed_data(NONCE, agent_nonce), parsed)
+
+
+def test_devid_pinned_to_another_hash_is_refused(swtpm: SWTPM) -> None:
+    public, private = _created(swtpm.tcti, "ecc256:ecdsa-sha384:null")
+    with TPMSession(swtpm.tcti) as tpm:
+        tpm.load_devid(public, private)
+        with pytest.raises(TPMError, match="does not hash with SHA-256"):
+            tpm.sign_with_devid(NONCE)
+    assert leftover_handles(swtpm.tcti) == []
