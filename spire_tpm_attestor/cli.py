@@ -5,6 +5,7 @@
   running TPM, an EK certificate, or a public key file.
 - `check`: one full attestation through both real plugin processes.
 - `devid create`: a DevID key in this machine's TPM, for a CA to certify.
+- `allowlist add|remove|list|export`: provisioning allowlist directories.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import grpc
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from spire_tpm_attestor import __version__, ekcert
+from spire_tpm_attestor.allowlist_cli import add_allowlist_commands
 from spire_tpm_attestor.devid_cli import add_devid_commands
 from spire_tpm_attestor.harness import AttestationResult
 from spire_tpm_attestor.runtime.config import ConfigProblems, parse_hcl
@@ -32,12 +34,11 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
-def hash_of_certificate(path: str) -> str:
-    return ekcert.ek_hash(ekcert.load_certificate(Path(path).read_bytes()).public_key())
+def hash_of_certificate(data: bytes) -> str:
+    return ekcert.ek_hash(ekcert.load_certificate(data).public_key())
 
 
-def hash_of_public_key(path: str) -> str:
-    data = Path(path).read_bytes()
+def hash_of_public_key(data: bytes) -> str:
     key = load_pem_public_key(data) if b"-----BEGIN" in data else load_der_public_key(data)
     return ekcert.ek_hash(key)
 
@@ -56,9 +57,9 @@ def hash_of_tpm(agent_config: PluginConfigFile) -> str:
 
 def cmd_hash(args: argparse.Namespace) -> int:
     if args.certificate:
-        print(hash_of_certificate(args.certificate))
+        print(hash_of_certificate(Path(args.certificate).read_bytes()))
     elif args.public_key:
-        print(hash_of_public_key(args.public_key))
+        print(hash_of_public_key(Path(args.public_key).read_bytes()))
     else:
         print(
             hash_of_tpm(
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=cmd_check)
 
     add_devid_commands(commands)
+    add_allowlist_commands(commands)
     return parser
 
 
