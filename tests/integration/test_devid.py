@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -60,7 +61,8 @@ def configure(
 ) -> None:
     agent.configure(hcl(tcti=swtpm.tcti, **(devid.agent_options() if devid else {})))
     server_options.setdefault("ek_ca_path", str(ek_ca.bundle_path))
-    server.configure(hcl(devid_ca_path=str(devid_ca.root_path), **server_options))
+    server_options.setdefault("devid_ca_path", str(devid_ca.root_path))
+    server.configure(hcl(**server_options))
 
 
 @pytest.mark.parametrize(("algorithm", "key_form"), [("ecc", "pem"), ("rsa", "blobs")])
@@ -165,6 +167,34 @@ def test_devid_from_another_ca_is_denied(
         agent, server, grpc.StatusCode.PERMISSION_DENIED, "does not chain to devid_ca_path"
     )
     assert audit["check"] == "devid_cert_chain"
+
+
+def test_devid_ca_directory_is_reloaded_when_it_changes(
+    agent: PluginProcess,
+    server: PluginProcess,
+    swtpm: SWTPM,
+    ek_ca: TestCA,
+    devid_ca: TestCA,
+    tmp_path: Path,
+) -> None:
+    new_ca = TestCA.create(tmp_path / "new-ca", name="New DevID")
+    devid = provision_devid(swtpm.tcti, new_ca, tmp_path / "devid")
+    trusted = tmp_path / "devid-ca.d"
+    trusted.mkdir()
+    shutil.copy(devid_ca.root_path, trusted / "old-root.pem")
+    configure(agent, server, swtpm, ek_ca, devid_ca, devid, devid_ca_path=str(trusted))
+    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "devid_ca_path")
+    # The operator adds the new CA: no restart, no reconfiguration.
+    shutil.copy(new_ca.root_path, trusted / "new-root.pem")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            result = relay_attestation(agent, server)
+            break
+        except AttestationFailed:
+            assert time.monotonic() < deadline, "the new DevID CA was not picked up"
+            time.sleep(0.1)
+    assert "devid:issuer:cn:New DevID EK Intermediate CA" in result.selectors
 
 
 def test_required_devid_missing_is_denied(

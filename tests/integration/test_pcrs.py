@@ -50,13 +50,15 @@ def configure(
     server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path), **options))
 
 
+@pytest.mark.parametrize("ak_algorithm", ["rsa", "ecc"])  # RSASSA and ECDSA quotes
 def test_quoted_pcrs_become_selectors_equal_to_pcr_read(
-    agent: PluginProcess, server: PluginProcess, swtpm: SWTPM, ek_ca: TestCA
+    agent: PluginProcess, server: PluginProcess, swtpm: SWTPM, ek_ca: TestCA, ak_algorithm: str
 ) -> None:
     extend_pcr(swtpm.tcti, 7, b"secure boot policy")
     extend_pcr(swtpm.tcti, 16, b"debug measurement")
     # Nine PCRs: more than one TPM2_PCR_Read returns.
     configure(agent, server, swtpm, ek_ca, pcr_selection={"sha256": [*FIRMWARE, 16]})
+    agent.configure(hcl(tcti=swtpm.tcti, ak_algorithm=ak_algorithm))
     result = relay_attestation(agent, server)
     quoted = pcr_selectors(result.selectors)
     assert quoted == read_pcrs(swtpm.tcti, [*FIRMWARE, 16])
