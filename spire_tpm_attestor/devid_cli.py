@@ -38,7 +38,6 @@ def _tcti(agent_config: str | None) -> str | None:
         return None
     from spire_tpm_attestor.cli import PluginConfigFile  # cli imports this module
 
-
     tcti = parse_hcl(PluginConfigFile.read(agent_config).plugin_data).get("tcti")
     if tcti is not None and not isinstance(tcti, str):
         raise ValueError(f"{agent_config}: tcti must be a string")

@@ -243,7 +243,6 @@ class TestCA:
             .sign(self.intermediate_key, hashes.SHA256())
         )
 
-
     def issue_devid_certificate(
         self, public_key: EKPublicKey, subject_cn: str, *, serial_number: int | None = None
     ) -> x509.Certificate:
