@@ -204,7 +204,8 @@ def render_document(entries: Iterable[AllowlistEntry]) -> str:
             item["labels"] = dict(sorted(entry.labels.items()))
         items.append(item)
     lines = ",\n".join("  " + json.dumps(item, ensure_ascii=False) for item in items)
-    return f'{{"version": {VERSION}, "entries": [\n{lines}\n]}}\n'
+    listed = f"[\n{lines}\n]" if items else "[]"
+    return f'{{"version": {VERSION}, "entries": {listed}}}\n'
 
 
 def read_document_file(path: str, source: str) -> Index:

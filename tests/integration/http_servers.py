@@ -153,6 +153,10 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     types {{ application/json json; }}
+    {server}
+}}
+"""
+SERVER_BLOCK = """
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {tls.server_certificate};
@@ -161,7 +165,6 @@ http {{
         root {root};
         location / {{ }}
     }}
-}}
 """
 
 
@@ -175,6 +178,7 @@ class Nginx:
     tls: TLSFiles
     require_client_certificate: bool = False
     port: int = 0
+    server_block: str | None = None  # instead of SERVER_BLOCK, e.g. an example's
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -184,22 +188,17 @@ class Nginx:
     def start(self) -> Nginx:
         executable = shutil.which("nginx") or "/usr/sbin/nginx"
         self.prefix.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = self.port or free_port()
         client = (
             f"ssl_client_certificate {self.tls.ca}; ssl_verify_client on;"
             if self.require_client_certificate
             else ""
         )
-        config = self.prefix / "nginx.conf"
-        config.write_text(
-            NGINX_CONF.format(
-                prefix=self.prefix,
-                port=self.port,
-                tls=self.tls,
-                root=self.root,
-                client_verification=client,
-            )
+        server = self.server_block or SERVER_BLOCK.format(
+            port=self.port, tls=self.tls, root=self.root, client_verification=client
         )
+        config = self.prefix / "nginx.conf"
+        config.write_text(NGINX_CONF.format(prefix=self.prefix, server=server))
         with open(self.prefix / "stderr.log", "ab") as stderr:
             self.process = subprocess.Popen(
                 [executable, "-p", str(self.prefix), "-c", str(config), "-e", "error.log"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from server_plugin.allowlist import AllowlistEntry
 from server_plugin.allowlist_document import parse_document
+from server_plugin.allowlist_http import HTTPAllowlist, HTTPSettings
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.harness import PluginProcess, relay_attestation
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
-from tests.integration.http_servers import DocumentServer
+from tests.integration.http_servers import DocumentServer, Nginx, TLSFiles, free_port
 from tests.integration.plugins import expect_rejection, hcl, hcl_block
 
 CLI = str(Path(sys.executable).parent / "spire-tpm-attestor")
@@ -163,3 +165,86 @@ def test_provisioned_with_the_cli_the_plugin_admits_and_then_refuses(
     ok("remove", *where, str(tmp_path / "ek.pem"))
     server.configure(hcl_block("allowlist", "racks", type="bucketed_directory", path=str(racks)))
     expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "not in the allowlist")
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "allowlist"
+
+
+def test_example_provisioning_script_adds_removes_and_exports(tmp_path: Path) -> None:
+    directory = tmp_path / "allowlist"
+    directory.mkdir()
+    document = tmp_path / "www" / "tpm-allowlist.json"
+    document.parent.mkdir()
+    environment = {
+        **os.environ,
+        "ALLOWLIST_DIR": str(directory),
+        "DOCUMENT": str(document),
+        "PATH": f"{Path(CLI).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    def script(*args: str) -> None:
+        subprocess.run(
+            ["sh", str(EXAMPLES / "provision-node.sh"), *args],
+            env=environment,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+
+    pub_hash = "ab" * 32
+    script("add", pub_hash, "rack 1 node", "rack=r 1", "role=db")
+    index = parse_document(document.read_bytes(), "doc")
+    assert index.lookup(pub_hash, "doc") == AllowlistEntry(
+        pub_hash, "rack 1 node", {"rack": "r 1", "role": "db"}, "doc"
+    )
+    assert (directory / "ab" / pub_hash).is_file()
+    script("remove", pub_hash)
+    assert len(parse_document(document.read_bytes(), "doc")) == 0
+
+
+def test_example_documents_and_bucketed_layout_parse(tmp_path: Path) -> None:
+    exported = ok("export", "--directory", str(EXAMPLES / "bucketed"), "--layout", "bucketed")
+    assert "\n".join(exported) + "\n" == (EXAMPLES / "allowlist.json").read_text()
+    for name in ("allowlist.json", "revoked.json"):
+        assert len(parse_document((EXAMPLES / name).read_bytes(), name)) > 0
+
+
+def test_example_nginx_configuration_serves_the_document(tmp_path: Path) -> None:
+    tls = TLSFiles.create(tmp_path / "tls")
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(EXAMPLES / "allowlist.json", root / "tpm-allowlist.json")
+    port = free_port()
+    example = (EXAMPLES / "nginx-allowlist.conf").read_text()
+    for placeholder, value in (
+        ("listen 8443", f"listen 127.0.0.1:{port}"),
+        ("/etc/nginx/tls/inventory.example.org.pem", str(tls.server_certificate)),
+        ("/etc/nginx/tls/inventory.example.org.key", str(tls.server_key)),
+        ("/etc/nginx/tls/spire-servers-ca.pem", str(tls.ca)),
+        ("/srv/tpm-allowlist", str(root)),
+        ("REPLACE-WITH-THE-TOKEN", "s3cret"),
+    ):
+        assert placeholder in example
+        example = example.replace(placeholder, value)
+    (tmp_path / "token").write_text("s3cret\n")
+    nginx = Nginx(tmp_path / "nginx", root, tls, port=port, server_block=example).start()
+    source = HTTPAllowlist(
+        'allowlist "inventory"',
+        HTTPSettings(
+            url=f"{nginx.url}/tpm-allowlist.json",
+            ca_path=str(tls.ca),
+            client_certificate_path=str(tls.client_certificate),
+            client_key_path=str(tls.client_key),
+            bearer_token_path=str(tmp_path / "token"),
+            refresh_interval=3600,
+        ),
+    )
+    try:
+        entry = source.lookup("5f1cfa7fd11c5e3a1ba2a20e4d6f7a9b7c1cb0d2e8a3c5b6f4e2d1c0b9a8f7e6")
+        assert entry is not None
+        assert entry.name == "rack12-node07"
+        assert source.refresh() is True
+        assert [line.split()[0] for line in nginx.access_log()] == ["200", "304"]
+    finally:
+        source.close()
+        nginx.stop()

@@ -19,6 +19,7 @@ from tests.integration.http_servers import (
     json_body,
     publish,
 )
+from tests.integration.plugins import hcl, hcl_block, start_plugin
 from tests.unit.test_allowlist_document import ek_hash
 
 NODE = AllowlistEntry(ek_hash(1), "node-1", {"rack": "r1"})
@@ -235,3 +236,28 @@ def test_nginx_answers_refreshes_with_304_until_the_file_changes(
     assert source.lookup(OTHER.pub_hash) is not None
     statuses = [line.split()[0] for line in nginx.access_log()]
     assert statuses == ["200", "304", "304", "200"], nginx.access_log()
+
+
+def test_plugin_exits_within_two_seconds_with_a_refresh_in_flight(
+    tls: TLSFiles, tmp_path: Path
+) -> None:
+    # A refresh stuck on a slow endpoint and a watched CA file must not hold up Shutdown.
+    stuck = DocumentServer(delay=30).start()
+    try:
+        with start_plugin("server") as plugin:
+            plugin.configure(
+                "\n".join(
+                    [
+                        hcl(ek_ca_path=str(tls.ca)),
+                        hcl_block(
+                            "allowlist", "slow", type="http", url=stuck.url, read_timeout="1m"
+                        ),
+                    ]
+                )
+            )
+            eventually(lambda: len(stuck.requests) > 0, "the refresh to start")
+            elapsed = plugin.stop()
+            assert plugin.process.returncode == 0, "exited by itself, not killed"
+            assert elapsed < 2.0
+    finally:
+        stuck.stop()
