@@ -59,7 +59,7 @@ class Evidence:
     ak: PublicArea
     ek_certificate: VerifiedEKCertificate | None
     allowlist_entry: AllowlistEntry | None
-    devid: VerifiedDevID | None = None
+    devid: VerifiedDevID | None
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class PendingChallenge:
     evidence: Evidence
     secret: bytes
     nonce: bytes
-    pcr_request: frozenset[PCRKey] = frozenset()
-    pcr_policy: PCRPolicy | None = None  # as it was when the challenge was issued
+    pcr_request: frozenset[PCRKey]
+    pcr_policy: PCRPolicy | None  # as it was when the challenge was issued
 
 
 @dataclass(frozen=True)

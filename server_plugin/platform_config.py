@@ -47,8 +47,8 @@ class PCROptions:
 class DevIDOptions:
     """The DevID CA bundle, and whether every agent must prove a DevID."""
 
-    bundle: Reloading[list[ekcert.EKCertificate]] | None = None
-    required: bool = False
+    bundle: Reloading[list[ekcert.EKCertificate]] | None
+    required: bool
 
     def close(self) -> None:
         if self.bundle is not None:
