@@ -32,6 +32,7 @@ class AgentConfig:
     ak_algorithm: str
     ak_handle: int | None
     devid: DevIDKey | None
+    allow_unencrypted_sessions: bool
 
     def close(self) -> None:
         """Nothing to release: the agent opens the TPM per attestation."""
@@ -76,6 +77,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> AgentConfig:
         ak_algorithm=reader.choice("ak_algorithm", AK_ALGORITHMS, "rsa") or "rsa",
         ak_handle=reader.parsed("ak_handle", parse_handle),
         devid=_read_devid(reader),
+        allow_unencrypted_sessions=reader.boolean("allow_unencrypted_sessions", False),
     )
 
 

@@ -94,7 +94,9 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
     ) -> Iterator[agent_pb2.PayloadOrChallengeResponse]:
         config = self._holder.get()
         try:
-            with TPMSession.open(config.tcti) as tpm:
+            with TPMSession.open(
+                config.tcti, require_encryption=not config.allow_unencrypted_sessions
+            ) as tpm:
                 payload = build_payload(tpm, config)
                 yield agent_pb2.PayloadOrChallengeResponse(payload=wire.encode(payload))
                 challenge = decode_challenge(next(challenges, None))

@@ -420,8 +420,9 @@ class TPMSession:
     created. Objects of other processes are left alone.
     """
 
-    def __init__(self, tcti: str | None = None) -> None:
+    def __init__(self, tcti: str | None = None, *, require_encryption: bool = True) -> None:
         self._esapi, self.tcti = _open_esapi(tcti)
+        self._require_encryption = require_encryption
         log.debug("opened the TPM through %s", self.tcti)
         self._transients: list[Handle] = []  # flushed on release
         self._persistents: list[Handle] = []  # only the ESYS_TR is closed on release
@@ -434,9 +435,9 @@ class TPMSession:
         self._encrypted: Handle | None = None  # the salted session, started on first use
 
     @classmethod
-    def open(cls, tcti: str | None = None) -> TPMSession:
+    def open(cls, tcti: str | None = None, *, require_encryption: bool = True) -> TPMSession:
         """Opens the TPM behind `tcti` (None: /dev/tpmrm0, then /dev/tpm0)."""
-        return cls(tcti)
+        return cls(tcti, require_encryption=require_encryption)
 
     def __enter__(self) -> TPMSession:
         return self
@@ -610,7 +611,8 @@ class TPMSession:
         the EK is loaded, to the SRK), so someone on the TPM bus can neither read the
         first parameter of the command, nor of the response when `encrypt_response` (only
         for commands whose response starts with a TPM2B), nor forge either. A TPM without
-        AES-128-CFB gets a plain password session instead.
+        AES-128-CFB is refused, unless the session was opened without `require_encryption`:
+        then it gets a plain password session.
         """
         if self._encrypted is None:
             self._encrypted = self._start_salted_session()
@@ -624,6 +626,12 @@ class TPMSession:
 
     def _start_salted_session(self) -> Handle:
         if not self._supports_aes_cfb():
+            # Refused by default: an interposer could fake this answer to switch encryption off.
+            if self._require_encryption:
+                raise TPMError(
+                    "the TPM does not offer AES-128-CFB for parameter encryption; set "
+                    "allow_unencrypted_sessions = true to attest without it"
+                )
             log.warning("the TPM lacks AES-128-CFB: TPM commands run without encryption")
             return tss.ESYS_TR.PASSWORD
         srk = self._create_srk() if self._ek is None else None

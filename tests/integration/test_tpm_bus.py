@@ -50,7 +50,7 @@ def test_interposer_learns_no_secret_and_no_proof(
         assert value not in traffic, f"the {what} crossed the TPM bus in the clear"
 
 
-def test_tpm_without_aes_falls_back_to_clear_sessions(
+def test_tpm_without_aes_falls_back_to_clear_sessions_only_when_allowed(
     swtpm: SWTPM, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The negative of the test above: without parameter encryption the tap sees the secret.
@@ -60,7 +60,7 @@ def test_tpm_without_aes_falls_back_to_clear_sessions(
 
     monkeypatch.setattr(TPMSession, "_supports_aes_cfb", lambda self: False)
     secret = bytes(range(32))
-    with BusTap(swtpm) as tap, TPMSession(tap.tcti) as tpm:
+    with BusTap(swtpm) as tap, TPMSession(tap.tcti, require_encryption=False) as tpm:
         ak_public = tpm.create_ak("ecc")
         ek = tpm.read_ek("rsa2048")
         blob, seed = make_credential(
@@ -69,3 +69,17 @@ def test_tpm_without_aes_falls_back_to_clear_sessions(
         assert tpm.activate_credential(blob, seed) == secret
         assert secret in tap.traffic
     assert "without encryption" in caplog.text
+
+
+def test_tpm_without_aes_is_refused_by_default(
+    swtpm: SWTPM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An interposer could fake the capability answer: the agent must not quietly comply.
+    from agent_plugin.tpm import TPMError, TPMSession
+
+    monkeypatch.setattr(TPMSession, "_supports_aes_cfb", lambda self: False)
+    with TPMSession(swtpm.tcti) as tpm:
+        tpm.read_ek("rsa2048")
+        tpm.create_ak("ecc")
+        with pytest.raises(TPMError, match="allow_unencrypted_sessions = true"):
+            tpm.activate_credential(b"\x00\x02ab", b"\x00\x02cd")
