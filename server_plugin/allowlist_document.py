@@ -20,6 +20,8 @@ looks like and is given back when a newer index replaces this one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import json
 import json.encoder
@@ -105,23 +107,52 @@ def _gc_paused() -> Iterator[None]:
 
 def parse_document(body: bytes | bytearray | str, source: str) -> Index:
     """The index of a version 1 document; DocumentError says what is wrong with it."""
-    with _gc_paused():
-        try:
-            document: Any = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DocumentError(f"not valid JSON: {exc}") from None
-        if not isinstance(document, dict):
-            raise DocumentError("the document must be a JSON object")
-        version = document.get("version")
-        if type(version) is not int or version != VERSION:
-            raise DocumentError(f"unsupported version {version!r} (this plugin reads {VERSION})")
-        unknown = set(document) - {"version", "entries"}
-        if unknown:
-            raise DocumentError(f"unknown keys {sorted(unknown)}")
-        entries = document.get("entries")
-        if not isinstance(entries, list):
-            raise DocumentError('"entries" must be a list')
-        return _index(entries, source)
+    try:
+        with _gc_paused():
+            return _parse(body, source)
+    finally:
+        _release_free_heap()  # the parsed tree is gone now
+
+
+def _release_free_heap() -> None:
+    """Give the pages freed by a large parse back to the OS.
+
+    glibc raises its mmap threshold after large blocks are freed, so the next parse's
+    big lists come from the heap, whose freed top is not returned on its own: without
+    this, each refresh left ~25 MB more resident for a million entries."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
+        return None
+    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)  # glibc only
+    return trim
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _parse(body: bytes | bytearray | str, source: str) -> Index:
+    try:
+        document: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DocumentError(f"not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise DocumentError("the document must be a JSON object")
+    version = document.get("version")
+    if type(version) is not int or version != VERSION:
+        raise DocumentError(f"unsupported version {version!r} (this plugin reads {VERSION})")
+    unknown = set(document) - {"version", "entries"}
+    if unknown:
+        raise DocumentError(f"unknown keys {sorted(unknown)}")
+    entries = document.get("entries")
+    if not isinstance(entries, list):
+        raise DocumentError('"entries" must be a list')
+    return _index(entries, source)
 
 
 def _index(entries: list[Any], source: str) -> Index:

@@ -92,8 +92,11 @@ def hashes_of_inputs(inputs: list[str]) -> list[str]:
     return list(dict.fromkeys(hashes))
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Write to a hidden temporary file beside `path`, fsync, rename over `path`."""
+def write_atomically(path: str, data: bytes) -> str:
+    """Write to a hidden temporary file beside `path`, fsync, rename over `path`.
+
+    Returns the directory, which the caller must `sync_directories` for the rename
+    itself to survive a crash (once per directory, not once per entry)."""
     directory = os.path.dirname(path) or "."
     fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
@@ -106,11 +109,16 @@ def write_atomically(path: str, data: bytes) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)  # the rename itself survives a crash
-    finally:
-        os.close(directory_fd)
+    return directory
+
+
+def sync_directories(directories: set[str]) -> None:
+    for directory in sorted(directories):
+        directory_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)
 
 
 def _layout(args: argparse.Namespace) -> DirectorySource:
@@ -137,23 +145,29 @@ def cmd_add(args: argparse.Namespace) -> int:
     if args.label:
         metadata["labels"] = dict(args.label)
     body = json.dumps(metadata, ensure_ascii=False).encode() if metadata else b""
+    written: set[str] = set()
     for pub_hash in hashes:
         path = directory.entry_path(pub_hash)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomically(path, body)
+        written.add(write_atomically(path, body))
         print(pub_hash)
+    sync_directories(written)
     return 0
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
     directory = _layout(args)
+    changed: set[str] = set()
     for pub_hash in hashes_of_inputs(args.inputs):
+        path = directory.entry_path(pub_hash)
         try:
-            os.unlink(directory.entry_path(pub_hash))
+            os.unlink(path)
         except FileNotFoundError:
             print(f"{pub_hash}: not listed", file=sys.stderr)
             continue
+        changed.add(os.path.dirname(path))
         print(pub_hash)
+    sync_directories(changed)
     return 0
 
 
@@ -187,7 +201,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output in (None, "-"):
         sys.stdout.buffer.write(document)
     else:
-        write_atomically(args.output, document)
+        sync_directories({write_atomically(args.output, document)})
     return 0
 
 

@@ -229,6 +229,18 @@ class Nginx:
         path = self.prefix / "access.log"
         return path.read_text().splitlines() if path.exists() else []
 
+    def statuses(self, count: int = 1, including: str = "") -> list[str]:
+        """The status of each request, once `count` are logged (nginx logs a request
+        just after answering it, so the client can be faster than the log), and one
+        with the status `including` if given."""
+        deadline = time.monotonic() + 10
+        while True:
+            statuses = [line.split()[0] for line in self.access_log()]
+            if len(statuses) >= count and (not including or including in statuses):
+                return statuses
+            assert time.monotonic() < deadline, f"nginx logged {statuses}"
+            time.sleep(0.02)
+
 
 def publish(path: Path, body: bytes) -> None:
     """Replace a served file atomically, with an mtime that surely differs (nginx's ETag)."""

@@ -97,9 +97,15 @@ def expect_rejection(
     assert failure.value.side == "server"
     assert failure.value.code == code, failure.value
     assert words in failure.value.details, failure.value.details
-    audit = audit_line_after(server, seen)
-    assert audit["decision"] == "rejected"
-    return audit
+    # The line of this very decision: an earlier attestation's line may still be on its
+    # way through the stderr reader.
+    deadline = time.monotonic() + 10
+    while True:
+        for audit in audit_lines(server)[seen:]:
+            if audit["decision"] == "rejected" and audit["reason"] == failure.value.details:
+                return audit
+        assert time.monotonic() < deadline, "the server plugin logged no such rejection"
+        time.sleep(0.02)
 
 
 class AgentConversation:
