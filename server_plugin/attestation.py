@@ -98,16 +98,23 @@ def decode_response(data: bytes) -> attestation_pb2.ChallengeResponse:
 def check_payload(config: ServerConfig, payload: attestation_pb2.Payload) -> Evidence:
     ek = parse_ek_public(payload.ek_public)
     pub_hash = ek_hash_of(ek)
-    check_denylist(config.denylist, pub_hash)  # a denied EK goes no further, under any policy
-    ak = verify_ak_public(payload.ak_public)
-    certificate = load_ek_certificate(payload.ek_certificate) if payload.ek_certificate else None
-    if certificate is not None:
-        # Under every policy: a certificate we report facts from must be this EK's.
-        verify_eks_match(certificate, ek)
-    verified, entry = establish_ek_trust(
-        config, pub_hash, certificate, list(payload.ek_intermediates)
-    )
-    return Evidence(pub_hash, ek, ak, verified, entry, establish_devid(config, payload))
+    try:
+        check_denylist(config.denylist, pub_hash)  # a denied EK goes no further, under any policy
+        ak = verify_ak_public(payload.ak_public)
+        certificate = (
+            load_ek_certificate(payload.ek_certificate) if payload.ek_certificate else None
+        )
+        if certificate is not None:
+            # Under every policy: a certificate we report facts from must be this EK's.
+            verify_eks_match(certificate, ek)
+        verified, entry = establish_ek_trust(
+            config, pub_hash, certificate, list(payload.ek_intermediates)
+        )
+        devid = establish_devid(config, payload)
+    except Rejected as rejected:
+        rejected.ek_hash = pub_hash
+        raise
+    return Evidence(pub_hash, ek, ak, verified, entry, devid)
 
 
 def establish_devid(config: ServerConfig, payload: attestation_pb2.Payload) -> VerifiedDevID | None:

@@ -34,6 +34,7 @@ class Rejected(Exception):
         super().__init__(f"{check}: {error.message}")
         self.check = check
         self.error = error
+        self.ek_hash = ""  # set once the EK is known, for the audit line
 
 
 def malformed(check: str, message: str) -> Rejected:

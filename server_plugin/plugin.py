@@ -64,7 +64,7 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
                     "decision": "rejected",
                     "check": rejected.check,
                     "reason": rejected.error.message,
-                    "ek_hash": pub_hash,
+                    "ek_hash": pub_hash or rejected.ek_hash,
                 },
             )
             raise rejected.error from None

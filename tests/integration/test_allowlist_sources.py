@@ -157,7 +157,7 @@ def test_deny_list_beats_certificate_and_allowlist(
     audit = expect_rejection(
         agent, server, grpc.StatusCode.PERMISSION_DENIED, f"EK {pub_hash} is on the deny list"
     )
-    assert audit["check"] == "denylist"
+    assert (audit["check"], audit["ek_hash"]) == ("denylist", pub_hash)
 
 
 @pytest.mark.parametrize("failure", ["bad_entry", "directory_gone"])
