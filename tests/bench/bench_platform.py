@@ -211,7 +211,7 @@ def _encryption_table(tpm: SWTPM, devid: dict[str, str]) -> Table:
             )
             samples = []
             for _ in range(AGENT_ROUNDS + 1):
-                with TPMSession.open(tpm.tcti) as session:
+                with TPMSession.open(tpm.tcti, require_encryption=encrypted) as session:
                     ak = parse_tpm2b_public(session.create_ak("ecc"))
                     session.load_devid(key.public, key.private, key.parent_handle)
                     ek = parse_tpm2b_public(session.read_ek("ecc256").public)
