@@ -15,7 +15,8 @@ import hashlib
 import os
 import re
 import struct
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -392,8 +393,47 @@ def ek_hash(public_key: PublicKeyTypes) -> str:
 # --- chain verification ---------------------------------------------------------------
 
 
+class _SignatureResults:
+    """The outcome of recent signature checks, keyed by both certificates' whole DER.
+
+    Chains share their upper links (intermediate by root, the root by itself) and nodes
+    re-attest with the same EK certificate, so most checks repeat; the key holds every
+    signed byte, so a certificate that differs in any byte is checked afresh.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._results: OrderedDict[tuple[bytes, bytes], bool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[bytes, bytes]) -> bool | None:
+        with self._lock:
+            result = self._results.get(key)
+            if result is not None:
+                self._results.move_to_end(key)
+            return result
+
+    def put(self, key: tuple[bytes, bytes], result: bool) -> None:
+        with self._lock:
+            self._results[key] = result
+            if len(self._results) > self._size:
+                self._results.popitem(last=False)
+
+
+_signature_results = _SignatureResults(size=4096)
+
+
 def _signed_by(child: EKCertificate, parent: EKCertificate) -> bool:
     """Whether `parent`'s key made `child`'s signature over its original TBS bytes."""
+    key = (child.der, parent.der)
+    result = _signature_results.get(key)
+    if result is None:
+        result = _verify_signature(child, parent)
+        _signature_results.put(key, result)
+    return result
+
+
+def _verify_signature(child: EKCertificate, parent: EKCertificate) -> bool:
     try:
         params = child.certificate.signature_algorithm_parameters
         algorithm = child.certificate.signature_hash_algorithm

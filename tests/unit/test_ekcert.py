@@ -297,6 +297,20 @@ def test_chain_with_intermediates(root: Issued, intermediate: Issued) -> None:
     assert [c.der for c in chain[1:]] == [der(intermediate.cert), der(root.cert)]
 
 
+def test_remembered_signatures_never_vouch_for_a_changed_certificate(root: Issued) -> None:
+    # Checks are remembered by the certificates' whole DER: after the genuine certificate
+    # verified, one with the same signature over a changed TBS must still fail.
+    genuine = make_ek_cert(ek_key(), root)
+    assert verify_chain(load(genuine), [], [load(root)], NOW)
+    der = load(genuine).der
+    serial = genuine.serial_number.to_bytes(20, "big").lstrip(b"\x00")
+    assert der.count(serial) == 1
+    forged = der.replace(serial, bytes([serial[0] ^ 0x01]) + serial[1:])
+    with pytest.raises(VerificationError, match="does not chain"):
+        verify_chain(load_certificate(forged), [], [load(root)], NOW)
+    assert verify_chain(load(genuine), [], [load(root)], NOW)  # and the genuine one still does
+
+
 def test_unusable_root_falls_back_to_the_nearest_anchor() -> None:
     day = datetime.timedelta(days=1)
     old_root = make_ca("Expired root", not_before=NOW - 9 * day, not_after=NOW - day)
