@@ -13,10 +13,8 @@ import os
 # quiet unless the operator asked for logs. Must be set before libtss2 is loaded.
 os.environ.setdefault("TSS2_LOG", "all+NONE")
 
-import base64
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +27,8 @@ import tpm2_pytss.utils as tss_utils
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.tpm.errors import TPMStructureError
 from spire_tpm_attestor.wire import devid_signed_data
 
 log = logging.getLogger(__name__)
@@ -115,50 +115,16 @@ def _tpm_step(what: str) -> Iterator[None]:
         raise TPMError(f"{what}: {error}", rc=int(error.rc)) from error
 
 
-def certificate_from_nv(data: bytes) -> bytes:
-    """The DER certificate in an EK certificate NV index, without header or padding.
-
-    Some TPMs prefix the certificate with the TCG PC Client header (10 01 00, UINT16
-    length); many pad the index. Only the first DER element is the certificate.
-    """
-    if data[:3] == b"\x10\x01\x00" and len(data) >= 5:
-        data = data[5 : 5 + int.from_bytes(data[3:5], "big")]
-    return data[: _der_sequence_length(data)]
-
-
-def _der_sequence_length(data: bytes) -> int:
-    """Total length (header included) of the DER SEQUENCE that starts `data`."""
-    if len(data) < 2 or data[0] != 0x30:
-        raise ValueError("does not start with a DER SEQUENCE")
-    if data[1] < 0x80:
-        header, length = 2, data[1]
-    else:
-        count = data[1] & 0x7F
-        if not 1 <= count <= 4 or len(data) < 2 + count:
-            raise ValueError("has a malformed DER length")
-        header, length = 2 + count, int.from_bytes(data[2 : 2 + count], "big")
-    if header + length > len(data):
-        raise ValueError(f"is truncated ({len(data)} bytes, DER says {header + length})")
-    return header + length
-
-
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----"
-)
-
-
 def load_certificate_file(path: str) -> bytes:
-    """The DER bytes of the (first) certificate in a PEM or DER file, unmodified."""
+    """The DER bytes of the certificate in a PEM or DER file, unmodified."""
     try:
         content = Path(path).read_bytes()
     except OSError as error:
         raise TPMError(f"cannot read the EK certificate file {path}: {error.strerror}") from error
-    match = _PEM_CERTIFICATE.search(content)
-    der = base64.b64decode(b"".join(match.group(1).split())) if match else content
     try:
-        return der[: _der_sequence_length(der)]
-    except ValueError as error:
-        raise TPMError(f"EK certificate file {path} is neither PEM nor DER: it {error}") from None
+        return ekcert.certificate_der(content)
+    except TPMStructureError as error:
+        raise TPMError(f"EK certificate file {path}: {error}") from None
 
 
 def _algorithm_of_certificate(der: bytes) -> str | None:
@@ -564,9 +530,9 @@ class TPMSession:
         except tss_utils.NoSuchIndex:
             return None
         try:
-            return certificate_from_nv(data)
-        except ValueError as error:
-            raise TPMError(f"NV index {index:#010x} holds no certificate: it {error}") from None
+            return ekcert.certificate_der(data)
+        except TPMStructureError as error:
+            raise TPMError(f"NV index {index:#010x} holds no certificate: {error}") from None
 
     def _create_ek(self, ek_type: EKType) -> tuple[Handle, Any]:
         def nv_read(index: int) -> bytes:

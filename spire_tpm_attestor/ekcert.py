@@ -329,8 +329,9 @@ def _from_der(der: bytes) -> EKCertificate:
     )
 
 
-def load_certificate(data: bytes) -> EKCertificate:
-    """Load one certificate from PEM, DER, or an NV read (TCG header, padding)."""
+def certificate_der(data: bytes) -> bytes:
+    """The DER of the one certificate in PEM, DER or an NV read (TCG header, padding),
+    exactly as it was signed."""
     if len(data) > MAX_CERTIFICATE_SIZE:
         raise TPMStructureError(
             f"certificate is {len(data)} bytes, limit is {MAX_CERTIFICATE_SIZE}"
@@ -339,8 +340,13 @@ def load_certificate(data: bytes) -> EKCertificate:
         blocks = _pem_certificates(data)
         if len(blocks) != 1:
             raise TPMStructureError(f"PEM: expected one certificate, found {len(blocks)}")
-        return _from_der(blocks[0])
-    return _from_der(_strip_nv_wrapping(data))
+        return blocks[0]
+    return _strip_nv_wrapping(data)
+
+
+def load_certificate(data: bytes) -> EKCertificate:
+    """Load one certificate from PEM, DER, or an NV read (TCG header, padding)."""
+    return _from_der(certificate_der(data))
 
 
 def load_ca_bundle(path: str | os.PathLike[str]) -> list[EKCertificate]:

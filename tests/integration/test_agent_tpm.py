@@ -18,9 +18,9 @@ from agent_plugin.tpm import (  # noqa: E402 - needs tpm2-pytss, checked just ab
     EndorsementKey,
     TPMError,
     TPMSession,
-    certificate_from_nv,
     flush_all_transients,
 )
+from spire_tpm_attestor.ekcert import certificate_der  # noqa: E402
 from spire_tpm_attestor.swtpm import (  # noqa: E402
     SWTPM,
     TestCA,
@@ -69,27 +69,27 @@ def closed_port() -> int:
 # -- pure helpers ---------------------------------------------------------------------
 
 
-def test_certificate_from_nv_strips_padding_and_header(ek_ca: TestCA) -> None:
+def test_certificate_der_strips_padding_and_header(ek_ca: TestCA) -> None:
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     der = ek_ca.issue_ek_certificate(key).public_bytes(serialization.Encoding.DER)
-    assert certificate_from_nv(der) == der
-    assert certificate_from_nv(der + b"\xff" * 100) == der
+    assert certificate_der(der) == der
+    assert certificate_der(der + b"\xff" * 100) == der
     header = b"\x10\x01\x00" + len(der).to_bytes(2, "big")
-    assert certificate_from_nv(header + der + b"\x00" * 7) == der
+    assert certificate_der(header + der + b"\x00" * 7) == der
 
 
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"", "does not start"),
-        (b"\x04\x03abc", "does not start"),
-        (b"\x30\x85\x00\x00\x00\x00\x01", "malformed DER length"),
-        (b"\x30\x82\x01\x00" + b"\x00" * 10, "truncated"),
+        (b"", "truncated element header"),
+        (b"\x04\x03abc", "neither PEM nor a DER SEQUENCE"),
+        (b"\x30\x85\x00\x00\x00\x00\x01", "unsupported length encoding"),
+        (b"\x30\x82\x01\x00" + b"\x00" * 10, "runs past the end"),
     ],
 )
-def test_certificate_from_nv_rejects_non_certificates(data: bytes, reason: str) -> None:
+def test_certificate_der_rejects_non_certificates(data: bytes, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        certificate_from_nv(data)
+        certificate_der(data)
 
 
 def test_unsupported_tcti_is_named() -> None:
@@ -207,7 +207,7 @@ def test_unreadable_cert_path_is_reported(bare_swtpm: SWTPM, tmp_path: Path) -> 
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"hello")
     with TPMSession(bare_swtpm.tcti) as tpm:
-        with pytest.raises(TPMError, match="neither PEM nor DER"):
+        with pytest.raises(TPMError, match="runs past the end"):
             tpm.read_ek("rsa2048", cert_path=str(garbage))
         with pytest.raises(TPMError, match="cannot read the EK certificate file"):
             tpm.read_ek("rsa2048", cert_path=str(tmp_path / "missing.pem"))
