@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.tpm.constants import BANK_NAMES, BANKS_BY_NAME, pcr_label
 from spire_tpm_attestor.tpm.errors import TPMStructureError
 from spire_tpm_attestor.wire import devid_signed_data
 
@@ -39,8 +40,6 @@ Handle = Any
 DEFAULT_TCTIS = ("device:/dev/tpmrm0", "device:/dev/tpm0")
 TCTI_NAMES = ("device", "swtpm", "mssim", "tabrmd")
 
-PCR_BANKS = {"sha1": 0x0004, "sha256": 0x000B, "sha384": 0x000C, "sha512": 0x000D}
-_HASHLIB_NAMES = {alg: name for name, alg in PCR_BANKS.items()}
 _MAX_PCR_INDEX = 31  # TPML_PCR_SELECTION holds at most 4 bytes of PCR bits
 _QUOTE_ATTEMPTS = 3
 _MAX_NONCE = 64  # TPM2B_DATA capacity in libtss2
@@ -150,17 +149,13 @@ def _algorithm_of_public(public: Any) -> str:
     raise TPMError(f"unsupported EK key type {public.type}")
 
 
-def _pcr_label(alg: int, index: int) -> str:
-    return f"{_HASHLIB_NAMES.get(alg, f'{alg:#06x}')}:{index}"
-
-
 def _pcr_bank(bank: str | int) -> int:
     if isinstance(bank, int):
         return bank
     try:
-        return PCR_BANKS[bank.lower()]
+        return BANKS_BY_NAME[bank.lower()]
     except KeyError:
-        raise TPMError(f"unknown PCR bank {bank!r}; known: {', '.join(PCR_BANKS)}") from None
+        raise TPMError(f"unknown PCR bank {bank!r}; known: {', '.join(BANKS_BY_NAME)}") from None
 
 
 def _normalize_selection(selection: PCRSelection) -> list[tuple[int, list[int]]]:
@@ -202,10 +197,10 @@ def _selected_pcrs(selection: Any) -> list[tuple[int, int]]:
 def _quote_digest_matches(attest: bytes, signature: Any, values: Sequence[PCRValue]) -> bool:
     """Whether the values read afterwards are the ones the quote's pcrDigest covers."""
     hash_alg = int(signature.signature.any.hashAlg)
-    if hash_alg not in _HASHLIB_NAMES:
+    if hash_alg not in BANK_NAMES:
         raise TPMError(f"AK signs with unsupported hash algorithm {hash_alg:#06x}")
     quoted, _ = tss.TPMS_ATTEST.unmarshal(attest)
-    digest = hashlib.new(_HASHLIB_NAMES[hash_alg], b"".join(v.digest for v in values)).digest()
+    digest = hashlib.new(BANK_NAMES[hash_alg], b"".join(v.digest for v in values)).digest()
     return bytes(quoted.attested.quote.pcrDigest) == digest
 
 
@@ -849,7 +844,7 @@ class TPMSession:
             pairs = _selected_pcrs(returned)
             if not pairs:
                 missing = ", ".join(
-                    _pcr_label(alg, index) for alg, indices in pending.items() for index in indices
+                    pcr_label(alg, index) for alg, indices in pending.items() for index in indices
                 )
                 raise TPMError(f"the TPM does not have PCRs {missing} (bank not allocated?)")
             for pair, digest in zip(pairs, digests, strict=True):

@@ -21,7 +21,8 @@ from typing import Any
 
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.config import ConfigProblems, parse_hcl
-from spire_tpm_attestor.tpm.constants import BANK_NAMES, BANKS_BY_NAME, digest_size
+from spire_tpm_attestor.tpm import constants
+from spire_tpm_attestor.tpm.constants import BANKS_BY_NAME, digest_size
 
 PCRKey = tuple[int, int]
 """One PCR: (bank hash algorithm id, index)."""
@@ -36,7 +37,7 @@ class PCRPolicyError(ValueError):
 
 def pcr_label(key: PCRKey) -> str:
     """`sha256:7`, the spelling used in selectors, options and messages."""
-    return f"{BANK_NAMES[key[0]]}:{key[1]}"
+    return constants.pcr_label(*key)
 
 
 def _bank(name: object, where: str) -> int:

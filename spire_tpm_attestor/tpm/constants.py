@@ -133,6 +133,11 @@ def ecc_curve(curve: int) -> ec.EllipticCurve:
         raise TPMStructureError(f"unsupported ECC curve 0x{curve:04x}") from None
 
 
+def pcr_label(hash_alg: int, index: int) -> str:
+    """`sha256:7`, the spelling of a PCR in selectors, options and messages."""
+    return f"{BANK_NAMES.get(hash_alg, alg_name(hash_alg))}:{index}"
+
+
 def alg_name(alg: int) -> str:
     """A readable name for error messages: `SHA256` or `0x1234` when unknown."""
     try:

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from spire_tpm_attestor.tpm.constants import (
-    BANK_NAMES,
     TPM_ALG,
     TPM_ECC,
     TPM_GENERATED_VALUE,
@@ -25,6 +24,7 @@ from spire_tpm_attestor.tpm.constants import (
     alg_name,
     digest_size,
     hash_algorithm,
+    pcr_label,
 )
 from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import (
@@ -156,10 +156,6 @@ def check_nonce(attest: Attest, nonce: bytes) -> None:
         raise VerificationError("attestation extraData does not match the nonce")
 
 
-def _pcr_label(hash_alg: int, index: int) -> str:
-    return f"{BANK_NAMES.get(hash_alg, alg_name(hash_alg))}:{index}"
-
-
 def _quoted_pcrs(selection: Iterable[PCRSelection]) -> set[tuple[int, int]]:
     return {(bank.hash_alg, index) for bank in selection for index in bank.indices}
 
@@ -171,15 +167,13 @@ def check_pcr_values_match_selection(
     quoted = _quoted_pcrs(selection)
     missing = sorted(quoted - pcr_values.keys())
     if missing:
-        raise VerificationError(f"quoted PCR {_pcr_label(*missing[0])} has no value")
+        raise VerificationError(f"quoted PCR {pcr_label(*missing[0])} has no value")
     unquoted = sorted(pcr_values.keys() - quoted)
     if unquoted:
-        raise VerificationError(f"PCR {_pcr_label(*unquoted[0])} is not covered by the quote")
+        raise VerificationError(f"PCR {pcr_label(*unquoted[0])} is not covered by the quote")
     for (hash_alg, index), value in pcr_values.items():
         if len(value) != digest_size(hash_alg):
-            raise TPMStructureError(
-                f"PCR {_pcr_label(hash_alg, index)} value is {len(value)} bytes"
-            )
+            raise TPMStructureError(f"PCR {pcr_label(hash_alg, index)} value is {len(value)} bytes")
 
 
 def check_selection_covers(
@@ -188,7 +182,7 @@ def check_selection_covers(
     """Prove the quote covers every (bank, index) the server asked for."""
     absent = sorted(set(required) - _quoted_pcrs(selection))
     if absent:
-        raise VerificationError(f"requested PCR {_pcr_label(*absent[0])} was not quoted")
+        raise VerificationError(f"requested PCR {pcr_label(*absent[0])} was not quoted")
 
 
 def pcr_digest(hash_alg: int, values_in_order: Iterable[bytes]) -> bytes:
