@@ -23,7 +23,7 @@ from spire_tpm_attestor.runtime.status import (
 )
 from spire_tpm_attestor.tpm.credential import check_ek_template
 from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
-from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public, public_key_equals
+from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
 from spire_tpm_attestor.tpm.verify import check_ak_public
 
 
@@ -91,11 +91,11 @@ def load_ek_certificate(data: bytes) -> ekcert.EKCertificate:
 def verify_eks_match(certificate: ekcert.EKCertificate, ek: PublicArea) -> None:
     """The EK certificate certifies the very key that the challenge is encrypted to."""
     try:
-        same = public_key_equals(ek, certificate.public_key())
+        ekcert.check_certificate_matches_public_area(certificate, ek)
+    except VerificationError:
+        raise denied("ek_cert_key", "EK certificate key differs from the EK public area") from None
     except (TPMStructureError, ValueError) as exc:
         raise malformed("ek_certificate", f"EK certificate key cannot be read: {exc}") from None
-    if not same:
-        raise denied("ek_cert_key", "EK certificate key differs from the EK public area")
 
 
 @dataclass(frozen=True)

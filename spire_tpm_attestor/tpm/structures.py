@@ -8,7 +8,6 @@ network before anything about them has been verified.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -338,26 +337,6 @@ def _read_pcr_selection(r: Reader) -> tuple[PCRSelection, ...]:
             raise TPMStructureError(f"TPML_PCR_SELECTION: bank {alg_name(hash_alg)} repeated")
         banks.append(PCRSelection(hash_alg, indices))
     return tuple(banks)
-
-
-def marshal_pcr_selection(
-    selection: Iterable[PCRSelection], size_of_select: int = DEFAULT_PCR_SELECT_SIZE
-) -> bytes:
-    """Marshal a TPML_PCR_SELECTION, each bitmap `size_of_select` bytes long."""
-    banks = list(selection)
-    if len(banks) > MAX_PCR_BANKS:
-        raise ValueError(f"{len(banks)} PCR banks, limit is {MAX_PCR_BANKS}")
-    if not 0 < size_of_select <= MAX_PCR_SELECT_SIZE:
-        raise ValueError(f"size_of_select {size_of_select} out of range")
-    out = [struct.pack(">I", len(banks))]
-    for bank in banks:
-        bitmap = bytearray(size_of_select)
-        for index in bank.indices:
-            if not 0 <= index < size_of_select * 8:
-                raise ValueError(f"PCR index {index} does not fit {size_of_select} bytes")
-            bitmap[index // 8] |= 1 << (index % 8)
-        out.append(struct.pack(">HB", bank.hash_alg, size_of_select) + bytes(bitmap))
-    return b"".join(out)
 
 
 def parse_attest(data: bytes) -> Attest:

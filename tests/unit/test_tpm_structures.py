@@ -19,7 +19,6 @@ from spire_tpm_attestor.tpm.errors import TPMStructureError
 from spire_tpm_attestor.tpm.structures import (
     PCRSelection,
     Reader,
-    marshal_pcr_selection,
     parse_attest,
     parse_signature,
     parse_tpm2b_public,
@@ -209,18 +208,6 @@ def test_parse_swtpm_certify() -> None:
     assert attest.type == TPM_ST.ATTEST_CERTIFY and attest.quote is None
     assert attest.certify is not None
     assert attest.certify.name == bytes.fromhex(certify["certified_name"])
-
-
-def test_marshal_pcr_selection_matches_the_tpm() -> None:
-    attest = bytes.fromhex(AK_RSA["quote"]["attest"])
-    parsed = parse_attest(attest)
-    assert parsed.quote is not None
-    assert marshal_pcr_selection(parsed.quote.pcr_selection) in attest
-    with pytest.raises(ValueError, match="PCR index 24"):
-        marshal_pcr_selection([PCRSelection(TPM_ALG.SHA256, (24,))])
-    assert marshal_pcr_selection([PCRSelection(TPM_ALG.SHA256, (24,))], 4).endswith(
-        b"\x00\x00\x00\x01"
-    )
 
 
 def test_attest_truncations_and_trailing_bytes() -> None:
