@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from server_plugin.allowlist import AllowlistSource
 from server_plugin.allowlist_config import read_allowlist_sources
+from server_plugin.ca_bundle import CABundle
 from server_plugin.platform_config import (
     DevIDOptions,
     PCROptions,
@@ -25,7 +26,6 @@ from spire_tpm_attestor.runtime.config import (
     CoreConfig,
     read_config,
 )
-from spire_tpm_attestor.tpm.errors import TPMStructureError
 
 EK_POLICIES = ("cert", "allowlist", "cert_or_allowlist", "cert_and_allowlist")
 
@@ -63,32 +63,17 @@ def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
     return "cert" if has_ca else "allowlist"
 
 
-def load_ca_bundles(option: str, paths: list[str]) -> list[ekcert.EKCertificate]:
-    """Every certificate in `paths`; ConfigProblems names each path that is unusable."""
-    bundle: list[ekcert.EKCertificate] = []
-    problems: list[str] = []
-    for path in paths:
-        try:
-            certificates = ekcert.load_ca_bundle(path)
-        except (OSError, ValueError, TPMStructureError) as exc:
-            problems.append(f"{option}: {exc}")
-            continue
-        if not certificates:
-            problems.append(f"{option}: {path} holds no certificates")
-        bundle.extend(certificates)
-    if problems:
-        raise ConfigProblems(problems)
-    return bundle
-
-
 def reloading_ca_bundle(
     reader: ConfigReader, option: str, paths: list[str]
 ) -> Reloading[list[ekcert.EKCertificate]] | None:
-    """The CA bundle in `paths`, reloaded when they change; None (and problems) if unusable."""
+    """The CA bundle in `paths`, reloaded when they change; None (and problems) if unusable.
+
+    A path that is missing or holds no certificates is a problem here; removed later, it
+    is simply no longer trusted (see ca_bundle)."""
     if not paths:
         return None
     try:
-        return Reloading(option, paths, lambda: load_ca_bundles(option, paths))
+        return Reloading(option, paths, CABundle(option, paths))
     except ConfigProblems as problems:
         for problem in problems.problems:
             reader.problem(problem)

@@ -4,11 +4,13 @@
 report, typically as configuration problems), then watches `paths` with watchdog. On a
 change it waits for writes to settle, calls `load()` again and swaps the value in
 atomically. A load that fails keeps the last good value and logs why, so a half-written
-or broken file never takes trust material away. `close()` stops watching.
+or broken file never takes trust material away. Deleting trust material is another
+matter: loaders decide what a removed path means (a CA bundle drops it, see ca_bundle),
+and should not raise for it. `close()` stops watching.
 
 Usage, for a CA bundle given as a list of files or directories:
 
-    bundle = Reloading("ek_ca_path", paths, lambda: load_bundle(paths))
+    bundle = Reloading("ek_ca_path", paths, CABundle("ek_ca_path", paths))
     ...  bundle.value  ...   # the current list, never a partially loaded one
     bundle.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -11,7 +12,13 @@ from typing import Any
 
 import pytest
 
+from server_plugin.allowlist import AllowlistError
+from server_plugin.allowlist_config import RemovableDocumentFile
+from server_plugin.ca_bundle import CABundle
 from server_plugin.reload import WATCHES, Reloading
+from spire_tpm_attestor.ekcert import EKCertificate
+from spire_tpm_attestor.runtime.config import ConfigProblems
+from tests.unit.x509_builders import make_ca
 
 SETTLE = 0.05
 
@@ -153,3 +160,116 @@ def test_close_stops_watching_and_shared_watches_survive(tmp_path: Path) -> None
     finally:
         second.close()
     assert str(tmp_path) not in WATCHES.watched()
+
+
+# --- CA bundles: removing trust material takes it away ------------------------------
+
+
+def ca_names(value: Reloading[list[EKCertificate]]) -> list[str]:
+    return sorted(cert.subject_common_name or "" for cert in value.value)
+
+
+def ca_bundle(closing: list[Reloading[Any]], paths: list[Path]) -> Reloading[list[EKCertificate]]:
+    value = Reloading(
+        "ek_ca_path",
+        [str(p) for p in paths],
+        CABundle("ek_ca_path", [str(p) for p in paths]),
+        SETTLE,
+    )
+    closing.append(value)
+    return value
+
+
+def test_a_removed_ca_file_is_no_longer_trusted(
+    tmp_path: Path, closing: list[Reloading[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = tmp_path / "a.pem", tmp_path / "b.pem"
+    a.write_bytes(make_ca("CA A").pem)
+    b.write_bytes(make_ca("CA B").pem)
+    value = ca_bundle(closing, [a, b])
+    assert ca_names(value) == ["CA A", "CA B"]
+    caplog.set_level(logging.INFO)
+    b.unlink()
+    eventually(lambda: ca_names(value) == ["CA A"], "CA B to go")
+    warning = next(r for r in caplog.records if "was removed" in r.message)
+    assert warning.levelno == logging.WARNING and str(b) in warning.message
+    a.unlink()  # nothing left: nothing is trusted
+    eventually(lambda: value.value == [], "CA A to go")
+    assert any(
+        r.levelno == logging.ERROR and "nothing is trusted" in r.message for r in caplog.records
+    )
+    b.write_bytes(make_ca("CA B2").pem)  # and a path coming back is trusted again
+    eventually(lambda: ca_names(value) == ["CA B2"], "CA B2")
+
+
+def test_an_emptied_ca_directory_trusts_nothing(
+    tmp_path: Path, closing: list[Reloading[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    cas = tmp_path / "cas"
+    cas.mkdir()
+    (cas / "a.pem").write_bytes(make_ca("CA A").pem)
+    (cas / "b.pem").write_bytes(make_ca("CA B").pem)
+    value = ca_bundle(closing, [cas])
+    assert ca_names(value) == ["CA A", "CA B"]
+    caplog.set_level(logging.INFO)
+    (cas / "a.pem").unlink()
+    eventually(lambda: ca_names(value) == ["CA B"], "CA A to go")
+    (cas / "b.pem").unlink()
+    eventually(lambda: value.value == [], "the directory to empty")
+    assert any("holds no certificates" in r.message for r in caplog.records)
+
+
+def test_a_malformed_ca_file_keeps_only_its_own_last_good_certificates(
+    tmp_path: Path, closing: list[Reloading[Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    cas = tmp_path / "cas"
+    cas.mkdir()
+    a, b = cas / "a.pem", cas / "b.pem"
+    a.write_bytes(make_ca("CA A").pem)
+    b.write_bytes(make_ca("CA B").pem)
+    value = ca_bundle(closing, [cas])
+    caplog.set_level(logging.INFO)
+    # In one burst: A is half written, B is removed. A keeps its CA; B's is gone.
+    a.write_bytes(make_ca("CA A").pem[:100])
+    b.unlink()
+    eventually(lambda: ca_names(value) == ["CA A"], "CA B to go")
+    failure = next(r for r in caplog.records if "keeping the last good value" in r.message)
+    assert str(a) in failure.__dict__["reason"]
+    (cas / "new.pem").write_bytes(b"garbage")  # a new file that never loaded adds nothing
+    eventually(
+        lambda: any(str(cas / "new.pem") in r.__dict__.get("reason", "") for r in caplog.records),
+        "new.pem to be read",
+    )
+    assert ca_names(value) == ["CA A"]
+
+
+@pytest.mark.parametrize("layout", ["missing file", "empty directory"])
+def test_at_configure_a_missing_or_empty_ca_path_is_a_problem(tmp_path: Path, layout: str) -> None:
+    path = tmp_path / "ca"
+    if layout == "empty directory":
+        path.mkdir()
+    with pytest.raises(ConfigProblems, match="ek_ca_path") as raised:
+        Reloading("ek_ca_path", [str(path)], CABundle("ek_ca_path", [str(path)]), SETTLE)
+    assert str(path) in raised.value.problems[0]
+    assert str(tmp_path) not in WATCHES.watched()
+
+
+# --- file documents: a deleted one fails closed --------------------------------------
+
+
+def test_a_deleted_file_document_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "revoked.json"
+    listed = "ab" * 32
+    path.write_text(json.dumps({"version": 1, "entries": [{"pub_hash": listed}]}))
+    source = RemovableDocumentFile(str(path), 'denylist "revoked"')
+    try:
+        assert source.lookup(listed) is not None
+        path.write_text('{"version": 1, "entries": [')  # half written: the last good copy
+        assert source.lookup(listed) is not None
+        path.unlink()
+        with pytest.raises(AllowlistError, match="was removed"):
+            source.lookup(listed)
+        with pytest.raises(AllowlistError, match="was removed"):
+            source.lookup("cd" * 32)
+    finally:
+        source.close()
