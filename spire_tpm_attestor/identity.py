@@ -21,7 +21,8 @@ TEMPLATE_FIELDS = (
 
 _PLACEHOLDER = re.compile(r"\{\{\s*\.([A-Za-z][A-Za-z0-9]*)\s*\}\}")
 # SPIFFE path segments: letters, digits, dot, dash, underscore (SPIFFE ID spec §2.2).
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+# Used with fullmatch: `$` would also match before a trailing newline.
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class TemplateError(ValueError):
@@ -55,17 +56,25 @@ class AgentPathTemplate:
         """The agent ID path, always under /spire/agent/ with clean segments."""
 
         def substitute(match: re.Match[str]) -> str:
-            value = facts.get(match.group(1))
+            field = match.group(1)
+            value = facts.get(field)
             if not value:
                 raise TemplateError(
-                    f"agent_path_template needs .{match.group(1)}, which is not known for this node"
+                    f"agent_path_template needs .{field}, which is not known for this node"
+                )
+            # A value is part of one segment, never a path: `x`, `/x` and `x/` must not
+            # render the same ID, nor a value climb out with `..`.
+            if value in (".", "..") or not _SEGMENT.fullmatch(value):
+                raise TemplateError(
+                    f"agent_path_template: .{field} is {value!r}, which is not one clean "
+                    "SPIFFE path segment (letters, digits, '.', '-', '_')"
                 )
             return value
 
         path = _PLACEHOLDER.sub(substitute, self.text).strip("/")
         segments = path.split("/")
         for segment in segments:
-            if segment in ("", ".", "..") or not _SEGMENT.match(segment):
+            if segment in ("", ".", "..") or not _SEGMENT.fullmatch(segment):
                 raise TemplateError(
                     f"agent_path_template renders {path!r}, which is not a clean SPIFFE path "
                     "below /spire/agent/"
