@@ -71,7 +71,30 @@ def entry_from_json(pub_hash: str, document: Any, source: str) -> AllowlistEntry
         isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
     ):
         raise AllowlistError(f"{source}: entry {pub_hash}: labels must map strings to strings")
+    problem = metadata_problem(name, labels)
+    if problem is not None:
+        raise AllowlistError(f"{source}: entry {pub_hash}: {problem}")
     return AllowlistEntry(pub_hash=pub_hash, name=name, labels=dict(labels), source=source)
+
+
+def metadata_problem(name: str | None, labels: dict[str, str]) -> str | None:
+    """Why this name and these labels cannot become selectors unambiguously, or None.
+
+    Selectors read `name:<name>` and `label:<key>:<value>`: a `:` in a key would make
+    `label:a:b:c` mean two things, and a name may end up as an agent ID path segment, so
+    it holds no `/`. Nothing may hold a character selector_safe would rewrite (control
+    and other unprintable characters), or two entries could render the same selector."""
+    if name is not None:
+        if not name.isprintable():
+            return f"name {name!r} holds an unprintable character"
+        if "/" in name:
+            return f"name {name!r} holds a '/'"
+    for key, value in labels.items():
+        if not key or ":" in key or not key.isprintable():
+            return f"label key {key!r} must be non-empty, printable and without ':'"
+        if not value.isprintable():
+            return f"label {key!r} value {value!r} holds an unprintable character"
+    return None
 
 
 def read_entry_file(path: str, pub_hash: str, source: str) -> AllowlistEntry | None:

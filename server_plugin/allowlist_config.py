@@ -119,8 +119,11 @@ def _http_source(block: ConfigReader, name: str) -> AllowlistSource | None:
         max_body_bytes=block.integer("max_body_bytes", DEFAULTS.max_body_bytes, 1)
         or DEFAULTS.max_body_bytes,
     )
+    insecure_http = block.boolean("insecure_http", False)
     problems = (
-        _http_problems(settings) if url is not None else [("url", "required for type 'http'")]
+        _http_problems(settings, insecure_http)
+        if url is not None
+        else [("url", "required for type 'http'")]
     )
     for option, problem in problems:
         block.problem(f"{block.key(option)}: {problem}")
@@ -133,12 +136,24 @@ def _http_source(block: ConfigReader, name: str) -> AllowlistSource | None:
         return None
 
 
-def _http_problems(settings: HTTPSettings) -> list[tuple[str, str]]:
+def _http_problems(settings: HTTPSettings, insecure_http: bool) -> list[tuple[str, str]]:
     """(option, problem) pairs; HTTPAllowlist itself loads the TLS files and token."""
     parts = urlsplit(settings.url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return [("url", f"{settings.url!r} is not an http:// or https:// URL")]
     problems: list[tuple[str, str]] = []
+    if parts.scheme == "https" and insecure_http:
+        problems.append(("insecure_http", "only applies to an http:// url"))
+    if parts.scheme == "http" and not insecure_http:
+        # Anyone on the path could rewrite the list: map their EK to any name and labels,
+        # or drop an EK from a deny list. Plain HTTP must be asked for by name.
+        problems.append(
+            (
+                "url",
+                "is plain http://, which anyone on the network can rewrite; use "
+                "https://, or set insecure_http = true (e.g. for a loopback sidecar)",
+            )
+        )
     if parts.scheme == "http":
         # Secrets and TLS options on a plain-text URL are a mistake, not a preference.
         for option, value in (

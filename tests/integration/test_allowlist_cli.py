@@ -157,7 +157,9 @@ def test_provisioned_with_the_cli_the_plugin_admits_and_then_refuses(
     # The same list, exported and served over HTTP.
     endpoint = DocumentServer(body="\n".join(ok("export", *where)).encode()).start()
     try:
-        server.configure(hcl_block("allowlist", "inventory", type="http", url=endpoint.url))
+        server.configure(
+            hcl_block("allowlist", "inventory", type="http", url=endpoint.url, insecure_http=True)
+        )
         assert "name:cli-node" in relay_attestation(agent, server).selectors
     finally:
         endpoint.stop()

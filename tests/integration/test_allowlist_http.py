@@ -249,7 +249,12 @@ def test_plugin_exits_within_two_seconds_with_a_refresh_in_flight(
                     [
                         hcl(ek_ca_path=str(tls.ca)),
                         hcl_block(
-                            "allowlist", "slow", type="http", url=stuck.url, read_timeout="1m"
+                            "allowlist",
+                            "slow",
+                            type="http",
+                            url=stuck.url,
+                            read_timeout="1m",
+                            insecure_http=True,
                         ),
                     ]
                 )

@@ -245,6 +245,8 @@ def http_block(url: str, **options: object) -> str:
         "read_timeout": "2s",
         "connect_timeout": "2s",
     }
+    if url.startswith("http://"):
+        settings["insecure_http"] = True  # the plain-HTTP test server on loopback
     settings.update(options)
     return hcl_block("allowlist", "inventory", **settings)
 
@@ -375,7 +377,9 @@ def test_http_deny_list(
             "\n".join(
                 [
                     hcl(ek_ca_path=str(ek_ca.bundle_path)),
-                    hcl_block("denylist", "revoked", type="http", url=endpoint.url),
+                    hcl_block(
+                        "denylist", "revoked", type="http", url=endpoint.url, insecure_http=True
+                    ),
                 ]
             )
         )

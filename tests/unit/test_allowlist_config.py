@@ -42,7 +42,13 @@ def test_sources_in_order_and_deny_lists(dirs: dict[str, str]) -> None:
                 hcl_block("allowlist", "zz", type="directory", path=dirs["racks"]),
                 hcl(hash_path=dirs["flat"]),
                 hcl_block("allowlist", "aa", type="bucketed_directory", path=dirs["racks"]),
-                hcl_block("allowlist", "web", type="http", url="http://127.0.0.1:9/a.json"),
+                hcl_block(
+                    "allowlist",
+                    "web",
+                    type="http",
+                    url="http://127.0.0.1:9/a.json",
+                    insecure_http=True,
+                ),
                 hcl_block("denylist", "revoked", type="file", path=dirs["revoked.json"]),
                 hcl_block("denylist", "dir", type="directory", path=dirs["revoked"]),
             ]
@@ -95,6 +101,16 @@ def test_a_deny_list_alone_trusts_nothing(dirs: dict[str, str]) -> None:
             {"type": "http", "url": "http://h/a", "bearer_token_path": "/t"},
             "allowlist.x.bearer_token_path: needs an https:// url",
         ),
+        # Plain HTTP lets a man in the middle map its own EK to any name and labels.
+        ({"type": "http", "url": "http://h/a"}, "allowlist.x.url: is plain http://"),
+        (
+            {"type": "http", "url": "http://h/a", "insecure_http": "yes"},
+            "allowlist.x.insecure_http:",
+        ),
+        (
+            {"type": "http", "url": "https://h/a", "insecure_http": True},
+            "allowlist.x.insecure_http: only applies to an http:// url",
+        ),
         (
             {"type": "http", "url": "https://h/a", "client_certificate_path": "/c"},
             "client_certificate_path and client_key_path go together",
@@ -119,3 +135,15 @@ def test_block_problems_are_named(block: dict[str, object], expected: str) -> No
 def test_unlabeled_block_is_a_problem(dirs: dict[str, str]) -> None:
     problems = problems_of(f"allowlist {{\n{hcl(type='directory', path=dirs['racks'])}\n}}")
     assert 'allowlist: expected labeled blocks: allowlist "label" { ... }' in problems
+
+
+@pytest.mark.parametrize("kind", ["allowlist", "denylist"])
+def test_plain_http_needs_insecure_http(kind: str) -> None:
+    block = {"type": "http", "url": "http://127.0.0.1:9/a.json"}
+    problems = problems_of(hcl(ek_ca_path="/") + "\n" + hcl_block(kind, "x", **block))
+    assert any(f"{kind}.x.url: is plain http://" in p for p in problems), problems
+    config = build(hcl_block(kind, "x", **block, insecure_http=True) + "\n" + hcl(hash_path="/"))
+    try:
+        assert any(isinstance(s, HTTPAllowlist) for s in [*config.allowlist, *config.denylist])
+    finally:
+        config.close()

@@ -111,3 +111,19 @@ def test_render_then_parse_round_trips() -> None:
             entry.pub_hash, entry.name, entry.labels, "src"
         )
     assert len(parse_document(render_document([]).encode(), "src")) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="allowlist_document._metadata (the fast path) checks only types; it needs "
+    "allowlist.metadata_problem's checks so such documents fall back to _first_problem",
+)
+@pytest.mark.parametrize(
+    "metadata",
+    [{"labels": {"a:b": "c"}}, {"name": "rack12/node07"}, {"name": "node07\n"}],
+)
+def test_documents_with_ambiguous_metadata_are_rejected_whole(metadata: dict[str, Any]) -> None:
+    with pytest.raises(DocumentError, match="entry 1: "):
+        parse_document(
+            document({"pub_hash": ek_hash(1)}, {"pub_hash": ek_hash(2), **metadata}), "src"
+        )

@@ -88,3 +88,34 @@ def test_document_file_that_does_not_load_is_an_error_at_once(tmp_path: Path) ->
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(DocumentError, match="must be a JSON object"):
         DocumentFile(str(tmp_path / "bad.json"), "x")
+
+
+AMBIGUOUS_METADATA = [
+    ({"labels": {"a:b": "c"}}, "label key 'a:b'"),  # label:a:b:c would read two ways
+    ({"labels": {"": "c"}}, "label key ''"),
+    ({"labels": {"rack\n": "1"}}, "label key 'rack\\n'"),
+    ({"labels": {"rack": "1\x1b[2J"}}, "unprintable"),
+    ({"name": "rack12/node07"}, "holds a '/'"),
+    ({"name": "/node07"}, "holds a '/'"),
+    ({"name": "node07\n"}, "unprintable"),
+    ({"name": "node\u202e70"}, "unprintable"),  # right-to-left override
+]
+
+
+@pytest.mark.parametrize(("metadata", "words"), AMBIGUOUS_METADATA)
+def test_ambiguous_names_and_labels_are_refused(
+    tmp_path: Path, metadata: dict[str, object], words: str
+) -> None:
+    listed = ek_hash(1)
+    (tmp_path / listed).write_text(json.dumps(metadata))
+    with pytest.raises(AllowlistError, match=r"entry .*: ") as error:
+        FlatDirectory(str(tmp_path), "hash_path").lookup(listed)
+    assert words in str(error.value)
+
+
+def test_unambiguous_names_and_labels_are_kept(tmp_path: Path) -> None:
+    listed = ek_hash(1)
+    metadata = {"name": "nöde 7: rack", "labels": {"zone": "eu:west/1"}}
+    (tmp_path / listed).write_text(json.dumps(metadata))
+    entry = FlatDirectory(str(tmp_path), "hash_path").lookup(listed)
+    assert entry == AllowlistEntry(listed, "nöde 7: rack", {"zone": "eu:west/1"}, entry.source)
