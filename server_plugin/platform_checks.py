@@ -29,8 +29,11 @@ from spire_tpm_attestor.tpm.structures import (
 from spire_tpm_attestor.tpm.verify import verify_certify, verify_quote, verify_signature
 
 # A DevID is a TPM-generated, non-migratable signing key (TCG "TPM 2.0 Keys for Device
-# Identity and Attestation"); a TPM refuses to load an object claiming fixedTPM that it
-# did not create itself, so these attributes in a certified Name prove residency.
+# Identity and Attestation"). The attributes alone are only a claim: TPM2_LoadExternal
+# loads a public-only area claiming them. What makes them true is the AK's TPM2_Certify
+# of the key (verify_devid_residency): the TPM certifies only an object it holds and can
+# authorize, which a public-only object is not, and the certified Name covers these
+# attributes. An imported key cannot claim fixedTPM/fixedParent at all.
 _DEVID_REQUIRED_ATTRIBUTES = (
     TPMA_OBJECT.FIXED_TPM,
     TPMA_OBJECT.FIXED_PARENT,

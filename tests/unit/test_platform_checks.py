@@ -196,6 +196,34 @@ def test_devid_chain_rejections(ca: TestCA) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("attributes", "words"),
+    [
+        *[
+            (DEVID_ATTRIBUTES & ~attribute, f"{attribute.name} is not set")
+            for attribute in (
+                TPMA_OBJECT.FIXED_TPM,
+                TPMA_OBJECT.FIXED_PARENT,
+                TPMA_OBJECT.SENSITIVE_DATA_ORIGIN,
+                TPMA_OBJECT.SIGN_ENCRYPT,
+            )
+        ],
+        (DEVID_ATTRIBUTES | TPMA_OBJECT.DECRYPT, "also a decryption key"),
+    ],
+    ids=["no-fixedTPM", "no-fixedParent", "no-sensitiveDataOrigin", "no-sign", "decrypt"],
+)
+def test_devid_key_attributes_are_each_required(ca: TestCA, attributes: int, words: str) -> None:
+    certificate = ekcert.load_certificate(
+        der(ca.issue_devid_certificate(DEVID_KEY.public_key(), "node-7"))
+    )
+    verify_devid_public(  # the one change from a good key is what is refused
+        marshal_public(DEVID_KEY.public_key(), attributes=DEVID_ATTRIBUTES), certificate
+    )
+    changed = marshal_public(DEVID_KEY.public_key(), attributes=attributes)
+    rejected = denied(verify_devid_public, changed, certificate)
+    assert rejected.check == "devid_key_attributes" and words in str(rejected)
+
+
 def test_devid_public_rejections(ca: TestCA) -> None:
     certificate = ekcert.load_certificate(
         der(ca.issue_devid_certificate(DEVID_KEY.public_key(), "node-7"))
