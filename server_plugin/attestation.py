@@ -194,11 +194,15 @@ def issue_challenge(config: ServerConfig, evidence: Evidence) -> tuple[bytes, Pe
 
 
 def verify_response(
-    pending: PendingChallenge, response: attestation_pb2.ChallengeResponse
+    config: ServerConfig, pending: PendingChallenge, response: attestation_pb2.ChallengeResponse
 ) -> Attested:
+    """`config` is the configuration current when the answer arrived (it may have been
+    swapped since the challenge was issued)."""
+    evidence = pending.evidence
+    # Again: the EK may have been deny-listed while the agent was answering.
+    check_denylist(config.denylist, evidence.pub_hash)
     # The secret first: it is what binds the AK, which signs every other proof, to the EK.
     verify_activated_secret(pending.secret, response.secret)
-    evidence = pending.evidence
     pcr_values: dict[PCRKey, bytes] = {}
     if pending.pcr_request:
         pcr_values = verify_pcr_quote(evidence.ak, response, pending.nonce, pending.pcr_request)

@@ -28,6 +28,11 @@ from spire_tpm_attestor.runtime.config import (
 )
 
 EK_POLICIES = ("cert", "allowlist", "cert_or_allowlist", "cert_and_allowlist")
+DEFAULT_CHALLENGE_TIMEOUT = 60.0
+DEFAULT_MAX_PENDING_CHALLENGES = 128
+# Each attestation in progress holds one of the runtime's worker threads; keep headroom
+# for Configure, Shutdown and go-plugin's own streams.
+MAX_PENDING_CHALLENGES_LIMIT = 192
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class ServerConfig:
     can_reattest: bool
     pcr: PCROptions
     devid: DevIDOptions
+    challenge_timeout: float = DEFAULT_CHALLENGE_TIMEOUT  # seconds to wait for each message
+    max_pending_challenges: int = DEFAULT_MAX_PENDING_CHALLENGES
 
     @property
     def ek_ca_bundle(self) -> list[ekcert.EKCertificate]:
@@ -116,6 +123,16 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
             template,
             reloading_ca_bundle(reader, "devid_ca_path", reader.string_list("devid_ca_path")),
         ),
+        challenge_timeout=reader.duration(
+            "challenge_timeout", DEFAULT_CHALLENGE_TIMEOUT, minimum=0.001
+        ),
+        max_pending_challenges=reader.integer(
+            "max_pending_challenges",
+            DEFAULT_MAX_PENDING_CHALLENGES,
+            1,
+            MAX_PENDING_CHALLENGES_LIMIT,
+        )
+        or DEFAULT_MAX_PENDING_CHALLENGES,
     )
 
 

@@ -1,13 +1,16 @@
 """The server NodeAttestor service (spire.plugin.server.nodeattestor.v1).
 
 `Attest` is a thin state machine: payload, one challenge, one response, result.
-Every decision is written to the log as one structured audit line.
+Every stream that gets as far as a decision writes exactly one structured audit line.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 
 import grpc
 
@@ -17,26 +20,162 @@ from server_plugin.config import ServerConfig, build_server_config
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2_grpc as server_pb2_grpc
 from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, stream_guarded
-from spire_tpm_attestor.runtime.status import InvalidArgument
+from spire_tpm_attestor.runtime.status import (
+    DeadlineExceeded,
+    InvalidArgument,
+    PluginError,
+    Unavailable,
+)
 
 SERVICE_NAME = "spire.plugin.server.nodeattestor.v1.NodeAttestor"
 audit = logging.getLogger("spire_tpm_attestor.audit")
 
+# SPIRE drops plugin log lines over 64 KiB; these bound the JSON-escaped size of the audit
+# fields that carry agent-influenced text, with room to spare for the rest of the line.
+MAX_SELECTORS_FIELD = 32 * 1024
+MAX_TEXT_FIELD = 8 * 1024
 
-def next_request(requests: Iterator[server_pb2.AttestRequest], expected: str) -> bytes:
-    request = next(requests, None)
-    if request is None:
-        raise InvalidArgument(f"stream ended before the {expected}")
-    kind = request.WhichOneof("request")
-    if kind != expected:
-        raise InvalidArgument(f"expected {expected}, got {kind or 'an empty request'}")
-    data: bytes = getattr(request, expected)
-    return data
+
+def escaped_length(value: str) -> int:
+    """The length of `value` inside a JSON line written with ensure_ascii."""
+    return len(json.dumps(value)) - 2
+
+
+def fit(value: str, budget: int = MAX_TEXT_FIELD) -> str:
+    """`value`, cut so that its escaped form stays within `budget`, marked when cut."""
+    if len(value) * 12 <= budget or escaped_length(value) <= budget:
+        return value  # (12: the longest escape of one character, a surrogate pair)
+    marker = "…(truncated)"
+    room = budget - escaped_length(marker)
+    used = 0
+    for end, character in enumerate(value):
+        used += escaped_length(character)
+        if used > room:
+            return value[:end] + marker
+    return value
+
+
+def joined_selectors(selectors: Sequence[str], budget: int = MAX_SELECTORS_FIELD) -> str:
+    """The selectors comma-joined, whole selectors only, within `budget`; says how many
+    were left out."""
+    kept: list[str] = []
+    used = 0
+    for index, selector in enumerate(selectors):
+        cost = escaped_length(selector) + 1
+        # Keep room for the note on what was left out.
+        if used + cost > budget - 64:
+            kept.append(f"…({len(selectors) - index} more)")
+            break
+        kept.append(selector)
+        used += cost
+    return ",".join(kept)
+
+
+class AuditLine:
+    """The one audit line of an attestation; `written` says whether it is out."""
+
+    def __init__(self) -> None:
+        self.ek_hash = ""
+        self.written = False
+
+    def rejected(self, check: str, reason: str, ek_hash: str = "") -> None:
+        self.written = True
+        audit.warning(
+            "attestation rejected",
+            extra={
+                "decision": "rejected",
+                "check": check,
+                "reason": fit(reason),
+                "ek_hash": self.ek_hash or ek_hash,
+            },
+        )
+
+    def admitted(self, attributes: server_pb2.AgentAttributes) -> None:
+        self.written = True
+        audit.info(
+            "attestation admitted",
+            extra={
+                "decision": "admitted",
+                "ek_hash": self.ek_hash,
+                "spiffe_id": fit(attributes.spiffe_id),
+                "selectors": joined_selectors(list(attributes.selector_values)),
+            },
+        )
+
+
+class RequestReader:
+    """Reads the Attest request stream with a time limit on each message.
+
+    gRPC's request iterator blocks with no timeout, so each read runs in its own daemon
+    thread (never a worker from the RPC pool) and the handler waits on a queue. A read
+    left blocked by a silent peer returns as soon as the stream ends, which the handler
+    makes happen by failing the RPC when the time is up.
+    """
+
+    def __init__(self, requests: Iterator[server_pb2.AttestRequest]) -> None:
+        self._requests = requests
+        self._results: queue.Queue[server_pb2.AttestRequest | None] = queue.Queue()
+
+    def _read_one(self) -> None:
+        try:
+            request = next(self._requests, None)
+        except Exception:  # grpc.RpcError: the peer cancelled the stream
+            request = None
+        self._results.put(request)
+
+    def next(self, expected: str, timeout: float, check: str) -> bytes:
+        threading.Thread(target=self._read_one, name="attest-read", daemon=True).start()
+        try:
+            request = self._results.get(timeout=timeout)
+        except queue.Empty:
+            raise Rejected(
+                check, DeadlineExceeded(f"no {expected} arrived within {timeout:g}s")
+            ) from None
+        if request is None:
+            raise Rejected(expected, InvalidArgument(f"stream ended before the {expected}"))
+        kind = request.WhichOneof("request")
+        if kind != expected:
+            raise Rejected(
+                expected, InvalidArgument(f"expected {expected}, got {kind or 'an empty request'}")
+            )
+        data: bytes = getattr(request, expected)
+        return data
+
+
+class PendingCount:
+    """Challenges awaiting an answer, each holding one RPC worker thread meanwhile."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def enter(self, limit: int) -> PendingSlot | None:
+        with self._lock:
+            if self._count >= limit:
+                return None
+            self._count += 1
+        return PendingSlot(self)
+
+    def leave(self) -> None:
+        with self._lock:
+            self._count -= 1
+
+
+class PendingSlot:
+    def __init__(self, count: PendingCount) -> None:
+        self._count: PendingCount | None = count
+
+    def release(self) -> None:
+        """Idempotent: the answer's arrival and the stream's end both release."""
+        count, self._count = self._count, None
+        if count is not None:
+            count.leave()
 
 
 class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
     def __init__(self, holder: ConfigHolder[ServerConfig]) -> None:
         self._holder = holder
+        self._pending = PendingCount()  # per process: it outlives reconfigurations
 
     def Attest(  # noqa: N802 - gRPC method name
         self, request_iterator: Iterator[server_pb2.AttestRequest], context: grpc.ServicerContext
@@ -46,38 +185,54 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
     def _attest(
         self, requests: Iterator[server_pb2.AttestRequest]
     ) -> Iterator[server_pb2.AttestResponse]:
-        payload = next_request(requests, "payload")
         config = self._holder.get()
-        pub_hash = ""
+        line = AuditLine()
+        # Beyond the cap a stream is refused at once, so silent peers cannot take every
+        # worker thread (each stream holds one) and starve Configure and Shutdown.
+        slot = self._pending.enter(config.max_pending_challenges)
+        if slot is None:
+            error = Unavailable(
+                "too many attestations in progress "
+                f"(max_pending_challenges = {config.max_pending_challenges})"
+            )
+            line.rejected("max_pending_challenges", error.message)
+            raise error
         try:
+            yield from self._decide(config, RequestReader(requests), line, slot)
+        finally:
+            slot.release()
+
+    def _decide(
+        self, config: ServerConfig, reader: RequestReader, line: AuditLine, slot: PendingSlot
+    ) -> Iterator[server_pb2.AttestResponse]:
+        try:
+            payload = reader.next("payload", config.challenge_timeout, "payload_timeout")
             evidence = attestation.check_payload(config, attestation.decode_payload(payload))
-            pub_hash = evidence.pub_hash
+            line.ek_hash = evidence.pub_hash
             challenge, pending = attestation.issue_challenge(config, evidence)
             yield server_pb2.AttestResponse(challenge=challenge)
-            answer = attestation.decode_response(next_request(requests, "challenge_response"))
-            attested = attestation.verify_response(pending, answer)
-            attributes = attestation.agent_attributes(config, attested)
-        except Rejected as rejected:
-            audit.warning(
-                "attestation rejected",
-                extra={
-                    "decision": "rejected",
-                    "check": rejected.check,
-                    "reason": rejected.error.message,
-                    "ek_hash": pub_hash or rejected.ek_hash,
-                },
+            answer_data = reader.next(
+                "challenge_response", config.challenge_timeout, "challenge_timeout"
             )
+            slot.release()  # what is left is bounded work on this thread
+            answer = attestation.decode_response(answer_data)
+            # The deny list as it is now, not as it was when the challenge went out.
+            attested = attestation.verify_response(self._holder.get(), pending, answer)
+            attributes = attestation.agent_attributes(config, attested)
+            line.admitted(attributes)
+            yield server_pb2.AttestResponse(agent_attributes=attributes)
+        except Rejected as rejected:
+            line.rejected(rejected.check, rejected.error.message, rejected.ek_hash)
             raise rejected.error from None
-        audit.info(
-            "attestation admitted",
-            extra={
-                "decision": "admitted",
-                "ek_hash": pub_hash,
-                "spiffe_id": attributes.spiffe_id,
-                "selectors": ",".join(attributes.selector_values),
-            },
-        )
-        yield server_pb2.AttestResponse(agent_attributes=attributes)
+        except PluginError as error:
+            line.rejected("plugin", error.message)
+            raise
+        except Exception as exc:
+            line.rejected("internal", f"internal error ({type(exc).__name__}); see the plugin log")
+            raise
+        finally:
+            if not line.written:  # e.g. the peer went away while a response was on its way
+                line.rejected("stream_ended", "the stream ended before a decision")
 
 
 def register(server: grpc.Server, holder: ConfigHolder[ServerConfig]) -> None:

@@ -62,7 +62,8 @@ class HCLogFormatter(logging.Formatter):
                 line[key] = _as_text(value)
         if record.exc_info:
             line["exception"] = "".join(traceback.format_exception(*record.exc_info)).strip()
-        return json.dumps(line, ensure_ascii=False)
+        # ASCII escapes: a lone surrogate (a non-UTF-8 file name) cannot make a write fail.
+        return json.dumps(line, ensure_ascii=True)
 
 
 def configure_logging(stream: TextIO | None = None, level: int = logging.DEBUG) -> None:

@@ -48,3 +48,9 @@ class Internal(PluginError):
     """A local failure that is not the caller's fault (e.g. the TPM refused)."""
 
     code = grpc.StatusCode.INTERNAL
+
+
+class DeadlineExceeded(PluginError):
+    """The peer took too long (e.g. never answered a challenge): the agent retries."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -143,7 +143,7 @@ def _attest(config: ServerConfig, payload: bytes) -> tuple[int, int, AgentAttrib
     challenged = time.thread_time_ns()
     response = _response(pending.secret)
     answered = time.thread_time_ns()
-    attested = attestation.verify_response(pending, attestation.decode_response(response))
+    attested = attestation.verify_response(config, pending, attestation.decode_response(response))
     attributes = attestation.agent_attributes(config, attested)
     finished = time.thread_time_ns()
     return challenged - started, finished - answered, attributes
@@ -153,7 +153,7 @@ def _attest_untimed(config: ServerConfig, payload: bytes) -> None:
     evidence = attestation.check_payload(config, attestation.decode_payload(payload))
     _challenge, pending = attestation.issue_challenge(config, evidence)
     attested = attestation.verify_response(
-        pending, attestation.decode_response(_response(pending.secret))
+        config, pending, attestation.decode_response(_response(pending.secret))
     )
     attestation.agent_attributes(config, attested)
 

@@ -161,7 +161,7 @@ def _server_table(tpm: SWTPM, ek_ca: TestCA, devid_ca: TestCA, devid: dict[str, 
                     )
                     answered = time.thread_time_ns()
                     attested = attestation.verify_response(
-                        pending, attestation.decode_response(answer)
+                        config, pending, attestation.decode_response(answer)
                     )
                     attestation.agent_attributes(config, attested)
                     finished = time.thread_time_ns()

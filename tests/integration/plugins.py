@@ -145,6 +145,15 @@ class ServerConversation:
     def send_answer(self, answer: bytes) -> server_pb2.AttestResponse:
         return self.send(server_pb2.AttestRequest(challenge_response=answer))
 
+    def close_requests(self) -> None:
+        """Half-close: no more requests, but the responses can still be read."""
+        self._requests.close()
+
+    def receive(self) -> server_pb2.AttestResponse:
+        """The next response, without sending anything (e.g. to see a silent stream end)."""
+        response: server_pb2.AttestResponse = next(self._stream)
+        return response
+
     def close(self) -> None:
         self._requests.close()
         self._stream.cancel()

@@ -11,13 +11,14 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from spire_tpm_attestor import wire
+from spire_tpm_attestor import ekcert, wire
 from spire_tpm_attestor.harness import (
     PluginProcess,
     relay_attestation,
 )
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.integration.plugins import (
     AgentConversation,
     ServerConversation,
@@ -164,6 +165,33 @@ def test_ek_certificate_for_another_key_is_denied(
     assert audit["check"] == "ek_cert_key"
 
 
+@pytest.mark.parametrize("policy", ["allowlist", "cert_or_allowlist"])
+def test_ek_certificate_for_another_key_is_denied_even_when_the_ek_is_allowlisted(
+    agent: PluginProcess,
+    server: PluginProcess,
+    bare_swtpm: SWTPM,
+    ek_ca: TestCA,
+    hashes: Path,
+    policy: str,
+) -> None:
+    # The certificate chains and the EK itself is allow-listed: the mismatch alone denies.
+    provision_ek_certificates(bare_swtpm.tcti, ek_ca, algorithms=("rsa2048",), foreign_key=True)
+    agent.configure(hcl(tcti=bare_swtpm.tcti, ek_algorithm="rsa2048"))
+    ek = parse_tpm2b_public(payload_from_agent(agent).ek_public)
+    pub_hash = ekcert.ek_hash(ek.public_key())
+    (hashes / pub_hash).write_text("")
+    server.configure(
+        hcl(ek_policy=policy, ek_ca_path=str(ek_ca.bundle_path), hash_path=str(hashes))
+    )
+    audit = expect_rejection(
+        agent,
+        server,
+        grpc.StatusCode.PERMISSION_DENIED,
+        "EK certificate key differs from the EK public area",
+    )
+    assert (audit["check"], audit["ek_hash"]) == ("ek_cert_key", pub_hash)
+
+
 @pytest.fixture
 def admitted_setup(
     agent: PluginProcess, server: PluginProcess, swtpm: SWTPM, ek_ca: TestCA
@@ -209,6 +237,26 @@ def test_response_replayed_from_an_earlier_stream_is_denied(
         replay.close()
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "wrong secret" in (error.details() or "")
+
+
+def test_oversized_quote_in_the_answer_is_invalid_argument(
+    admitted_setup: tuple[PluginProcess, PluginProcess],
+) -> None:
+    agent, server = admitted_setup
+    node, spire = AgentConversation(agent), ServerConversation(server)
+    try:
+        challenge = spire.send_payload(node.payload()).challenge
+        answer = wire.decode_challenge_response(node.answer(challenge))
+        answer.quote = bytes(wire.MAX_TPM_BLOB + 1)
+        seen = len(audit_lines(server))
+        error = rpc_error(lambda: spire.send_answer(wire.encode(answer)))
+    finally:
+        node.close()
+        spire.close()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "quote is too large" in (error.details() or "")
+    assert audit_line_after(server, seen)["check"] == "challenge_response"
+    assert relay_attestation(agent, server).spiffe_id  # still serving
 
 
 def test_payload_where_the_answer_belongs_is_invalid(

@@ -1,0 +1,71 @@
+"""Every size limit decode_challenge_response enforces, one field at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from spire_tpm_attestor import wire
+from spire_tpm_attestor.pb import attestation_pb2
+
+Change = Callable[[attestation_pb2.ChallengeResponse], None]
+
+
+def good_response() -> attestation_pb2.ChallengeResponse:
+    return attestation_pb2.ChallengeResponse(
+        version=wire.PROTOCOL_VERSION,
+        secret=bytes(wire.SECRET_SIZE),
+        quote=bytes(wire.MAX_TPM_BLOB),
+        quote_signature=bytes(wire.MAX_TPM_BLOB),
+        devid_certify=bytes(wire.MAX_TPM_BLOB),
+        devid_certify_signature=bytes(wire.MAX_TPM_BLOB),
+        devid_signature=bytes(wire.MAX_TPM_BLOB),
+        pcr_values=[
+            attestation_pb2.PCRValue(digest=bytes(wire.MAX_DIGEST))
+            for _ in range(wire.MAX_PCR_VALUES)
+        ],
+        agent_nonce=bytes(wire.NONCE_SIZE),
+    )
+
+
+def test_a_response_at_every_limit_decodes() -> None:
+    assert wire.decode_challenge_response(wire.encode(good_response())).secret
+
+
+def _set(field: str, size: int) -> Change:
+    return lambda response: setattr(response, field, bytes(size))
+
+
+def _more_pcr_values(response: attestation_pb2.ChallengeResponse) -> None:
+    response.pcr_values.add(digest=bytes(32))
+
+
+def _long_digest(response: attestation_pb2.ChallengeResponse) -> None:
+    response.pcr_values[5].digest = bytes(wire.MAX_DIGEST + 1)
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (_set("quote", wire.MAX_TPM_BLOB + 1), "quote is too large"),
+        (_set("quote_signature", wire.MAX_TPM_BLOB + 1), "quote_signature is too large"),
+        (_set("devid_certify", wire.MAX_TPM_BLOB + 1), "devid_certify is too large"),
+        (
+            _set("devid_certify_signature", wire.MAX_TPM_BLOB + 1),
+            "devid_certify_signature is too large",
+        ),
+        (_set("devid_signature", wire.MAX_TPM_BLOB + 1), "devid_signature is too large"),
+        (_more_pcr_values, "pcr_values is too large (97 > 96)"),
+        (_long_digest, "pcr digest is too large (65 > 64)"),
+        (_set("agent_nonce", wire.NONCE_SIZE - 1), "agent_nonce must be 32 bytes, got 31"),
+        (_set("agent_nonce", wire.NONCE_SIZE + 1), "agent_nonce must be 32 bytes, got 33"),
+        (_set("secret", wire.MAX_SECRET + 1), "secret is too large (65 > 64)"),
+        (_set("secret", 0), "secret is missing"),
+    ],
+)
+def test_each_oversized_field_is_refused(change: Change, words: str) -> None:
+    response = good_response()
+    change(response)
+    with pytest.raises(wire.WireError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        wire.decode_challenge_response(wire.encode(response))
