@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import httpx
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError
-from server_plugin.allowlist_document import DocumentError, Index, parse_document
+from server_plugin.allowlist_document import DocumentError, DocumentParser, Index
 from server_plugin.reload import Reloading
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ class HTTPAllowlist:
             pool=settings.connect_timeout,
         )
         verify: ssl.SSLContext | bool = self._tls.value if self._tls is not None else True
+        parser = DocumentParser(self.describe())
         try:
             with (
                 httpx.Client(verify=verify, timeout=timeout, follow_redirects=False) as client,
@@ -217,24 +218,28 @@ class HTTPAllowlist:
                     )
                 if response.status_code != 200:
                     raise FetchError(f"HTTP status {response.status_code}")
-                body = self._read_body(response)
+                self._read_body(response, parser)
                 etag = response.headers.get("ETag")
                 last_modified = response.headers.get("Last-Modified")
         except httpx.HTTPError as exc:
             raise FetchError(f"{type(exc).__name__}: {exc}") from None
         except (OSError, ssl.SSLError) as exc:
             raise FetchError(str(exc)) from None
-        index = parse_document(body, self.describe())
+        # The parser reports problems only now, so a body too large or too slow is a
+        # FetchError whatever it holds, as when the body was read whole first.
+        index = parser.finish()
         return Snapshot(index, etag, last_modified, self._clock())
 
-    def _read_body(self, response: httpx.Response) -> bytearray:
+    def _read_body(self, response: httpx.Response, parser: DocumentParser) -> None:
+        """Feeds the body to `parser` as it arrives: neither the body nor its text is
+        ever held whole, only the index being built."""
         limit = self.settings.max_body_bytes
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise FetchError(f"the body ({declared} bytes) is larger than max_body_bytes ({limit})")
-        body = bytearray()
+        size = 0
         for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > limit:
+            size += len(chunk)
+            if size > limit:
                 raise FetchError(f"the body is larger than max_body_bytes ({limit})")
-        return body
+            parser.feed(chunk)
