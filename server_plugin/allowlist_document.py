@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, islice, pairwise
 from typing import Any
 
-from server_plugin.allowlist import EK_HASH, AllowlistEntry, AllowlistError, entry_from_json
+from server_plugin.allowlist import (
+    EK_HASH,
+    AllowlistEntry,
+    AllowlistError,
+    entry_from_json,
+    metadata_problem,
+)
 from server_plugin.reload import Reloading
 
 VERSION = 1
@@ -608,6 +614,7 @@ def _metadata(with_metadata: list[dict[str, Any]]) -> tuple[list[str], list[str]
         and set(map(type, labels)) <= {dict}
         and set(map(type, chain.from_iterable(labels))) <= {str}
         and set(map(type, chain.from_iterable(map(dict.values, labels)))) <= {str}
+        and not any(map(metadata_problem, names, labels))
     ):
         raise ValueError("malformed metadata")
     ordered = sorted(
