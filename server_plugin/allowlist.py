@@ -52,7 +52,7 @@ def parse_entry_body(pub_hash: str, body: bytes, source: str) -> AllowlistEntry:
         return AllowlistEntry(pub_hash=pub_hash, source=source)
     try:
         document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise AllowlistError(f"{source}: entry {pub_hash} is not valid JSON: {exc}") from None
     return entry_from_json(pub_hash, document, source)
 

@@ -304,6 +304,10 @@ class DocumentParser:
         except _Malformed as exc:
             self._fail(exc, buffer)
             return
+        except RecursionError:  # json's C scanner recurses once per nesting level
+            self._malformed = "not valid JSON: nested too deeply"
+            self._drop()
+            return
         newlines = buffer.count("\n", 0, done)
         if newlines:
             self._lines += newlines

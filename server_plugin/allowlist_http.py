@@ -78,7 +78,10 @@ def read_token(path: str) -> str:
         data = file.read(MAX_TOKEN_BYTES + 1)
     if len(data) > MAX_TOKEN_BYTES:
         raise ValueError(f"{path} is larger than {MAX_TOKEN_BYTES} bytes")
-    token = data.decode("ascii", "replace").strip()
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} holds a non-ASCII byte; a bearer token is ASCII") from None
     if not token or any(c.isspace() or not c.isprintable() for c in token):
         raise ValueError(f"{path} does not hold a bearer token (one line of printable text)")
     return token
@@ -150,8 +153,17 @@ class HTTPAllowlist:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            succeeded = self.refresh()
-            self._first_attempt.set()
+            try:
+                succeeded = self.refresh()
+            except Exception as exc:  # the thread must outlive any one bad refresh
+                self._last_error = f"unexpected error: {exc!r}"
+                log.exception(
+                    "allowlist refresh failed; keeping the last good copy",
+                    extra={"source": self.describe(), "reason": self._last_error},
+                )
+                succeeded = False
+            finally:
+                self._first_attempt.set()
             interval = self.settings.refresh_interval
             if not succeeded:
                 interval = min(interval, RETRY_SECONDS)
@@ -163,13 +175,7 @@ class HTTPAllowlist:
         try:
             snapshot = self._fetch(self._snapshot)
         except (FetchError, DocumentError) as exc:
-            self._last_error = str(exc)
-            reason = "document rejected" if isinstance(exc, DocumentError) else "fetch failed"
-            log.warning(
-                f"allowlist refresh failed ({reason}); keeping the last good copy",
-                extra={"source": self.describe(), "reason": str(exc)},
-            )
-            return False
+            return self._refresh_failed(exc)
         if self._stop.is_set():
             return False
         changed = self._snapshot is None or snapshot.index is not self._snapshot.index
@@ -186,6 +192,15 @@ class HTTPAllowlist:
         else:
             log.debug("allowlist unchanged (304)", extra={"source": self.describe()})
         return True
+
+    def _refresh_failed(self, error: FetchError | DocumentError) -> bool:
+        self._last_error = str(error)
+        reason = "document rejected" if isinstance(error, DocumentError) else "fetch failed"
+        log.warning(
+            f"allowlist refresh failed ({reason}); keeping the last good copy",
+            extra={"source": self.describe(), "reason": str(error)},
+        )
+        return False
 
     def _headers(self, snapshot: Snapshot | None) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}

@@ -120,8 +120,18 @@ def test_conditional_requests_get_304_and_keep_the_copy(
         ),
         (lambda s: setattr(s, "delay", 1.0), "ReadTimeout"),
         (lambda s: setattr(s, "status", 500), "HTTP status 500"),
+        (lambda s: setattr(s, "body", b"[" * 4000), "nested too deeply"),
     ],
-    ids=["garbage", "wrong_version", "bad_entry", "oversized", "oversized_chunked", "slow", "500"],
+    ids=[
+        "garbage",
+        "wrong_version",
+        "bad_entry",
+        "oversized",
+        "oversized_chunked",
+        "slow",
+        "500",
+        "deeply_nested",
+    ],
 )
 def test_bad_responses_keep_the_last_good_copy_and_say_why(
     server: DocumentServer,
@@ -138,6 +148,25 @@ def test_bad_responses_keep_the_last_good_copy_and_say_why(
     assert "keeping the last good copy" in caplog.records[-1].getMessage()
     assert source.lookup(NODE.pub_hash) is not None  # the last good copy
     assert source.lookup(OTHER.pub_hash) is None  # and nothing of the refused one
+
+
+def test_an_unexpected_error_in_a_refresh_does_not_stop_refreshing(
+    server: DocumentServer, sources: list[HTTPAllowlist], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fetch = HTTPAllowlist._fetch
+
+    def broken(self: HTTPAllowlist, snapshot: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(HTTPAllowlist, "_fetch", broken)
+    source = open_source(sources, quick(server.url))
+    # The first attempt is over (lookups do not wait for it) and says what went wrong.
+    with pytest.raises(AllowlistError, match="no copy of the list yet: unexpected error"):
+        source.lookup(NODE.pub_hash)
+    assert source._thread.is_alive()
+    monkeypatch.setattr(HTTPAllowlist, "_fetch", real_fetch)
+    assert source.refresh() is True
+    assert source.lookup(NODE.pub_hash) is not None
 
 
 def test_with_no_good_copy_lookups_fail_closed(

@@ -119,3 +119,19 @@ def test_unambiguous_names_and_labels_are_kept(tmp_path: Path) -> None:
     (tmp_path / listed).write_text(json.dumps(metadata))
     entry = FlatDirectory(str(tmp_path), "hash_path").lookup(listed)
     assert entry == AllowlistEntry(listed, "nöde 7: rack", {"zone": "eu:west/1"}, entry.source)
+
+
+def test_a_deeply_nested_entry_body_is_a_lookup_error_not_a_crash() -> None:
+    from server_plugin.allowlist import parse_entry_body
+
+    with pytest.raises(AllowlistError, match="not valid JSON"):
+        parse_entry_body("a" * 64, b"[" * 100_000, "directory /x")
+
+
+def test_a_bearer_token_must_be_ascii(tmp_path: Path) -> None:
+    from server_plugin.allowlist_http import read_token
+
+    token = tmp_path / "token"
+    token.write_bytes("t\u00f6ken\n".encode())
+    with pytest.raises(ValueError, match="non-ASCII"):
+        read_token(str(token))
