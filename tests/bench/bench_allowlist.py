@@ -164,7 +164,7 @@ def http_source(hashes: list[str], sample: list[str], work: Path) -> Table:
     table.add("lookup p50, µs", us(figures["lookup_p50"]))
     table.add("lookup p99, µs", us(figures["lookup_p99"]))
     table.note(f"served by {served_by} on loopback; document {mib(figures['bytes'])} MiB")
-    table.note("the peak is the download buffer plus the parsed JSON tree, released after parsing")
+    table.note("the peak holds the old index and the one being built; the body is streamed")
     return table
 
 
