@@ -2,7 +2,8 @@
 
 Starts swtpm with a fresh state, makes a test EK CA, writes an EK certificate into
 the TPM's NV, loads both plugin executables the way SPIRE does, relays one
-attestation, prints the SPIFFE ID and selectors, and cleans everything up.
+attestation (with PCRs 0 and 7 quoted), prints the SPIFFE ID and selectors, and cleans
+everything up.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> int:
             f'ek_policy = "cert_and_allowlist"\n'
             f'ek_ca_path = "{ca.bundle_path}"\n'
             f'hash_path = "{hashes}"\n'
+            "pcr_selection {\n  sha256 = [0, 7]\n}\n"
         )
         with (
             PluginProcess.start(
