@@ -246,6 +246,7 @@ def test_spire_agent_attests_through_both_plugins(
         assert listed.returncode == 0, listed.stderr
         assert f"tpm:pub_hash:{pub_hash}" in listed.stdout
         assert "tpm:ek:model:swtpm" in listed.stdout
+        assert re.search(r"tpm:pcr:sha256:7:[0-9a-f]{64}", listed.stdout), listed.stdout
         assert re.search(r"Attestation type\s*: tpm", listed.stdout), listed.stdout
     finally:
         agent.stop()
