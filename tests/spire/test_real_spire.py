@@ -25,6 +25,8 @@ from cryptography import x509
 
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+from tests.integration.platform_setup import provision_devid
+from tests.integration.plugins import hcl
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 VENV_BIN = Path(sys.executable).parent
@@ -143,13 +145,18 @@ def server_config(workdir: Path, port: int, ek_ca: TestCA, hashes: Path, policy:
 
 
 def start_server(
-    spire_bin: Path, workdir: Path, ek_ca: TestCA, policy: str = "cert_or_allowlist"
+    spire_bin: Path,
+    workdir: Path,
+    ek_ca: TestCA,
+    policy: str = "cert_or_allowlist",
+    extra_plugin_data: str = "",
 ) -> SpireServer:
     hashes = workdir / "hashes"
     hashes.mkdir(exist_ok=True)
     port = free_port()
     config = workdir / "server.conf"
-    config.write_text(server_config(workdir, port, ek_ca, hashes, policy))
+    text = server_config(workdir, port, ek_ca, hashes, policy)
+    config.write_text(add_plugin_data(text, extra_plugin_data))
     daemon = start_daemon(
         [str(spire_bin / "spire-server"), "run", "-config", str(config)], workdir / "server.log"
     )
@@ -199,26 +206,38 @@ def test_spire_server_validate_calls_the_plugin(
     assert "can_reattest: expected a boolean" in bad.stdout + bad.stderr
 
 
-def start_agent(spire_bin: Path, workdir: Path, server: SpireServer, tcti: str) -> Daemon:
+def add_plugin_data(config: str, extra: str) -> str:
+    """The NodeAttestor's plugin_data with more options (HCL) at its start."""
+    marker = "plugin_data {"
+    start = config.index(marker, config.index('NodeAttestor "tpm"')) + len(marker)
+    return config[:start] + "\n" + extra + config[start:]
+
+
+def start_agent(
+    spire_bin: Path, workdir: Path, server: SpireServer, tcti: str, extra_plugin_data: str = ""
+) -> Daemon:
     bundle = server.cli("bundle", "show")
     assert bundle.returncode == 0, bundle.stderr
     (workdir / "bundle.pem").write_text(bundle.stdout)
     config = workdir / "agent.conf"
     config.write_text(
-        substitute(
-            (EXAMPLES / "agent.conf").read_text(),
-            {
-                '"/var/lib/spire/agent"': f'"{workdir}/agent"',
-                'server_address = "spire-server.example.org"': 'server_address = "127.0.0.1"',
-                'server_port = "8081"': f'server_port = "{server.port}"',
-                '"/tmp/spire-agent/public/api.sock"': f'"{workdir}/agent.sock"',
-                '"/etc/spire/agent/bootstrap.crt"': f'"{workdir}/bundle.pem"',
-                "/opt/spire-tpm-attestor/bin/spire-tpm-attestor-agent": str(
-                    VENV_BIN / "spire-tpm-attestor-agent"
-                ),
-                '# tcti = "device:/dev/tpmrm0"': f'tcti = "{tcti}"',
-                'log_level = "INFO"': 'log_level = "DEBUG"',
-            },
+        add_plugin_data(
+            substitute(
+                (EXAMPLES / "agent.conf").read_text(),
+                {
+                    '"/var/lib/spire/agent"': f'"{workdir}/agent"',
+                    'server_address = "spire-server.example.org"': 'server_address = "127.0.0.1"',
+                    'server_port = "8081"': f'server_port = "{server.port}"',
+                    '"/tmp/spire-agent/public/api.sock"': f'"{workdir}/agent.sock"',
+                    '"/etc/spire/agent/bootstrap.crt"': f'"{workdir}/bundle.pem"',
+                    "/opt/spire-tpm-attestor/bin/spire-tpm-attestor-agent": str(
+                        VENV_BIN / "spire-tpm-attestor-agent"
+                    ),
+                    '# tcti = "device:/dev/tpmrm0"': f'tcti = "{tcti}"',
+                    'log_level = "INFO"': 'log_level = "DEBUG"',
+                },
+            ),
+            extra_plugin_data,
         )
     )
     (workdir / "agent").mkdir(exist_ok=True)
@@ -274,3 +293,36 @@ def test_spire_agent_stops_when_the_server_plugin_denies(
     log = agent.log()
     assert "PermissionDenied" in log, log[-3000:]
     assert "does not chain to ek_ca_path" in log
+
+
+def test_spire_agent_attests_with_a_devid(
+    spire_bin: Path, workdir: Path, ek_ca: TestCA, swtpm: SWTPM, tmp_path: Path
+) -> None:
+    devid_ca = TestCA.create(tmp_path / "devid-ca", name="Test DevID")
+    devid = provision_devid(swtpm.tcti, devid_ca, tmp_path / "devid", subject="node-7")
+    server = start_server(
+        spire_bin,
+        workdir,
+        ek_ca,
+        policy="cert",
+        extra_plugin_data=hcl(devid_ca_path=str(devid_ca.root_path), require_devid=True),
+    )
+    agent = start_agent(
+        spire_bin, workdir, server, swtpm.tcti, extra_plugin_data=hcl(**devid.agent_options())
+    )
+    try:
+        wait_until(
+            lambda: "Node attestation was successful" in agent.log(),
+            agent,
+            90,
+            "agent attestation with a DevID",
+        )
+        listed = server.cli("agent", "list")
+        assert listed.returncode == 0, listed.stderr
+        agent_id = re.search(r"spiffe://example.org/spire/agent/tpm/[0-9a-f]{64}", listed.stdout)
+        assert agent_id, listed.stdout
+        shown = server.cli("agent", "show", "-spiffeID", agent_id.group(0))
+        assert "tpm:devid:subject:cn:node-7" in shown.stdout, shown.stdout
+    finally:
+        agent.stop()
+        server.daemon.stop()
