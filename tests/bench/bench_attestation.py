@@ -5,7 +5,6 @@ from __future__ import annotations
 import cProfile
 import json
 import pstats
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,6 @@ from spire_tpm_attestor.runtime.config import CoreConfig
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.bench.measure import (
-    Skipped,
     Stats,
     Table,
     median,
@@ -42,6 +40,7 @@ from tests.bench.measure import (
     p99,
     progress,
     rate,
+    require_swtpm,
     rss_bytes,
 )
 
@@ -447,12 +446,7 @@ def _agent_tables(tpm: SWTPM, ca: TestCA) -> list[Table]:
 
 
 def run() -> list[Table]:
-    if shutil.which("swtpm") is None:
-        raise Skipped("swtpm is not installed (make install)")
-    try:
-        import tpm2_pytss  # noqa: F401
-    except ImportError:
-        raise Skipped("tpm2-pytss is not installed (pip install '.[agent]')") from None
+    require_swtpm()
 
     with tempfile.TemporaryDirectory(prefix="bench-attestation-") as workdir, SWTPM() as tpm:
         work = Path(workdir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from spire_tpm_attestor.harness import (
 )
 from spire_tpm_attestor.runtime.config import CoreConfig
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
-from tests.bench.measure import Skipped, Stats, Table, ms, progress
+from tests.bench.measure import Stats, Table, ms, progress, require_swtpm
 
 TRUST_DOMAIN = "example.org"
 BIN = Path(sys.executable).parent
@@ -241,12 +240,7 @@ def _encryption_table(tpm: SWTPM, devid: dict[str, str]) -> Table:
 
 
 def run() -> list[Table]:
-    if shutil.which("swtpm") is None:
-        raise Skipped("swtpm is not installed (make install)")
-    try:
-        import tpm2_pytss  # noqa: F401
-    except ImportError:
-        raise Skipped("tpm2-pytss is not installed (pip install '.[agent]')") from None
+    require_swtpm()
 
     with tempfile.TemporaryDirectory(prefix="bench-platform-") as workdir, SWTPM() as tpm:
         work = Path(workdir)

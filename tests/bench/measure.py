@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,16 @@ from dataclasses import dataclass, field
 
 class Skipped(Exception):
     """This machine lacks something the benchmark needs (the message says what)."""
+
+
+def require_swtpm() -> None:
+    """Skip a section that runs swtpm and the agent's TPM code where they are missing."""
+    if shutil.which("swtpm") is None:
+        raise Skipped("swtpm is not installed (make install)")
+    try:
+        import tpm2_pytss  # noqa: F401
+    except ImportError:
+        raise Skipped("tpm2-pytss is not installed (pip install '.[agent]')") from None
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
