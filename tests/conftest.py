@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from cryptography import x509
 
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
 
@@ -31,3 +32,12 @@ def swtpm(bare_swtpm: SWTPM, ek_ca: TestCA) -> SWTPM:
     """A fresh swtpm with RSA 2048 (L-1), P-256 (L-2) and P-384 (H-3) EK certificates."""
     provision_ek_certificates(bare_swtpm.tcti, ek_ca)
     return bare_swtpm
+
+
+@pytest.fixture
+def ek_certificate(bare_swtpm: SWTPM, ek_ca: TestCA) -> x509.Certificate:
+    """A fresh swtpm with only an RSA 2048 (L-1) EK certificate, which this returns."""
+    certificate: x509.Certificate = provision_ek_certificates(
+        bare_swtpm.tcti, ek_ca, algorithms=("rsa2048",)
+    )["rsa2048"]
+    return certificate

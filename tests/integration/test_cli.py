@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from spire_tpm_attestor import __version__, ekcert
-from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+from spire_tpm_attestor.swtpm import SWTPM, TestCA
 
 CLI = str(Path(sys.executable).parent / "spire-tpm-attestor")
 
@@ -30,14 +30,6 @@ def test_version() -> None:
     result = run("version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"spire-tpm-attestor {__version__}"
-
-
-@pytest.fixture
-def ek_certificate(bare_swtpm: SWTPM, ek_ca: TestCA) -> x509.Certificate:
-    certificate: x509.Certificate = provision_ek_certificates(
-        bare_swtpm.tcti, ek_ca, algorithms=("rsa2048",)
-    )["rsa2048"]
-    return certificate
 
 
 @pytest.mark.swtpm

@@ -165,14 +165,6 @@ def start_server(
     return server
 
 
-@pytest.fixture
-def ek_certificate(bare_swtpm: SWTPM, ek_ca: TestCA) -> x509.Certificate:
-    certificate: x509.Certificate = provision_ek_certificates(
-        bare_swtpm.tcti, ek_ca, algorithms=("rsa2048",)
-    )["rsa2048"]
-    return certificate
-
-
 def test_spire_server_loads_and_configures_the_server_plugin(
     spire_bin: Path, workdir: Path, ek_ca: TestCA
 ) -> None:
