@@ -37,6 +37,8 @@ BOOT_APPLICATION_PCR: Final = 4
 EXIT_BOOT_SERVICES_PCR: Final = 5
 EXIT_BOOT_SERVICES: Final = b"Exit Boot Services Invocation"
 MAX_PROBLEMS: Final = 32
+_X509: Final = EFI_CERT_X509.bytes_le
+_SHA256: Final = EFI_CERT_SHA256.bytes_le
 
 # Secure Boot configuration variables and the vendor GUID each must carry.
 _SECURE_BOOT_VARIABLES: Final = {
@@ -108,19 +110,22 @@ def _hex_sha256(data: memoryview | bytes) -> str:
 
 
 def signature_database(data: memoryview) -> tuple[SignatureDatabase, str | None]:
-    signatures, problem = decode_signature_lists(data)
+    lists, problem = decode_signature_lists(data)
     certificates: dict[str, None] = {}
     hashes: dict[str, None] = {}
-    for signature in signatures:
-        if signature.type == EFI_CERT_X509:
-            certificates[_hex_sha256(signature.data)] = None
-        elif signature.type == EFI_CERT_SHA256 and len(signature.data) == 32:
-            hashes[signature.data.hex()] = None
+    for signature_list in lists:
+        if signature_list.type == _X509:
+            for entry in signature_list.entries:
+                certificates[_hex_sha256(entry)] = None
+        elif signature_list.type == _SHA256:
+            for entry in signature_list.entries:
+                if len(entry) == 32:
+                    hashes[entry.hex()] = None
     database = SignatureDatabase(
         digest=_hex_sha256(data),
         certificates=tuple(certificates),
         hashes=tuple(hashes),
-        entries=len(signatures),
+        entries=sum(len(signature_list.entries) for signature_list in lists),
     )
     return database, problem
 

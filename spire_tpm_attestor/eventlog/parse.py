@@ -113,7 +113,8 @@ def parse(log: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) 
         raise MalformedEventLog(0, "the log is empty")
     if size > limits.max_size:
         raise MalformedEventLog(0, f"the log is {size} bytes, over the limit of {limits.max_size}")
-    if _all_zero_from(data, 0):
+    content_end = _content_end(data)
+    if content_end == 0:
         raise MalformedEventLog(0, f"the log is {size} zero bytes")
     view = memoryview(data)
     if size < _EVENT1_HEAD_SIZE:
@@ -125,12 +126,20 @@ def parse(log: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) 
         and data[_EVENT1_HEAD_SIZE : _EVENT1_HEAD_SIZE + len(SPEC_ID_SIGNATURE)]
         == SPEC_ID_SIGNATURE
     ):
-        return _parse_crypto_agile(data, view, limits)
-    return _parse_sha1(data, view, limits)
+        return _parse_crypto_agile(data, view, content_end, limits)
+    return _parse_sha1(data, view, content_end, limits)
 
 
-def _all_zero_from(data: bytes, offset: int) -> bool:
-    return data.count(0, offset) == len(data) - offset
+def _content_end(data: bytes) -> int:
+    """The offset after the last non-zero byte: what follows an event boundary there is
+    zero padding. One pass from the end, in C, without a copy."""
+    end = len(data)
+    block = 4096
+    while end >= block and data.count(0, end - block, end) == block:
+        end -= block
+    while end > 0 and data[end - 1] == 0:
+        end -= 1
+    return end
 
 
 def _check_pcr(offset: int, pcr: int, quirks: _Quirks, number: int) -> None:
@@ -167,9 +176,9 @@ def _event_data(
     return view[start:end], end
 
 
-def _padding(data: bytes, offset: int, quirks: _Quirks) -> bool:
-    """Whether the rest of the log from `offset` is zero padding (noted if so)."""
-    if data[offset] == 0 and _all_zero_from(data, offset):
+def _padding(data: bytes, offset: int, content_end: int, quirks: _Quirks) -> bool:
+    """Whether the rest of the log from the event boundary `offset` is zero padding."""
+    if offset >= content_end:
         quirks.note("padding", f"{len(data) - offset} bytes of zero padding end the log")
         return True
     return False
@@ -208,7 +217,7 @@ def _finish_locality(events: list[Event], locality: int | None, quirks: _Quirks)
     return locality
 
 
-def _parse_sha1(data: bytes, view: memoryview, limits: Limits) -> EventLog:
+def _parse_sha1(data: bytes, view: memoryview, content_end: int, limits: Limits) -> EventLog:
     quirks = _Quirks()
     events: list[Event] = []
     locality: int | None = None
@@ -217,7 +226,7 @@ def _parse_sha1(data: bytes, view: memoryview, limits: Limits) -> EventLog:
     sha1 = int(TPM_ALG.SHA1)
     while offset < size:
         number = len(events)
-        if number and _padding(data, offset, quirks):
+        if number and _padding(data, offset, content_end, quirks):
             break
         if number >= limits.max_events:
             raise MalformedEventLog(offset, f"more than {limits.max_events} events")
@@ -226,12 +235,14 @@ def _parse_sha1(data: bytes, view: memoryview, limits: Limits) -> EventLog:
                 offset, f"event {number} is truncated: {size - offset} bytes remain"
             )
         pcr, event_type, _ = _EVENT1_HEAD.unpack_from(data, offset)
-        _check_pcr(offset, pcr, quirks, number)
+        if pcr >= PCR_COUNT:
+            _check_pcr(offset, pcr, quirks, number)
         digest = view[offset + 8 : offset + 28]
         event_data, end = _event_data(data, view, offset, offset + 28, limits, number)
         event = Event(number, offset, pcr, event_type, {sha1: digest}, event_data)
         events.append(event)
-        locality = _startup_locality(event, locality, quirks)
+        if event_type == EventType.EV_NO_ACTION:
+            locality = _startup_locality(event, locality, quirks)
         offset = end
     return EventLog(
         format=LogFormat.SHA1,
@@ -315,40 +326,51 @@ def _parse_spec_id(data: bytes, view: memoryview, quirks: _Quirks) -> tuple[Spec
     return spec_id, end
 
 
-def _parse_crypto_agile(data: bytes, view: memoryview, limits: Limits) -> EventLog:
+def _parse_crypto_agile(
+    data: bytes, view: memoryview, content_end: int, limits: Limits
+) -> EventLog:
     quirks = _Quirks()
     spec_id, offset = _parse_spec_id(data, view, quirks)
     algorithms = spec_id.algorithms
     declared = len(algorithms)
     events: list[Event] = []
+    append = events.append
     locality: int | None = None
     size = len(data)
-    head = _EVENT2_HEAD
-    u16 = _U16
+    # The per-event loop is the hot path: locals only, the checks inline.
+    unpack_head = _EVENT2_HEAD.unpack_from
+    unpack_u16 = _U16.unpack_from
+    unpack_u32 = _U32.unpack_from
+    head_size = _EVENT2_HEAD.size
+    max_events = limits.max_events
+    max_event_size = limits.max_event_size
+    no_action = EventType.EV_NO_ACTION
+    number = 0  # the Spec ID header is event 0
     while offset < size:
-        number = len(events) + 1  # the Spec ID header is event 0
-        if _padding(data, offset, quirks):
+        if _padding(data, offset, content_end, quirks):
             break
-        if number > limits.max_events:
-            raise MalformedEventLog(offset, f"more than {limits.max_events} events")
-        if offset + head.size > size:
+        number += 1
+        if number > max_events:
+            raise MalformedEventLog(offset, f"more than {max_events} events")
+        if offset + head_size > size:
             raise MalformedEventLog(
                 offset, f"event {number} is truncated: {size - offset} bytes remain"
             )
-        pcr, event_type, count = head.unpack_from(data, offset)
-        _check_pcr(offset, pcr, quirks, number)
+        pcr, event_type, count = unpack_head(data, offset)
+        if pcr >= PCR_COUNT:
+            _check_pcr(offset, pcr, quirks, number)
         if count > declared:
             raise MalformedEventLog(
                 offset,
                 f"event {number} carries {count} digests, the Spec ID event declares "
                 f"{declared} algorithms",
             )
-        at = offset + head.size
+        at = offset + head_size
         digests: dict[int, memoryview] = {}
         for _ in range(count):
             if at + 2 > size:
                 raise MalformedEventLog(offset, f"event {number} is truncated in its digests")
-            (alg,) = u16.unpack_from(data, at)
+            (alg,) = unpack_u16(data, at)
             digest_size = algorithms.get(alg)
             if digest_size is None:
                 raise MalformedEventLog(
@@ -359,21 +381,29 @@ def _parse_crypto_agile(data: bytes, view: memoryview, limits: Limits) -> EventL
             if alg in digests:
                 raise MalformedEventLog(at, f"event {number} carries two {alg_name(alg)} digests")
             at += 2
-            if at + digest_size > size:
+            end = at + digest_size
+            if end > size:
                 raise MalformedEventLog(offset, f"event {number} is truncated in its digests")
-            digests[alg] = view[at : at + digest_size]
-            at += digest_size
-        if count < declared and event_type != EventType.EV_NO_ACTION:
+            digests[alg] = view[at:end]
+            at = end
+        if count < declared and event_type != no_action:
             quirks.note(
                 "fewer-digests",
                 f"event {number} carries {count} of the {declared} digests the Spec ID event "
                 "declares",
             )
-        event_data, offset_next = _event_data(data, view, offset, at, limits, number)
-        event = Event(number, offset, pcr, event_type, digests, event_data)
-        events.append(event)
-        locality = _startup_locality(event, locality, quirks)
-        offset = offset_next
+        if at + 4 > size:
+            raise MalformedEventLog(offset, f"event {number} is truncated before its event size")
+        (event_size,) = unpack_u32(data, at)
+        at += 4
+        end = at + event_size
+        if event_size > max_event_size or end > size:
+            _event_data(data, view, offset, at - 4, limits, number)  # raises, saying why
+        event = Event(number, offset, pcr, event_type, digests, view[at:end])
+        append(event)
+        if event_type == no_action:
+            locality = _startup_locality(event, locality, quirks)
+        offset = end
     return EventLog(
         format=LogFormat.CRYPTO_AGILE,
         algorithms=algorithms,

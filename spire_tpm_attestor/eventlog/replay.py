@@ -75,13 +75,19 @@ def _reset_value(pcr: int, size: int, locality: int | None) -> bytes:
     return bytes(size)
 
 
-def replay(log: EventLog) -> Replay:
-    """Extend every bank the log declares (and this module can hash) with its events."""
+def replay(log: EventLog, banks: Iterable[int] | None = None) -> Replay:
+    """Extend every bank the log declares (and this module can hash) with its events.
+
+    `banks` limits the work to those banks (the quoted ones); None replays all.
+    """
     extended = [event for event in log.events if event.extended]
     values: dict[int, dict[int, bytes]] = {}
     sizes: dict[int, int] = {}
     incomplete: dict[int, frozenset[int]] = {}
+    wanted = None if banks is None else frozenset(banks)
     for bank, size in log.algorithms.items():
+        if wanted is not None and bank not in wanted:
+            continue
         hash_function = HASH_FUNCTIONS.get(bank)
         if hash_function is None:
             continue  # e.g. SM3: no value, so quoted SM3 PCRs stay unverified
@@ -151,7 +157,7 @@ class VerifiedLog:
 
 def verify(log: EventLog, quoted: Mapping[PCRKey, bytes]) -> VerifiedLog:
     """Replay `log` against the quoted values; raises `ReplayMismatch` on any difference."""
-    comparison = compare(replay(log), quoted)
+    comparison = compare(replay(log, {bank for bank, _ in quoted}), quoted)
     if comparison.mismatch is not None:
         raise comparison.mismatch
     return VerifiedLog(

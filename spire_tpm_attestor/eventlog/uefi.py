@@ -63,21 +63,24 @@ def decode_variable(event_data: memoryview) -> Variable | str:
 
 
 @dataclass(frozen=True)
-class Signature:
-    """One EFI_SIGNATURE_DATA entry of a signature list."""
+class SignatureList:
+    """One EFI_SIGNATURE_LIST: its type and the SignatureData of each entry.
 
-    type: uuid.UUID
-    owner: uuid.UUID
-    data: memoryview
+    The SignatureOwner GUIDs are left out: nothing here depends on who added an entry.
+    """
+
+    type: bytes  # SignatureType GUID as stored (compare with `uuid.UUID.bytes_le`)
+    entries: tuple[memoryview, ...]
 
 
-def decode_signature_lists(data: memoryview) -> tuple[list[Signature], str | None]:
-    """Every entry of a sequence of EFI_SIGNATURE_LISTs, and why decoding stopped early."""
-    signatures: list[Signature] = []
+def decode_signature_lists(data: memoryview) -> tuple[list[SignatureList], str | None]:
+    """The EFI_SIGNATURE_LISTs in `data`, and why decoding stopped early, if it did."""
+    lists: list[SignatureList] = []
+    total = 0
     offset = 0
     while offset < len(data):
         if offset + _LIST_HEAD.size > len(data):
-            return signatures, f"signature list at {offset} is truncated"
+            return lists, f"signature list at {offset} is truncated"
         raw_type, list_size, header_size, signature_size = _LIST_HEAD.unpack_from(data, offset)
         body = offset + _LIST_HEAD.size + header_size
         end = offset + list_size
@@ -88,20 +91,20 @@ def decode_signature_lists(data: memoryview) -> tuple[list[Signature], str | Non
             or signature_size < GUID_SIZE
             or (end - body) % signature_size
         ):
-            return signatures, (
+            return lists, (
                 f"signature list at {offset} is inconsistent (size {list_size}, header "
                 f"{header_size}, entries of {signature_size})"
             )
-        signature_type = uuid.UUID(bytes_le=raw_type)
-        for at in range(body, end, signature_size):
-            if len(signatures) >= MAX_SIGNATURES:
-                return signatures, f"more than {MAX_SIGNATURES} signatures"
-            owner = uuid.UUID(bytes_le=bytes(data[at : at + GUID_SIZE]))
-            signatures.append(
-                Signature(signature_type, owner, data[at + GUID_SIZE : at + signature_size])
-            )
+        count = (end - body) // signature_size
+        if total + count > MAX_SIGNATURES:
+            return lists, f"more than {MAX_SIGNATURES} signatures"
+        total += count
+        entries = tuple(
+            data[at + GUID_SIZE : at + signature_size] for at in range(body, end, signature_size)
+        )
+        lists.append(SignatureList(raw_type, entries))
         offset = end
-    return signatures, None
+    return lists, None
 
 
 def der_length(data: memoryview) -> int | None:
