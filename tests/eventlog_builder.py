@@ -36,6 +36,7 @@ SIZES = {SHA1: 20, SHA256: 32, SHA384: 48, SHA512: 64, SM3_256: 32}
 
 EV_NO_ACTION = 0x03
 EV_SEPARATOR = 0x04
+EV_EVENT_TAG = 0x06
 EV_POST_CODE = 0x01
 EV_S_CRTM_VERSION = 0x08
 EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
@@ -448,3 +449,49 @@ def uefi_log(
     if padding:
         log.padding(padding)
     return log
+
+
+def sample_logs() -> dict[str, BuiltLog]:
+    """One log per format, bank set and quirk; the differential and replay tests use all."""
+    logs = {
+        "crypto-agile sha1+sha256": uefi_log(),
+        "crypto-agile sha256 only": uefi_log(banks=(SHA256,)),
+        "crypto-agile four banks": uefi_log(banks=(SHA1, SHA256, SHA384, SHA512)),
+        "sha1 format": uefi_log(sha1_format=True),
+        "sha1 format, locality 3": uefi_log(sha1_format=True, locality=3),
+        "secure boot off": uefi_log(secure_boot=False),
+        "secure boot without data": uefi_log(secure_boot=None),
+        "startup locality 3": uefi_log(locality=3),
+        "h-crtm, locality 4": uefi_log(locality=4, hcrtm=True),
+        "h-crtm without locality event": uefi_log(hcrtm=True),
+        "no ExitBootServices": uefi_log(exit_boot_services=False),
+        "bank declared, not logged": uefi_log(banks=(SHA256,), declared=(SHA1, SHA256)),
+        "windows trailer": uefi_log(windows_trailer=True),
+        "zero padding": uefi_log(padding=512),
+        "spec id vendor data": uefi_log(vendor_info=b"vendor"),
+        "spec id vendor data overrun": uefi_log(vendor_info=b"ab", vendor_info_size=9),
+    }
+    fewer = uefi_log()
+    fewer.add(8, EV_EFI_ACTION, b"grub_cmd linux /vmlinuz", omit=(SHA1,))
+    logs["event with fewer digests"] = fewer
+    return {name: builder.build() for name, builder in logs.items()}
+
+
+def bench_log(events: int = 100, size: int = 60 * 1024) -> BuiltLog:
+    """A log shaped like a real one: ~`size` bytes, `events` events, SHA-1 + SHA-256.
+
+    The bulk is where real logs have it: dbx (revoked hashes), a GPT event, db
+    certificates; the count is made up with PCR 0/1/2 firmware and option-ROM events.
+    """
+    builder = uefi_log(extra_dbx_hashes=200, gpt_entries=128)
+    fillers = events - len(builder.events)
+    if fillers < 0:
+        raise ValueError(f"a UEFI log has at least {len(builder.events)} events")
+    base = len(builder.encode())
+    per_event = max(0, (size - base) // max(fillers, 1) - 60)  # minus head and digests
+    tail = builder.events[-5:]  # keep ExitBootServices last
+    del builder.events[-5:]
+    for n in range(fillers):
+        builder.add(n % 3, EV_EFI_PLATFORM_FIRMWARE_BLOB, bytes([n % 251]) * per_event)
+    builder.events.extend(tail)
+    return builder.build()
