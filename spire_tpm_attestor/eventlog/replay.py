@@ -114,14 +114,16 @@ def replay(log: EventLog, banks: Iterable[int] | None = None) -> Replay:
 class Comparison:
     """Quoted PCR values held against a replay."""
 
-    matched: frozenset[int]  # PCRs with at least one quoted bank matching and none differing
+    # PCR -> the quoted banks that match, for PCRs where at least one matches and none
+    # differs.
+    matched: Mapping[int, frozenset[int]]
     mismatch: ReplayMismatch | None  # the first quoted PCR (lowest index) that differs
     unverified: tuple[PCRKey, ...]  # quoted PCRs the log cannot replay in that bank
 
 
 def compare(result: Replay, quoted: Mapping[PCRKey, bytes]) -> Comparison:
     """Which quoted PCRs the log explains, and the first one it contradicts."""
-    matched: set[int] = set()
+    matched: dict[int, set[int]] = {}
     differing: set[int] = set()
     mismatch: ReplayMismatch | None = None
     unverified: list[PCRKey] = []
@@ -131,18 +133,34 @@ def compare(result: Replay, quoted: Mapping[PCRKey, bytes]) -> Comparison:
         if expected is None:
             unverified.append((bank, pcr))
         elif expected == value:
-            matched.add(pcr)
+            matched.setdefault(pcr, set()).add(bank)
         else:
             differing.add(pcr)
             if mismatch is None:
                 mismatch = ReplayMismatch(bank, pcr, expected, value)
-    return Comparison(frozenset(matched - differing), mismatch, tuple(unverified))
+    proven = {pcr: frozenset(banks) for pcr, banks in matched.items() if pcr not in differing}
+    return Comparison(proven, mismatch, tuple(unverified))
 
 
-def restrict(log: EventLog, pcrs: Iterable[int]) -> tuple[Event, ...]:
-    """The extended events of `pcrs`, in log order; EV_NO_ACTION events are never proven."""
-    wanted = frozenset(pcrs)
-    return tuple(event for event in log.events if event.extended and event.pcr in wanted)
+def restrict(log: EventLog, proven: Mapping[int, Iterable[int]]) -> tuple[Event, ...]:
+    """The extended events of the PCRs in `proven`, each with only the digests of the
+    banks proven for its PCR, in log order. EV_NO_ACTION events are never proven.
+
+    Cutting the digests matters: a digest of a bank the quote did not cover (say SHA-1
+    when SHA-256 was quoted) could say anything, and must not become a fact.
+    """
+    banks = {pcr: frozenset(proven_banks) for pcr, proven_banks in proven.items()}
+    events: list[Event] = []
+    for event in log.events:
+        wanted = banks.get(event.pcr)
+        if wanted is None or not event.extended:
+            continue
+        if not event.digests.keys() <= wanted:
+            event = event._replace(
+                digests={alg: d for alg, d in event.digests.items() if alg in wanted}
+            )
+        events.append(event)
+    return tuple(events)
 
 
 @dataclass(frozen=True)
@@ -150,8 +168,8 @@ class VerifiedLog:
     """A log whose events for `pcrs` the quote proves; nothing else of it is usable."""
 
     log: EventLog
-    pcrs: frozenset[int]  # quoted PCRs that the log replays to
-    events: tuple[Event, ...]  # the extended events of those PCRs, in log order
+    pcrs: Mapping[int, frozenset[int]]  # quoted PCRs the log replays to -> matching banks
+    events: tuple[Event, ...]  # their extended events, digests of matching banks only
     unverified: tuple[PCRKey, ...]  # quoted PCRs the log cannot replay (bank not logged)
 
 

@@ -38,7 +38,7 @@ def test_replay_matches_the_builder(name: str) -> None:
     replayed = {bank: values for bank, values in replay(log).values.items() if values}
     assert replayed == built.pcrs
     verified = verify(log, built.quoted(built.banks))
-    assert verified.pcrs == frozenset(range(8))
+    assert verified.pcrs == dict.fromkeys(range(8), frozenset(built.banks))
     assert verified.unverified == ()
     assert [event.number for event in verified.events] == [
         event.number for event in log.events if event.extended and event.pcr < 8
@@ -135,14 +135,15 @@ def test_first_mismatch_is_the_lowest_pcr() -> None:
     comparison = compare(replay(parse(built.data)), quoted)
     assert comparison.mismatch is not None
     assert (comparison.mismatch.bank, comparison.mismatch.pcr) == (SHA1, 4)
-    assert comparison.matched == frozenset(range(8)) - {4, 7}
+    assert set(comparison.matched) == set(range(8)) - {4, 7}
+    assert comparison.matched[5] == {SHA1, SHA256}
 
 
 def test_unquoted_pcr_yields_no_events_facts_or_selectors() -> None:
     built = uefi_log().build()
     log = parse(built.data)
     verified = verify(log, built.quoted((SHA256,), pcrs=[0, 1, 2, 3, 4, 5]))
-    assert verified.pcrs == frozenset(range(6))
+    assert set(verified.pcrs) == set(range(6))
     assert all(event.pcr in range(6) for event in verified.events)
     facts = derive_facts(verified.events)
     assert facts.secure_boot is None and facts.db is None and facts.authorities == ()
@@ -162,12 +163,12 @@ def test_quoted_bank_the_log_lacks_is_unverified_not_matched() -> None:
     log = parse(built.data)
     quoted = {(SHA384, 7): b"\x00" * 48}
     verified = verify(log, quoted)
-    assert verified.pcrs == frozenset() and verified.events == ()
+    assert verified.pcrs == {} and verified.events == ()
     assert verified.unverified == ((SHA384, 7),)
     # With the SHA-256 bank quoted as well, PCR 7 is proven by that bank.
     quoted[SHA256, 7] = built.pcr_value(SHA256, 7)
     verified = verify(log, quoted)
-    assert verified.pcrs == frozenset({7})
+    assert verified.pcrs == {7: {SHA256}}
 
 
 def test_event_without_the_quoted_banks_digest_leaves_the_pcr_unverified() -> None:
@@ -176,7 +177,7 @@ def test_event_without_the_quoted_banks_digest_leaves_the_pcr_unverified() -> No
     built = builder.build()
     log = parse(built.data)
     verified = verify(log, {(SHA256, 7): built.pcr_value(SHA256, 7)})
-    assert verified.pcrs == frozenset() and verified.unverified == ((SHA256, 7),)
+    assert verified.pcrs == {} and verified.unverified == ((SHA256, 7),)
 
 
 def test_drtm_pcrs_without_events_cannot_be_replayed() -> None:
@@ -185,3 +186,24 @@ def test_drtm_pcrs_without_events_cannot_be_replayed() -> None:
     assert result.value(SHA256, 17) is None
     assert result.value(SHA256, 10) == bytes(32)
     assert result.value(SHA256, 0) == built.pcrs[SHA256][0]
+
+
+def test_digests_of_unquoted_banks_are_cut_from_verified_events() -> None:
+    """A bank the quote did not cover could say anything: forged SHA-256 boot
+    application digests in a log proven through SHA-1 only must not become facts."""
+    built = uefi_log().build()
+    events = [
+        dataclasses.replace(e, digests={**e.digests, SHA256: b"\x66" * 32})
+        if e.type == 0x80000003
+        else e
+        for e in built.events
+    ]
+    log = parse(_rebuild(built, events))
+    verified = verify(log, built.quoted((SHA1,)))
+    assert verified.pcrs[4] == {SHA1}
+    assert all(list(event.digests) == [SHA1] for event in verified.events)
+    facts = derive_facts(verified.events)
+    assert facts.boot_applications == ()
+    assert not any(value.startswith("boot:app:") for value in selectors(facts))
+    # Data-bound facts still come through the proven SHA-1 digests.
+    assert facts.secure_boot is True and facts.firmware_version
