@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from spire_tpm_attestor.eventlog.events import PCR_COUNT, Event, EventLog
+from spire_tpm_attestor.eventlog.events import PCR_COUNT, Event, EventLog, EventType
 from spire_tpm_attestor.tpm.constants import TPM_ALG, pcr_label
 from spire_tpm_attestor.tpm.errors import VerificationError
 
@@ -150,16 +150,20 @@ def restrict(log: EventLog, proven: Mapping[int, Iterable[int]]) -> tuple[Event,
     when SHA-256 was quoted) could say anything, and must not become a fact.
     """
     banks = {pcr: frozenset(proven_banks) for pcr, proven_banks in proven.items()}
+    no_action = EventType.EV_NO_ACTION
     events: list[Event] = []
     for event in log.events:
         wanted = banks.get(event.pcr)
-        if wanted is None or not event.extended:
+        if wanted is None or event.type == no_action:
             continue
-        if not event.digests.keys() <= wanted:
-            event = event._replace(
-                digests={alg: d for alg, d in event.digests.items() if alg in wanted}
+        digests = event.digests
+        if digests.keys() <= wanted:
+            events.append(event)
+        else:
+            kept = {alg: digest for alg, digest in digests.items() if alg in wanted}
+            events.append(
+                Event(event.number, event.offset, event.pcr, event.type, kept, event.data)
             )
-        events.append(event)
     return tuple(events)
 
 
