@@ -1,8 +1,11 @@
 """Boot facts from verified events: Secure Boot state and keys, authorities, firmware, apps.
 
-Pass only events the quote proves (`replay.verify(...).events`). Event data counts only
-where the spec makes the digest a hash of it (variables, CRTM version, actions) and the
-digests match the data; otherwise the event is skipped and `BootFacts.problems` says why.
+Pass only events the quote proves (`replay.verify(...).events`: PCRs that were quoted and
+match, each event keeping only the digests of the banks that proved its PCR). Event data
+counts only where the spec makes the digest a hash of it (variables, CRTM version,
+actions) and those digests match the data; otherwise the event is skipped and
+`BootFacts.problems` says why. Boot application digests are the SHA-256 digests
+themselves, so they count only when the SHA-256 bank proved PCR 4.
 Secure Boot configuration counts only from PCR 7 before its EV_SEPARATOR, i.e. from the
 firmware before anything it loaded could add events; the first measurement of each
 variable wins.
