@@ -1,0 +1,263 @@
+"""What SPIRE pays for the server plugin, as a process: `python -m tests.bench.procbench`.
+
+With `--baseline COMMIT`, that commit is checked out into a temporary directory (a
+detached git worktree, its protobuf modules generated there) and its plugin runs next to
+the current tree's, both as `python -m server_plugin.main` with PYTHONPATH pointing at
+their own checkout, so they share this interpreter and its packages. A Go driver
+(main.go here) loads each like SPIRE's catalog over go-plugin gRPC and runs batches of
+attestations, alternating the two batch by batch; the table gives each one's figures and
+the ratio current/baseline. `--profile` instead samples the current plugin with py-spy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.bench.procbench import nodes, report
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[2]
+TRUST_DOMAIN = "example.org"
+# What SPIRE's server announces in Init (a19ce94's harness.SERVER_HOST_SERVICES).
+SERVER_HOST_SERVICES = [
+    "spire.hostservice.server.identityprovider.v1.IdentityProvider",
+    "spire.hostservice.server.agentstore.v1.AgentStore",
+    "spire.hostservice.common.metrics.v1.Metrics",
+]
+CONFIGS = ("chain", "allowlist", "noop")
+
+
+def git(*args: str, cwd: Path = ROOT) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def check_out(commit: str, work: Path) -> tuple[Path, str]:
+    """A detached worktree of `commit` under `work`, with its protobuf modules generated;
+    removed when this process exits."""
+    sha = git("rev-parse", "--verify", f"{commit}^{{commit}}")
+    path = work / f"baseline-{sha[:10]}"
+    git("worktree", "add", "--detach", "--quiet", str(path), sha)
+    atexit.register(
+        lambda: subprocess.run(
+            ["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False
+        )
+    )
+    subprocess.run(
+        [sys.executable, "-c", "import setup; setup.generate_protos()"], cwd=path, check=True
+    )
+    return path, sha
+
+
+def plugin(name: str, checkout: Path) -> dict[str, Any]:
+    """The plugin variant that runs `checkout`'s code; cwd is the checkout too, so that
+    `-m`'s sys.path[0] is the same tree as PYTHONPATH."""
+    env = {"PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": ""}
+    found = subprocess.run(
+        [sys.executable, "-c", "import server_plugin.main as m; print(m.__file__)"],
+        cwd=checkout,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not Path(found).resolve().is_relative_to(checkout.resolve()):
+        raise SystemExit(f"{name}: server_plugin comes from {found}, not from {checkout}")
+    return {
+        "name": name,
+        "argv": [sys.executable, "-m", "server_plugin.main"],
+        "dir": str(checkout),
+        "env": env,
+    }
+
+
+def build_driver(work: Path) -> Path:
+    driver = work / "procbench-driver"
+    subprocess.run(["go", "build", "-o", str(driver), "."], cwd=HERE, check=True)
+    return driver
+
+
+def hcl(**options: object) -> str:
+    return "\n".join(f"{key} = {json.dumps(value)}" for key, value in options.items())
+
+
+def configs(
+    work: Path, wanted: Sequence[str], count: int, keys: int, plugins: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str]:
+    """The configurations to run (with their attestations) and the HCL used for starts."""
+    report.progress(f"generating {keys} software nodes (RSA-2048 EK and AK)")
+    software = [nodes.SoftwareNode.create() for _ in range(keys)]
+    ek_keys = [base64.b64encode(node.ek_private_der).decode() for node in software]
+    ca = nodes.rsa_ca(work / "ek-ca")
+    chain_hcl = hcl(ek_policy="cert", ek_ca_path=str(ca.bundle_path))
+    out: list[dict[str, Any]] = []
+    for name in wanted:
+        if name == "chain":
+            report.progress(f"issuing {count} EK certificates (RSA root + intermediate)")
+            entries = nodes.chain_nodes(software, ca, count)
+            out.append({"name": name, "hcl": chain_hcl, "ek_keys": ek_keys, "nodes": entries})
+        elif name == "allowlist":
+            hashes = work / "hashes"
+            entries = nodes.allowlist_nodes(software, hashes, fillers=1000)
+            config = hcl(ek_policy="allowlist", hash_path=str(hashes))
+            out.append({"name": name, "hcl": config, "ek_keys": ek_keys, "nodes": entries})
+        elif name == "noop":
+            # The same payload bytes as the chain case, a fixed 100-byte answer.
+            entries = [{**entry, "ek_key": -1} for entry in nodes.chain_nodes(software[:1], ca, 1)]
+            noop = [sys.executable, str(HERE / "noop_plugin.py")]
+            out.append(
+                {
+                    "name": name,
+                    "hcl": "",
+                    "ek_keys": [],
+                    "nodes": entries,
+                    "answer": base64.b64encode(bytes(100)).decode(),
+                    "argv": {p["name"]: noop for p in plugins},
+                }
+            )
+    return out, chain_hcl
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import grpc
+
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "go": subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip(),
+        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.procbench", description=__doc__)
+    parser.add_argument("--baseline", help="commit to compare against, e.g. a19ce94")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    parser.add_argument("--rounds", type=int, default=10, help="batches per plugin (default 10)")
+    parser.add_argument("--batch", type=int, default=200, help="attestations per batch")
+    parser.add_argument("--warmup", type=int, default=30, help="attestations before measuring")
+    parser.add_argument("--starts", type=int, default=20, help="plugin starts per variant")
+    parser.add_argument("--keys", type=int, default=8, help="distinct EK/AK key pairs")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "process.json"))
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the current plugin with py-spy instead (no baseline, no starts)",
+    )
+    args = parser.parse_args(argv)
+    wanted = [name for name in args.configs.split(",") if name]
+    unknown = set(wanted) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configuration(s) {', '.join(sorted(unknown))}")
+    if shutil.which("go") is None:
+        raise SystemExit("go is not installed: the driver is a Go program")
+
+    work = Path(tempfile.mkdtemp(prefix="procbench-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
+    info = machine()
+    current_sha = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    plugins: list[dict[str, Any]] = []
+    commits = {"current": current_sha + ("+dirty" if dirty else "")}
+    if args.baseline and not args.profile:
+        report.progress(f"checking out {args.baseline} into {work}")
+        path, sha = check_out(args.baseline, work)
+        plugins.append(plugin("baseline", path))
+        commits["baseline"] = sha
+    plugins.append(plugin("current", ROOT))
+
+    report.progress("building the Go driver")
+    driver = build_driver(work)
+    count = args.warmup + args.rounds * args.batch
+    config_list, chain_hcl = configs(work, wanted, count, args.keys, plugins)
+    logs = work / "logs"
+    logs.mkdir()
+    plan: dict[str, Any] = {
+        "trust_domain": TRUST_DOMAIN,
+        "host_services": SERVER_HOST_SERVICES,
+        "plugins": plugins,
+        "configs": config_list,
+        "rounds": args.rounds,
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "starts": 0 if args.profile else args.starts,
+        "starts_hcl": chain_hcl,
+        "log_dir": str(logs),
+    }
+    profiles = work / "profiles"
+    if args.profile:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(py_spy).exists():
+            raise SystemExit("py-spy is not installed: pip install py-spy")
+        profiles.mkdir()
+        plan["sampler"] = [
+            py_spy, "record", "--pid", "{pid}", "--rate", "500", "--format", "raw",
+            "--nonblocking", "--threads", "--native", "--full-filenames",
+            "--output", str(profiles / "{config}.txt"),
+        ]  # fmt: skip
+    plan_path = work / "plan.json"
+    plan_path.write_text(json.dumps(plan))
+    results_path = work / "results.json"
+    started = time.monotonic()
+    run = subprocess.run([str(driver), "-plan", str(plan_path), "-out", str(results_path)])
+    if run.returncode != 0:
+        for log in sorted(logs.iterdir()):
+            print(f"--- {log.name} (last lines)", file=sys.stderr)
+            print("\n".join(log.read_text().splitlines()[-15:]), file=sys.stderr)
+        return run.returncode
+    info["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    info["seconds"] = round(time.monotonic() - started, 1)
+    results = json.loads(results_path.read_text())
+    if args.profile:
+        report.print_profiles(profiles, results, Path(args.out).with_name("process-profile"))
+        return 0
+    summary = report.summarize(results, [p["name"] for p in plugins])
+    report.print_tables(summary, args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "what": "server plugin as a process, driven over go-plugin gRPC (tests/bench/procbench)",
+        "commits": commits,
+        "machine": info,
+        "parameters": {
+            "rounds": args.rounds,
+            "batch": args.batch,
+            "warmup": args.warmup,
+            "starts": args.starts,
+            "keys": args.keys,
+        },
+        "summary": summary,
+        "raw": results,
+    }
+    out.write_text(json.dumps(document, indent=1))
+    print(f"\nfigures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""A server NodeAttestor that does nothing, on the project's own plugin runtime.
+
+The floor under the real plugin: the same interpreter, grpc server, go-plugin services,
+logging and Configure path (`spire_tpm_attestor.runtime.plugin.serve`), and an `Attest`
+that reads the payload, sends a fixed 300-byte challenge, reads the answer and admits
+every node with one selector, with no checks, no audit line and no thread per read.
+
+Run as a script with PYTHONPATH pointing at the checkout whose runtime is measured:
+`python tests/bench/procbench/noop_plugin.py` (the procbench driver does this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
+from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2_grpc as server_pb2_grpc
+from spire_tpm_attestor.runtime.config import CoreConfig
+from spire_tpm_attestor.runtime.plugin import PluginSpec, serve
+
+SERVICE_NAME = "spire.plugin.server.nodeattestor.v1.NodeAttestor"
+CHALLENGE = bytes(300)
+
+
+class NoConfig:
+    def __init__(self, trust_domain: str) -> None:
+        self.trust_domain = trust_domain
+
+    def close(self) -> None:
+        pass
+
+
+class NoopNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
+    def __init__(self, holder: Any) -> None:
+        self._holder = holder
+
+    def Attest(  # noqa: N802 - gRPC method name
+        self, request_iterator: Iterator[server_pb2.AttestRequest], context: grpc.ServicerContext
+    ) -> Iterator[server_pb2.AttestResponse]:
+        config: NoConfig = self._holder.get()
+        if next(request_iterator, None) is None:
+            return
+        yield server_pb2.AttestResponse(challenge=CHALLENGE)
+        if next(request_iterator, None) is None:
+            return
+        yield server_pb2.AttestResponse(
+            agent_attributes=server_pb2.AgentAttributes(
+                spiffe_id=f"spiffe://{config.trust_domain}/spire/agent/noop/node",
+                selector_values=["noop:1"],
+            )
+        )
+
+
+def build_config(hcl: str, core: CoreConfig) -> NoConfig:
+    return NoConfig(core.trust_domain)
+
+
+def register(server: grpc.Server, holder: Any) -> None:
+    server_pb2_grpc.add_NodeAttestorServicer_to_server(NoopNodeAttestor(holder), server)
+
+
+SPEC = PluginSpec(
+    name="noop",
+    service_name=SERVICE_NAME,
+    build_config=build_config,
+    register_service=register,
+)
+
+if __name__ == "__main__":
+    serve(SPEC)

@@ -1,0 +1,274 @@
+"""Figures from the Go driver's raw results: summary, tables, and py-spy profile digests."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tests.bench.measure import Table, median, percentile, progress
+
+__all__ = ["print_profiles", "print_tables", "progress", "summarize"]
+
+MIB = 1024 * 1024
+# Issue 12 / performance-anchors.md: this project at a19ce94, as a process, same machines.
+ANCHOR_CPU_MS = {"chain": 3.10, "allowlist": 2.78, "noop": 1.11}
+ANCHOR_HANDSHAKE_MS = 348.0
+ANCHOR_RSS_MIB = 55.0
+CONFIG_TITLES = {
+    "chain": "RSA-2048 EK, chain to RSA root + intermediate, new node each time",
+    "allowlist": "RSA-2048 EK, EK-hash allowlist (flat directory, 1008 entries), no EK cert",
+    "noop": "do-nothing Attest on the project's runtime (tests/bench/procbench/noop_plugin.py)",
+}
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def _ratio(current: float, baseline: float) -> float | None:
+    return round(current / baseline, 3) if baseline else None
+
+
+def summarize(results: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"configs": {}, "starts": {}}
+    for config in results["configs"]:
+        by_plugin: dict[str, Any] = {}
+        per_round: dict[str, dict[int, float]] = {}
+        for name in plugins:
+            batches = [b for b in config["batches"] if b["plugin"] == name]
+            per_batch = [b["cpu_seconds"] / b["attestations"] for b in batches]
+            per_round[name] = {b["round"]: b["cpu_seconds"] / b["attestations"] for b in batches}
+            latencies = [x for b in batches for x in b["latencies"]]
+            attestations = sum(b["attestations"] for b in batches)
+            cpu = sum(b["cpu_seconds"] for b in batches) / attestations
+            by_plugin[name] = {
+                "attestations": attestations,
+                "cpu_ms_per_attestation": _ms(cpu),
+                "cpu_ms_per_attestation_batches": [_ms(x) for x in per_batch],
+                "cpu_batch_cv": round(statistics.pstdev(per_batch) / statistics.mean(per_batch), 3),
+                "latency_ms_p50": _ms(median(latencies)),
+                "latency_ms_p99": _ms(percentile(latencies, 99)),
+                "attestations_per_second_sequential": round(
+                    attestations / sum(b["wall_seconds"] for b in batches), 1
+                ),
+                "rss_mib_after_configure": round(config["rss_after_configure"][name] / MIB, 1),
+                "rss_mib_after_batches": round(config["rss_after_batches"][name] / MIB, 1),
+                "threads_after_batches": config["threads_after_batches"][name],
+            }
+        entry: dict[str, Any] = {"plugins": by_plugin}
+        if "baseline" in by_plugin and "current" in by_plugin:
+            base, cur = by_plugin["baseline"], by_plugin["current"]
+            paired = [
+                per_round["current"][r] / per_round["baseline"][r]
+                for r in sorted(per_round["baseline"])
+                if r in per_round["current"] and per_round["baseline"][r]
+            ]
+            entry["current_over_baseline"] = {
+                "cpu": _ratio(cur["cpu_ms_per_attestation"], base["cpu_ms_per_attestation"]),
+                "cpu_paired_by_round_median": round(median(paired), 3),
+                "cpu_paired_by_round_min": round(min(paired), 3),
+                "cpu_paired_by_round_max": round(max(paired), 3),
+                "latency_p50": _ratio(cur["latency_ms_p50"], base["latency_ms_p50"]),
+                "latency_p99": _ratio(cur["latency_ms_p99"], base["latency_ms_p99"]),
+            }
+        summary["configs"][config["config"]] = entry
+    for name in plugins:
+        starts = [s for s in results.get("starts") or [] if s["plugin"] == name]
+        if not starts:
+            continue
+        summary["starts"][name] = {
+            "starts": len(starts),
+            "handshake_ms_p50": _ms(median([s["handshake_seconds"] for s in starts])),
+            "handshake_ms_max": _ms(max(s["handshake_seconds"] for s in starts)),
+            "loaded_ms_p50": _ms(median([s["loaded_seconds"] for s in starts])),
+            "configured_ms_p50": _ms(median([s["configured_seconds"] for s in starts])),
+            "rss_mib_after_configure_p50": round(
+                median([float(s["rss_after_configure"]) for s in starts]) / MIB, 1
+            ),
+            "cpu_ms_to_configured_p50": _ms(
+                median([s["cpu_seconds_to_configured"] for s in starts])
+            ),
+        }
+    if {"baseline", "current"} <= set(summary["starts"]):
+        base, cur = summary["starts"]["baseline"], summary["starts"]["current"]
+        summary["starts"]["current_over_baseline"] = {
+            key: _ratio(cur[key], base[key]) for key in cur if key != "starts"
+        }
+    return summary
+
+
+def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
+    for name, entry in summary["configs"].items():
+        plugins = entry["plugins"]
+        table = Table(
+            f"{name}: {CONFIG_TITLES.get(name, name)}",
+            ("figure", *plugins, *(["current/baseline"] if len(plugins) == 2 else []), "anchor"),
+        )
+        ratio = entry.get("current_over_baseline", {})
+
+        rows = (
+            ("server CPU ms/attestation", "cpu_ms_per_attestation", ANCHOR_CPU_MS[name], "cpu"),
+            ("  batch-to-batch CV", "cpu_batch_cv", "", ""),
+            ("latency p50 ms", "latency_ms_p50", "", "latency_p50"),
+            ("latency p99 ms", "latency_ms_p99", "", "latency_p99"),
+            ("attestations/s (one at a time)", "attestations_per_second_sequential", "", ""),
+            ("RSS after Configure MiB", "rss_mib_after_configure", "", ""),
+            ("RSS after the batches MiB", "rss_mib_after_batches", "", ""),
+            ("threads after the batches", "threads_after_batches", "", ""),
+        )
+        for label, key, anchor, ratio_key in rows:
+            extra = [ratio.get(ratio_key, "")] if len(plugins) == 2 else []
+            table.add(label, *(p[key] for p in plugins.values()), *extra, anchor)
+            if key != "cpu_ms_per_attestation":
+                continue
+            batches = [p["cpu_ms_per_attestation_batches"] for p in plugins.values()]
+            paired = (
+                [
+                    f"{ratio['cpu_paired_by_round_min']:.2f}.."
+                    f"{ratio['cpu_paired_by_round_max']:.2f} "
+                    f"(median {ratio['cpu_paired_by_round_median']:.3f})"
+                ]
+                if ratio
+                else []
+            )
+            table.add(
+                "  per batch min..max",
+                *(f"{min(b):.2f}..{max(b):.2f}" for b in batches),
+                *paired,
+                "",
+            )
+        table.note(
+            f"{args.rounds} batches x {args.batch} sequential attestations per plugin after "
+            f"{args.warmup} warm-up ones; batches alternate between plugins (ABBA order)"
+        )
+        table.note("CPU = utime+stime of the plugin process (/proc/<pid>/stat, 10 ms ticks)")
+        if ratio:
+            table.note("per batch min..max under current/baseline: ratios of same-round batches")
+        print()
+        print(table.render())
+    starts = summary["starts"]
+    if starts:
+        plugins = {k: v for k, v in starts.items() if k != "current_over_baseline"}
+        ratio = starts.get("current_over_baseline", {})
+        table = Table(
+            f"plugin start, as SPIRE loads it ({next(iter(plugins.values()))['starts']} starts "
+            "each, interleaved, after one warm-up start each; chain configuration)",
+            ("figure", *plugins, *(["current/baseline"] if ratio else []), "anchor"),
+        )
+        for label, key, anchor in (
+            ("exec -> handshake line, p50 ms", "handshake_ms_p50", ANCHOR_HANDSHAKE_MS),
+            ("exec -> handshake line, max ms", "handshake_ms_max", ""),
+            ("exec -> Init answered, p50 ms", "loaded_ms_p50", ""),
+            ("exec -> Configure answered, p50 ms", "configured_ms_p50", ""),
+            ("CPU until configured, p50 ms", "cpu_ms_to_configured_p50", ""),
+            ("RSS after Configure, p50 MiB", "rss_mib_after_configure_p50", ANCHOR_RSS_MIB),
+        ):
+            extra = [ratio[key]] if ratio else []
+            table.add(label, *(p[key] for p in plugins.values()), *extra, anchor)
+        print()
+        print(table.render())
+
+
+# ---- py-spy profiles -------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^():]*)(?::(?P<line>\d+))?\)$")
+# Where a sample's time belongs, by the outermost matching frame (first match wins).
+CATEGORIES = (
+    ("attestation steps (server_plugin/attestation.py)", "server_plugin/attestation.py"),
+    ("audit log line (logging, JSON)", "server_plugin/plugin.py:AuditLine"),
+    ("RequestReader: thread per read + queue wait", "server_plugin/plugin.py:_read_one"),
+    ("RequestReader.next (thread start, queue.get)", "server_plugin/plugin.py:next"),
+    ("other server_plugin/plugin.py", "server_plugin/plugin.py"),
+    ("grpc Python server layer (grpc/_server.py)", "grpc/_server.py"),
+    ("grpc C core (cygrpc, completion queue)", "cygrpc"),
+    ("threading / thread start and exit", "threading.py"),
+    ("concurrent.futures worker", "concurrent/futures"),
+)
+
+
+def _frames(stack: str) -> list[tuple[str, str]]:
+    """(function, file) pairs, outermost first; native frames have no file."""
+    out = []
+    for part in stack.split(";"):
+        match = _FRAME.match(part)
+        out.append((match["function"], match["file"]) if match else (part, ""))
+    return out
+
+
+def _category(frames: list[tuple[str, str]]) -> str:
+    for label, key in CATEGORIES:
+        path, _, function = key.partition(":")
+        for name, file in frames:
+            if (path in file or (not file and path in name)) and (
+                not function or name.startswith(function) or name.endswith("." + function)
+            ):
+                return label
+    return "other"
+
+
+def _short(function: str, file: str) -> str:
+    for marker in ("site-packages/", "lib/python3.11/", "/work/"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+    return f"{function} ({file})" if file else function
+
+
+def _load(path: Path) -> Iterable[tuple[list[tuple[str, str]], int]]:
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            parts = stack.split(";")
+            if parts and parts[0].startswith(("thread", "process")):
+                parts = parts[1:]  # --threads adds the thread as the root frame
+            yield _frames(";".join(parts)), int(count)
+
+
+def print_profiles(profiles: Path, results: dict[str, Any], keep: Path) -> None:
+    keep.mkdir(parents=True, exist_ok=True)
+    for config in results["configs"]:
+        name = config["config"]
+        path = profiles / f"{name}.txt"
+        if not path.exists():
+            print(f"{name}: no profile written")
+            continue
+        (keep / path.name).write_text(path.read_text())
+        batches = config["batches"]
+        attestations = sum(b["attestations"] for b in batches)
+        cpu_ms = 1000 * sum(b["cpu_seconds"] for b in batches) / attestations
+        samples = list(_load(path))
+        total = sum(count for _, count in samples)
+        categories: Counter[str] = Counter()
+        own: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
+        for frames, count in samples:
+            categories[_category(frames)] += count
+            python = [f for f in frames if f[1]]
+            if python:
+                own[_short(*python[-1])] += count
+            for frame in {_short(*f) for f in frames if f[1]}:
+                inclusive[frame] += count
+        scale = cpu_ms / total if total else 0.0
+        table = Table(
+            f"{name}: where the plugin's CPU goes (py-spy, {total} on-CPU samples over "
+            f"{attestations} attestations; {cpu_ms:.2f} ms CPU/attestation measured)",
+            ("category (outermost matching frame)", "share", "ms/attestation"),
+        )
+        for label, count in categories.most_common():
+            table.add(label, f"{count / total:.1%}", f"{count * scale:.3f}")
+        print()
+        print(table.render())
+        for title, counter in (
+            ("innermost Python frame (own time incl. native callees)", own),
+            ("inclusive (any frame on the stack)", inclusive),
+        ):
+            table = Table(f"{name}: top 20 by {title}", ("function (file)", "share", "ms/att"))
+            for label, count in counter.most_common(20):
+                table.add(label[:110], f"{count / total:.1%}", f"{count * scale:.3f}")
+            print()
+            print(table.render())
+    print(f"\nraw py-spy stacks kept in {keep}/")
