@@ -158,7 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.procbench", description=__doc__)
     parser.add_argument("--baseline", help="commit to compare against, e.g. a19ce94")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
-    parser.add_argument("--rounds", type=int, default=10, help="batches per plugin (default 10)")
+    parser.add_argument("--rounds", type=int, default=12, help="batches per plugin")
+    parser.add_argument(
+        "--processes", type=int, default=3, help="fresh processes per plugin, sharing the rounds"
+    )
     parser.add_argument("--batch", type=int, default=200, help="attestations per batch")
     parser.add_argument("--warmup", type=int, default=30, help="attestations before measuring")
     parser.add_argument("--starts", type=int, default=20, help="plugin starts per variant")
@@ -205,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": args.rounds,
         "batch": args.batch,
         "warmup": args.warmup,
+        "processes": 1 if args.profile else args.processes,
         "starts": 0 if args.profile else args.starts,
         "starts_hcl": chain_hcl,
         "log_dir": str(logs),
@@ -248,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": args.rounds,
             "batch": args.batch,
             "warmup": args.warmup,
+            "processes": args.processes,
             "starts": args.starts,
             "keys": args.keys,
         },

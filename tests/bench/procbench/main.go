@@ -79,6 +79,7 @@ type Plan struct {
 	Rounds       int      `json:"rounds"`
 	Batch        int      `json:"batch"`
 	Warmup       int      `json:"warmup"`
+	Processes    int      `json:"processes"` // fresh processes per variant and configuration
 	Starts       int      `json:"starts"`
 	StartsHCL    string   `json:"starts_hcl"`
 	LogDir       string   `json:"log_dir"`
@@ -90,6 +91,7 @@ type Plan struct {
 type BatchResult struct {
 	Plugin       string    `json:"plugin"`
 	Round        int       `json:"round"`
+	Instance     int       `json:"process"` // which fresh process of this variant
 	Attestations int       `json:"attestations"`
 	CPUSeconds   float64   `json:"cpu_seconds"`
 	WallSeconds  float64   `json:"wall_seconds"`
@@ -97,11 +99,11 @@ type BatchResult struct {
 }
 
 type ConfigResult struct {
-	Config      string           `json:"config"`
-	Batches     []BatchResult    `json:"batches"`
-	RSSBytes    map[string]int64 `json:"rss_after_configure"`
-	RSSEndBytes map[string]int64 `json:"rss_after_batches"`
-	Threads     map[string]int   `json:"threads_after_batches"`
+	Config      string             `json:"config"`
+	Batches     []BatchResult      `json:"batches"`
+	RSSBytes    map[string][]int64 `json:"rss_after_configure"` // one per process
+	RSSEndBytes map[string][]int64 `json:"rss_after_batches"`
+	Threads     map[string]int     `json:"threads_after_batches"`
 }
 
 type StartResult struct {
@@ -515,7 +517,7 @@ func argvFor(cfg Config, p Plugin) []string {
 }
 
 func runConfig(plan *Plan, cfg Config) (ConfigResult, error) {
-	result := ConfigResult{Config: cfg.Name, RSSBytes: map[string]int64{}, RSSEndBytes: map[string]int64{}, Threads: map[string]int{}}
+	result := ConfigResult{Config: cfg.Name, RSSBytes: map[string][]int64{}, RSSEndBytes: map[string][]int64{}, Threads: map[string]int{}}
 	agent := &Agent{answer: cfg.Answer}
 	for _, der := range cfg.EKKeys {
 		key, err := x509.ParsePKCS8PrivateKey(der)
@@ -524,6 +526,42 @@ func runConfig(plan *Plan, cfg Config) (ConfigResult, error) {
 		}
 		agent.keys = append(agent.keys, key.(*rsa.PrivateKey))
 	}
+	processes := max(plan.Processes, 1)
+	next := plan.Warmup
+	for instance := 0; instance < processes; instance++ {
+		// Rounds are shared out among fresh process instances, so that what differs
+		// between two instances of the same code (hash seed, memory layout, which
+		// core) averages out instead of showing up as a difference between variants.
+		rounds := plan.Rounds/processes + btoi(instance < plan.Rounds%processes)
+		var err error
+		next, err = runInstance(plan, cfg, agent, instance, rounds, next, &result)
+		if err != nil {
+			return result, err
+		}
+	}
+	return result, nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// order gives the variants' order for step n: forwards when n is even, else backwards.
+func order(n, count int) []int {
+	out := make([]int, count)
+	for j := range out {
+		out[j] = j
+		if n%2 == 1 {
+			out[j] = count - 1 - j
+		}
+	}
+	return out
+}
+
+func runInstance(plan *Plan, cfg Config, agent *Agent, instance, rounds, next int, result *ConfigResult) (int, error) {
 	procs := make([]*Process, len(plan.Plugins))
 	defer func() {
 		for _, p := range procs {
@@ -532,25 +570,26 @@ func runConfig(plan *Plan, cfg Config) (ConfigResult, error) {
 			}
 		}
 	}()
-	for i, p := range plan.Plugins {
+	for _, i := range order(instance, len(plan.Plugins)) {
+		p := plan.Plugins[i]
 		log := filepath.Join(plan.LogDir, fmt.Sprintf("%s-%s.log", cfg.Name, p.Name))
 		proc, err := start(p, argvFor(cfg, p), plan.HostServices, log)
 		if err != nil {
-			return result, fmt.Errorf("%s: %w", p.Name, err)
+			return next, fmt.Errorf("%s: %w", p.Name, err)
 		}
 		procs[i] = proc
 		if err := proc.Configure(plan.TrustDomain, cfg.HCL); err != nil {
-			return result, fmt.Errorf("%s: Configure: %w (see %s)", p.Name, err, log)
+			return next, fmt.Errorf("%s: Configure: %w (see %s)", p.Name, err, log)
 		}
-		result.RSSBytes[p.Name] = status(proc.Pid(), "VmRSS")
+		result.RSSBytes[p.Name] = append(result.RSSBytes[p.Name], status(proc.Pid(), "VmRSS"))
 	}
 	for i, proc := range procs {
 		if _, err := runBatch(proc, agent, cfg.Nodes, 0, plan.Warmup); err != nil {
-			return result, fmt.Errorf("%s warm-up: %w", plan.Plugins[i].Name, err)
+			return next, fmt.Errorf("%s warm-up: %w", plan.Plugins[i].Name, err)
 		}
 	}
 	var sampler *exec.Cmd
-	if len(plan.Sampler) > 0 {
+	if len(plan.Sampler) > 0 && instance == 0 {
 		argv := make([]string, len(plan.Sampler))
 		for i, a := range plan.Sampler {
 			a = strings.ReplaceAll(a, "{pid}", strconv.Itoa(procs[0].Pid()))
@@ -559,27 +598,23 @@ func runConfig(plan *Plan, cfg Config) (ConfigResult, error) {
 		sampler = exec.Command(argv[0], argv[1:]...)
 		sampler.Stdout, sampler.Stderr = os.Stderr, os.Stderr
 		if err := sampler.Start(); err != nil {
-			return result, fmt.Errorf("sampler: %w", err)
+			return next, fmt.Errorf("sampler: %w", err)
 		}
 		time.Sleep(time.Second) // let it attach
 	}
-	next := plan.Warmup
-	for round := 0; round < plan.Rounds; round++ {
+	for r := 0; r < rounds; r++ {
+		round := len(result.Batches) / len(procs)
 		// Alternate which variant goes first (ABBA...), so a drift in machine load
 		// weighs on both alike.
-		for j := range procs {
-			i := j
-			if round%2 == 1 {
-				i = len(procs) - 1 - j
-			}
+		for _, i := range order(round, len(procs)) {
 			batch, err := runBatch(procs[i], agent, cfg.Nodes, next, plan.Batch)
 			if err != nil {
-				return result, fmt.Errorf("%s round %d: %w", plan.Plugins[i].Name, round, err)
+				return next, fmt.Errorf("%s round %d: %w", plan.Plugins[i].Name, round, err)
 			}
-			batch.Plugin, batch.Round = plan.Plugins[i].Name, round
+			batch.Plugin, batch.Round, batch.Instance = plan.Plugins[i].Name, round, instance
 			result.Batches = append(result.Batches, batch)
-			fmt.Fprintf(os.Stderr, "  %-10s %-10s round %d: %.3f ms CPU/attestation\n",
-				cfg.Name, batch.Plugin, round, 1000*batch.CPUSeconds/float64(batch.Attestations))
+			fmt.Fprintf(os.Stderr, "  %-10s %-10s process %d round %2d: %.3f ms CPU/attestation\n",
+				cfg.Name, batch.Plugin, instance, round, 1000*batch.CPUSeconds/float64(batch.Attestations))
 		}
 		next += plan.Batch // every variant gets the same nodes in the same order
 	}
@@ -588,10 +623,10 @@ func runConfig(plan *Plan, cfg Config) (ConfigResult, error) {
 		sampler.Wait()
 	}
 	for i, p := range plan.Plugins {
-		result.RSSEndBytes[p.Name] = status(procs[i].Pid(), "VmRSS")
+		result.RSSEndBytes[p.Name] = append(result.RSSEndBytes[p.Name], status(procs[i].Pid(), "VmRSS"))
 		result.Threads[p.Name] = int(status(procs[i].Pid(), "Threads"))
 	}
-	return result, nil
+	return next, nil
 }
 
 func runStarts(plan *Plan) ([]StartResult, error) {

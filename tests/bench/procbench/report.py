@@ -30,6 +30,10 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def _mib(sizes: list[int]) -> float:
+    return round(median([float(size) for size in sizes]) / MIB, 1)
+
+
 def _ratio(current: float, baseline: float) -> float | None:
     return round(current / baseline, 3) if baseline else None
 
@@ -56,8 +60,8 @@ def summarize(results: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
                 "attestations_per_second_sequential": round(
                     attestations / sum(b["wall_seconds"] for b in batches), 1
                 ),
-                "rss_mib_after_configure": round(config["rss_after_configure"][name] / MIB, 1),
-                "rss_mib_after_batches": round(config["rss_after_batches"][name] / MIB, 1),
+                "rss_mib_after_configure": _mib(config["rss_after_configure"][name]),
+                "rss_mib_after_batches": _mib(config["rss_after_batches"][name]),
                 "threads_after_batches": config["threads_after_batches"][name],
             }
         entry: dict[str, Any] = {"plugins": by_plugin}
@@ -143,8 +147,9 @@ def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
                 "",
             )
         table.note(
-            f"{args.rounds} batches x {args.batch} sequential attestations per plugin after "
-            f"{args.warmup} warm-up ones; batches alternate between plugins (ABBA order)"
+            f"{args.rounds} batches x {args.batch} sequential attestations per plugin, on "
+            f"{args.processes} fresh processes each (after {args.warmup} warm-up attestations "
+            "each); batches alternate between plugins (ABBA order); RSS: median of processes"
         )
         table.note("CPU = utime+stime of the plugin process (/proc/<pid>/stat, 10 ms ticks)")
         if ratio:
