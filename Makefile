@@ -10,7 +10,7 @@ SPIRE_VERSION ?= v1.14.5
 SPIRE_BIN ?= $(HOME)/.cache/spire-tpm-attestor/spire/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto test demo bench lint spire clean
+.PHONY: install system-packages proto test demo bench bench-process bench-process-profile lint spire clean
 
 install: $(STAMP)
 
@@ -64,6 +64,17 @@ demo: install
 
 bench: install
 	$(PY) -m tests.bench
+
+# The server plugin as a process, as SPIRE runs it (Go driver over go-plugin gRPC):
+# `make bench-process BASELINE=a19ce94` interleaves batches of that commit and this tree.
+# Figures go to stdout and bench/process.json. PROCBENCH_ARGS e.g. "--rounds 20".
+bench-process: install
+	$(PY) -m tests.bench.procbench $(if $(BASELINE),--baseline $(BASELINE)) $(PROCBENCH_ARGS)
+
+# Where the server plugin process spends its CPU per attestation (py-spy, this tree only).
+bench-process-profile: install
+	$(PY) -m pip install -q py-spy
+	$(PY) -m tests.bench.procbench --profile $(PROCBENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
