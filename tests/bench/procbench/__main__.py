@@ -37,7 +37,8 @@ SERVER_HOST_SERVICES = [
     "spire.hostservice.server.agentstore.v1.AgentStore",
     "spire.hostservice.common.metrics.v1.Metrics",
 ]
-CONFIGS = ("chain", "allowlist", "noop")
+CONFIGS = ("chain", "allowlist", "noop", "noop-reader", "noop-reader-audit")
+NOOP_FLAGS = {"noop": [], "noop-reader": ["--reader"], "noop-reader-audit": ["--reader", "--audit"]}
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
@@ -115,10 +116,10 @@ def configs(
             entries = nodes.allowlist_nodes(software, hashes, fillers=1000)
             config = hcl(ek_policy="allowlist", hash_path=str(hashes))
             out.append({"name": name, "hcl": config, "ek_keys": ek_keys, "nodes": entries})
-        elif name == "noop":
+        elif name in NOOP_FLAGS:
             # The same payload bytes as the chain case, a fixed 100-byte answer.
             entries = [{**entry, "ek_key": -1} for entry in nodes.chain_nodes(software[:1], ca, 1)]
-            noop = [sys.executable, str(HERE / "noop_plugin.py")]
+            noop = [sys.executable, str(HERE / "noop_plugin.py"), *NOOP_FLAGS[name]]
             out.append(
                 {
                     "name": name,
@@ -220,8 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("py-spy is not installed: pip install py-spy")
         profiles.mkdir()
         plan["sampler"] = [
-            py_spy, "record", "--pid", "{pid}", "--rate", "500", "--format", "raw",
-            "--nonblocking", "--threads", "--native", "--full-filenames",
+            py_spy, "record", "--pid", "{pid}", "--rate", "200", "--format", "raw",
+            "--nonblocking", "--threads", "--full-filenames",
             "--output", str(profiles / "{config}.txt"),
         ]  # fmt: skip
     plan_path = work / "plan.json"
@@ -239,6 +240,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = json.loads(results_path.read_text())
     if args.profile:
         report.print_profiles(profiles, results, Path(args.out).with_name("process-profile"))
+        from tests.bench.procbench import steps
+
+        report.progress("timing the attestation steps in-process on the same payloads")
+        in_process = {
+            config["name"]: steps.cpu_per_attestation(config, TRUST_DOMAIN, args.batch * 5)
+            for config in config_list
+            if config["name"] in ("chain", "allowlist")
+        }
+        report.print_decomposition(results, in_process)
         return 0
     summary = report.summarize(results, [p["name"] for p in plugins])
     report.print_tables(summary, args)

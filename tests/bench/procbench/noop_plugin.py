@@ -4,6 +4,9 @@ The floor under the real plugin: the same interpreter, grpc server, go-plugin se
 logging and Configure path (`spire_tpm_attestor.runtime.plugin.serve`), and an `Attest`
 that reads the payload, sends a fixed 300-byte challenge, reads the answer and admits
 every node with one selector, with no checks, no audit line and no thread per read.
+`--reader` reads through the real plugin's `RequestReader` (a thread per read, with the
+challenge timeout), `--audit` also writes the real plugin's audit line: the differences
+between the three price those two parts of `server_plugin.plugin` without a profiler.
 
 Run as a script with PYTHONPATH pointing at the checkout whose runtime is measured:
 `python tests/bench/procbench/noop_plugin.py` (the procbench driver does this).
@@ -11,6 +14,7 @@ Run as a script with PYTHONPATH pointing at the checkout whose runtime is measur
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +27,9 @@ from spire_tpm_attestor.runtime.plugin import PluginSpec, serve
 
 SERVICE_NAME = "spire.plugin.server.nodeattestor.v1.NodeAttestor"
 CHALLENGE = bytes(300)
+READER = "--reader" in sys.argv[1:]
+AUDIT = "--audit" in sys.argv[1:]
+TIMEOUT = 60.0  # the server plugin's default challenge_timeout
 
 
 class NoConfig:
@@ -41,17 +48,30 @@ class NoopNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
         self, request_iterator: Iterator[server_pb2.AttestRequest], context: grpc.ServicerContext
     ) -> Iterator[server_pb2.AttestResponse]:
         config: NoConfig = self._holder.get()
-        if next(request_iterator, None) is None:
-            return
-        yield server_pb2.AttestResponse(challenge=CHALLENGE)
-        if next(request_iterator, None) is None:
-            return
-        yield server_pb2.AttestResponse(
-            agent_attributes=server_pb2.AgentAttributes(
-                spiffe_id=f"spiffe://{config.trust_domain}/spire/agent/noop/node",
-                selector_values=["noop:1"],
-            )
+        if READER:
+            from server_plugin.plugin import RequestReader
+
+            reader = RequestReader(request_iterator)
+            reader.next("payload", TIMEOUT, "payload_timeout")
+            yield server_pb2.AttestResponse(challenge=CHALLENGE)
+            reader.next("challenge_response", TIMEOUT, "challenge_timeout")
+        else:
+            if next(request_iterator, None) is None:
+                return
+            yield server_pb2.AttestResponse(challenge=CHALLENGE)
+            if next(request_iterator, None) is None:
+                return
+        attributes = server_pb2.AgentAttributes(
+            spiffe_id=f"spiffe://{config.trust_domain}/spire/agent/noop/node",
+            selector_values=["noop:1"],
         )
+        if AUDIT:
+            from server_plugin.plugin import AuditLine
+
+            line = AuditLine()
+            line.ek_hash = "00" * 32
+            line.admitted(attributes)
+        yield server_pb2.AttestResponse(agent_attributes=attributes)
 
 
 def build_config(hcl: str, core: CoreConfig) -> NoConfig:

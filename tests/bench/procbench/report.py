@@ -12,17 +12,19 @@ from typing import Any
 
 from tests.bench.measure import Table, median, percentile, progress
 
-__all__ = ["print_profiles", "print_tables", "progress", "summarize"]
+__all__ = ["print_decomposition", "print_profiles", "print_tables", "progress", "summarize"]
 
 MIB = 1024 * 1024
 # Issue 12 / performance-anchors.md: this project at a19ce94, as a process, same machines.
-ANCHOR_CPU_MS = {"chain": 3.10, "allowlist": 2.78, "noop": 1.11}
+ANCHOR_CPU_MS = {"chain": 3.10, "allowlist": 2.78, "noop": 1.11}  # noop: "does nothing"
 ANCHOR_HANDSHAKE_MS = 348.0
 ANCHOR_RSS_MIB = 55.0
 CONFIG_TITLES = {
     "chain": "RSA-2048 EK, chain to RSA root + intermediate, new node each time",
     "allowlist": "RSA-2048 EK, EK-hash allowlist (flat directory, 1008 entries), no EK cert",
     "noop": "do-nothing Attest on the project's runtime (tests/bench/procbench/noop_plugin.py)",
+    "noop-reader": "do-nothing Attest, reading through server_plugin's RequestReader",
+    "noop-reader-audit": "do-nothing Attest, RequestReader and server_plugin's audit line",
 }
 
 
@@ -116,7 +118,12 @@ def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
         ratio = entry.get("current_over_baseline", {})
 
         rows = (
-            ("server CPU ms/attestation", "cpu_ms_per_attestation", ANCHOR_CPU_MS[name], "cpu"),
+            (
+                "server CPU ms/attestation",
+                "cpu_ms_per_attestation",
+                ANCHOR_CPU_MS.get(name, ""),
+                "cpu",
+            ),
             ("  batch-to-batch CV", "cpu_batch_cv", "", ""),
             ("latency p50 ms", "latency_ms_p50", "", "latency_p50"),
             ("latency p99 ms", "latency_ms_p99", "", "latency_p99"),
@@ -277,3 +284,44 @@ def print_profiles(profiles: Path, results: dict[str, Any], keep: Path) -> None:
             print()
             print(table.render())
     print(f"\nraw py-spy stacks kept in {keep}/")
+
+
+def print_decomposition(results: dict[str, Any], in_process: dict[str, float]) -> None:
+    """Server CPU per attestation, priced by difference (no profiler involved)."""
+    cpu = {
+        config["config"]: sum(b["cpu_seconds"] for b in config["batches"])
+        / sum(b["attestations"] for b in config["batches"])
+        for config in results["configs"]
+    }
+    table = Table(
+        "server CPU per attestation, by difference between plugins (ms; this run, the "
+        "plugin sampled by py-spy --nonblocking)",
+        ("part", "ms/attestation", "how"),
+    )
+    rows: list[tuple[str, float | None, str]] = [
+        ("runtime + grpc sync server, inline reads", cpu.get("noop"), "noop"),
+        (
+            "+ RequestReader (a thread per read)",
+            _difference(cpu, "noop-reader", "noop"),
+            "noop-reader - noop",
+        ),
+        (
+            "+ audit line",
+            _difference(cpu, "noop-reader-audit", "noop-reader"),
+            "noop-reader-audit - noop-reader",
+        ),
+    ]
+    for name, steps in in_process.items():
+        rows.append((f"{name}: attestation steps in-process", steps, "thread CPU, same payloads"))
+        if name in cpu and "noop-reader-audit" in cpu:
+            rest = cpu[name] - cpu["noop-reader-audit"] - steps
+            rows.append((f"{name}: the rest", rest, f"{name} - noop-reader-audit - steps"))
+        rows.append((f"{name}: as a process", cpu.get(name), name))
+    for label, value, how in rows:
+        table.add(label, "" if value is None else f"{value * 1000:.3f}", how)
+    print()
+    print(table.render())
+
+
+def _difference(cpu: dict[str, float], a: str, b: str) -> float | None:
+    return cpu[a] - cpu[b] if a in cpu and b in cpu else None
