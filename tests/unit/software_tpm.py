@@ -1,21 +1,36 @@
-"""A TPM's side of credential activation, in software: the inverse of make_credential.
+"""An agent's TPM in software: EK, AK, PCRs, DevID, and the answers a TPM gives.
 
-TPM2_ActivateCredential with KDFa/KDFe written out as the specification states them,
-independently of `spire_tpm_attestor.tpm.credential`, so a round trip proves the server's
-MakeCredential is what a TPM unwraps.
+`activate` is TPM2_ActivateCredential with KDFa/KDFe written out as the specification
+states them, independently of `spire_tpm_attestor.tpm.credential`, so a round trip proves
+the server's MakeCredential is what a TPM unwraps. `SoftwareTPM` answers a whole
+challenge (activation, quote, DevID certification and signature) with software keys, so
+the server's steps can be run in-process, in milliseconds, without swtpm.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from spire_tpm_attestor.tpm.constants import TPM_ALG, hash_algorithm
-from spire_tpm_attestor.tpm.structures import PublicArea, Reader
-from tests.unit.tpm_builders import EK_ATTRIBUTES, area
+from spire_tpm_attestor import wire
+from spire_tpm_attestor.pb import attestation_pb2
+from spire_tpm_attestor.tpm.constants import TPM_ALG, TPM_ST, digest_size, hash_algorithm
+from spire_tpm_attestor.tpm.structures import PublicArea, Reader, parse_tpm2b_public
+from tests.unit.tpm_builders import (
+    DEVID_ATTRIBUTES,
+    EK_ATTRIBUTES,
+    marshal_attest,
+    marshal_public,
+    marshal_selection,
+    sha256,
+    tpm_sign,
+)
 
 try:
     from cryptography.hazmat.decrepit.ciphers.modes import CFB
@@ -85,14 +100,135 @@ def activate(
     return Reader(plain, "credential").tpm2b("secret", 64)
 
 
-def software_ek(
+def software_ek_public(
     private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
     name_alg: int = TPM_ALG.SHA256,
     key_bits: int = 128,
-) -> PublicArea:
-    return area(
+) -> bytes:
+    """The TPM2B_PUBLIC of an EK (restricted decryption key, AES-CFB) for a software key."""
+    return marshal_public(
         private.public_key(),
         attributes=EK_ATTRIBUTES,
         name_alg=name_alg,
         symmetric=(TPM_ALG.AES, key_bits, TPM_ALG.CFB),
     )
+
+
+def software_ek(
+    private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    name_alg: int = TPM_ALG.SHA256,
+    key_bits: int = 128,
+) -> PublicArea:
+    return parse_tpm2b_public(software_ek_public(private, name_alg, key_bits))
+
+
+PCRKey = tuple[int, int]
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def _p256() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@dataclass
+class SoftwareTPM:
+    """The keys and PCRs of one agent's TPM; PCRs not in `pcrs` read as zeros."""
+
+    ek_key: PrivateKey = field(default_factory=_p256)
+    ak_key: ec.EllipticCurvePrivateKey = field(default_factory=_p256)
+    devid_key: ec.EllipticCurvePrivateKey | None = None
+    pcrs: dict[PCRKey, bytes] = field(default_factory=dict)
+
+    @property
+    def ek_public(self) -> bytes:
+        return software_ek_public(self.ek_key)
+
+    @property
+    def ek(self) -> PublicArea:
+        return parse_tpm2b_public(self.ek_public)
+
+    @property
+    def ak_public(self) -> bytes:
+        """A restricted ECDSA-SHA256 signing key, as the agent's AK template makes it."""
+        return marshal_public(self.ak_key.public_key(), scheme=(TPM_ALG.ECDSA, TPM_ALG.SHA256))
+
+    @property
+    def ak(self) -> PublicArea:
+        return parse_tpm2b_public(self.ak_public)
+
+    @property
+    def devid_public(self) -> bytes:
+        assert self.devid_key is not None, "this TPM has no DevID key"
+        return marshal_public(self.devid_key.public_key(), attributes=DEVID_ATTRIBUTES)
+
+    def payload(
+        self,
+        ek_certificate: bytes = b"",
+        ek_intermediates: Sequence[bytes] = (),
+        devid_certificates: Sequence[bytes] = (),
+    ) -> attestation_pb2.Payload:
+        """The agent's first message; the DevID public area goes with its certificates."""
+        return attestation_pb2.Payload(
+            version=wire.PROTOCOL_VERSION,
+            ek_public=self.ek_public,
+            ek_certificate=ek_certificate,
+            ek_intermediates=list(ek_intermediates),
+            ak_public=self.ak_public,
+            devid_certificates=list(devid_certificates),
+            devid_public=self.devid_public if devid_certificates else b"",
+        )
+
+    def answer(self, challenge: attestation_pb2.Challenge) -> attestation_pb2.ChallengeResponse:
+        """What the agent sends back: the activated secret, the quote the challenge asks
+        for, and, with a DevID, the AK's certification of it and its signature."""
+        response = attestation_pb2.ChallengeResponse(
+            version=wire.PROTOCOL_VERSION,
+            secret=activate(
+                self.ek_key,
+                self.ek,
+                self.ak.name(),
+                challenge.credential_blob,
+                challenge.encrypted_secret,
+            ),
+        )
+        banks = [(bank.hash_alg, sorted(bank.indices)) for bank in challenge.pcr_selection]
+        if banks:
+            self.quote(response, challenge.nonce, banks)
+        if self.devid_key is not None:
+            self.prove_devid(response, challenge.nonce)
+        return response
+
+    def pcr(self, key: PCRKey) -> bytes:
+        return self.pcrs.get(key, bytes(digest_size(key[0])))
+
+    def quote(
+        self,
+        response: attestation_pb2.ChallengeResponse,
+        nonce: bytes,
+        banks: list[tuple[int, list[int]]],
+    ) -> None:
+        """TPM2_Quote by the AK over `nonce`: banks in order, indices ascending."""
+        keys = [(bank, index) for bank, indices in banks for index in indices]
+        attest = marshal_attest(
+            extra_data=nonce,
+            selection=marshal_selection(banks),
+            pcr_digest=sha256(b"".join(self.pcr(key) for key in keys)),
+        )
+        response.quote = attest
+        response.quote_signature = tpm_sign(self.ak_key, attest, TPM_ALG.ECDSA)
+        for bank, index in keys:
+            response.pcr_values.add(hash_alg=bank, index=index, digest=self.pcr((bank, index)))
+
+    def prove_devid(self, response: attestation_pb2.ChallengeResponse, nonce: bytes) -> None:
+        """TPM2_Certify of the DevID by the AK, and the DevID's signature over both nonces."""
+        assert self.devid_key is not None
+        certify = marshal_attest(
+            extra_data=nonce,
+            attest_type=TPM_ST.ATTEST_CERTIFY,
+            certified_name=parse_tpm2b_public(self.devid_public).name(),
+        )
+        response.devid_certify = certify
+        response.devid_certify_signature = tpm_sign(self.ak_key, certify, TPM_ALG.ECDSA)
+        response.agent_nonce = os.urandom(32)
+        signed = wire.devid_signed_data(nonce, response.agent_nonce)
+        response.devid_signature = tpm_sign(self.devid_key, signed, TPM_ALG.ECDSA)

@@ -30,6 +30,7 @@ from spire_tpm_attestor.swtpm import TestCA
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPM_ST, TPMA_OBJECT
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
 from tests.unit.tpm_builders import (
+    DEVID_ATTRIBUTES,
     marshal_attest,
     marshal_public,
     marshal_selection,
@@ -41,13 +42,6 @@ from tests.unit.tpm_builders import (
 NONCE = b"\x11" * 32
 AGENT_NONCE = b"\x22" * 32
 SHA256 = TPM_ALG.SHA256
-DEVID_ATTRIBUTES = (
-    TPMA_OBJECT.FIXED_TPM
-    | TPMA_OBJECT.FIXED_PARENT
-    | TPMA_OBJECT.SENSITIVE_DATA_ORIGIN
-    | TPMA_OBJECT.USER_WITH_AUTH
-    | TPMA_OBJECT.SIGN_ENCRYPT
-)
 
 AK_KEY = ec.generate_private_key(ec.SECP256R1())
 AK = software_ak(AK_KEY)
