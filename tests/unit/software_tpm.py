@@ -222,13 +222,19 @@ class SoftwareTPM:
     def prove_devid(self, response: attestation_pb2.ChallengeResponse, nonce: bytes) -> None:
         """TPM2_Certify of the DevID by the AK, and the DevID's signature over both nonces."""
         assert self.devid_key is not None
-        certify = marshal_attest(
-            extra_data=nonce,
-            attest_type=TPM_ST.ATTEST_CERTIFY,
-            certified_name=parse_tpm2b_public(self.devid_public).name(),
-        )
-        response.devid_certify = certify
-        response.devid_certify_signature = tpm_sign(self.ak_key, certify, TPM_ALG.ECDSA)
+        devid_name = parse_tpm2b_public(self.devid_public).name()
+        response.devid_certify, response.devid_certify_signature = self.certify(nonce, devid_name)
         response.agent_nonce = os.urandom(32)
-        signed = wire.devid_signed_data(nonce, response.agent_nonce)
-        response.devid_signature = tpm_sign(self.devid_key, signed, TPM_ALG.ECDSA)
+        response.devid_signature = devid_signature(self.devid_key, nonce, response.agent_nonce)
+
+    def certify(self, nonce: bytes, name: bytes) -> tuple[bytes, bytes]:
+        """TPM2_Certify by the AK, over `nonce`, of the object called `name`."""
+        attest = marshal_attest(
+            extra_data=nonce, attest_type=TPM_ST.ATTEST_CERTIFY, certified_name=name
+        )
+        return attest, tpm_sign(self.ak_key, attest, TPM_ALG.ECDSA)
+
+
+def devid_signature(key: ec.EllipticCurvePrivateKey, nonce: bytes, agent_nonce: bytes) -> bytes:
+    """What the agent's DevID key signs: SHA-256(server nonce || agent nonce)."""
+    return tpm_sign(key, wire.devid_signed_data(nonce, agent_nonce), TPM_ALG.ECDSA)
