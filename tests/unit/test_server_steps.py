@@ -294,6 +294,11 @@ def _pcr_value_edited(response: Response, node: Node, nonce: bytes) -> None:
     response.pcr_values[1].digest = bytes(32)  # PCR 7 reported as zeros: digest mismatch
 
 
+def _quote_of_fewer_pcrs(response: Response, node: Node, nonce: bytes) -> None:
+    response.ClearField("pcr_values")  # a genuine quote, of PCR 0 only
+    node.tpm.quote(response, nonce, [(SHA256, [0])])
+
+
 def _quote_by_another_key(response: Response, node: Node, nonce: bytes) -> None:
     response.quote_signature = tpm_sign(p256(), response.quote, TPM_ALG.ECDSA)
 
@@ -326,6 +331,7 @@ ANSWER_CHANGES = [
     (_no_quote, "pcr_quote"),
     (_quote_edited, "pcr_quote"),
     (_pcr_value_edited, "pcr_quote"),
+    (_quote_of_fewer_pcrs, "pcr_quote"),
     (_quote_by_another_key, "pcr_quote"),
     (_no_devid_certify, "devid_residency"),
     (_certify_of_another_key, "devid_residency"),
@@ -401,7 +407,9 @@ def with_policy(config: ServerConfig, allowed: bytes) -> ServerConfig:
     return replace(config, pcr=replace(config.pcr, inline_policy=policy))
 
 
-@pytest.mark.parametrize(("allowed", "admitted"), [(PCR7, True), (b"\x08" * 32, False)])
+@pytest.mark.parametrize(
+    ("allowed", "admitted"), [(PCR7, True), (b"\x08" * 32, False)], ids=["match", "mismatch"]
+)
 def test_pcr_policy(node: Node, allowed: bytes, admitted: bool) -> None:
     node.config = with_policy(node.config, allowed)
     pending, response = node.exchange()
