@@ -15,11 +15,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.cli import main as cli_main
-from spire_tpm_attestor.harness import PluginProcess
+from spire_tpm_attestor.harness import AttestationResult, PluginProcess, relay_attestation
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
-from spire_tpm_attestor.swtpm import TestCA
-from tests.integration.plugins import AgentConversation, ServerConversation, hcl
+from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from tests.integration.plugins import (
+    AgentConversation,
+    ServerConversation,
+    expect_rejection,
+    hcl,
+)
 
 tss = pytest.importorskip("tpm2_pytss")
 tss_utils = pytest.importorskip("tpm2_pytss.utils")
@@ -183,3 +188,32 @@ def intercept(
     finally:
         node.close()
         spire.close()
+
+
+@dataclass(frozen=True)
+class DevIDNode:
+    """What every DevID end-to-end test starts from: the agent on a fresh swtpm (with EK
+    certificates from `ek_ca`), the server, the DevID CA, and the test's directory."""
+
+    agent: PluginProcess
+    server: PluginProcess
+    swtpm: SWTPM
+    ek_ca: TestCA
+    devid_ca: TestCA
+    directory: Path
+
+    def configure(self, devid: DevIDFiles | None, **server_options: object) -> None:
+        """The agent with `devid` (or none); the server trusting both CAs unless told."""
+        self.agent.configure(hcl(tcti=self.swtpm.tcti, **(devid.agent_options() if devid else {})))
+        server_options.setdefault("ek_ca_path", str(self.ek_ca.bundle_path))
+        server_options.setdefault("devid_ca_path", str(self.devid_ca.root_path))
+        self.server.configure(hcl(**server_options))
+
+    def attest(self) -> AttestationResult:
+        return relay_attestation(self.agent, self.server)
+
+    def expect_rejection(self, code: grpc.StatusCode, words: str) -> dict[str, str]:
+        return expect_rejection(self.agent, self.server, code, words)
+
+    def intercept(self, **rewrites: Rewrite) -> Exchange:
+        return intercept(self.agent, self.server, **rewrites)

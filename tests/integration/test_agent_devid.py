@@ -19,7 +19,7 @@ from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig  # noqa
 from spire_tpm_attestor.swtpm import SWTPM, TestCA  # noqa: E402
 from spire_tpm_attestor.tpm.structures import parse_signature, parse_tpm2b_public  # noqa: E402
 from spire_tpm_attestor.tpm.verify import verify_certify, verify_signature  # noqa: E402
-from tests.integration.platform_setup import DevIDFiles, issue_chain, provision_devid  # noqa: E402
+from tests.integration.platform_setup import DevIDFiles, issue_chain  # noqa: E402
 from tests.integration.plugins import hcl  # noqa: E402
 from tests.integration.tpm_state import leftover_handles  # noqa: E402
 
@@ -27,11 +27,6 @@ pytestmark = pytest.mark.swtpm
 
 NONCE = b"\x5a" * 32
 PERSISTENT_SRK = 0x81000001
-
-
-@pytest.fixture(scope="module")
-def devid_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return TestCA.create(tmp_path_factory.mktemp("devid-ca"), name="Test DevID")
 
 
 def problems_of(**options: object) -> list[str]:
@@ -118,11 +113,6 @@ def test_devid_under_a_persistent_parent(swtpm: SWTPM, devid_ca: TestCA, tmp_pat
 
 
 # -- files and options -------------------------------------------------------------------
-
-
-@pytest.fixture
-def devid(swtpm: SWTPM, devid_ca: TestCA, tmp_path: Path) -> DevIDFiles:
-    return provision_devid(swtpm.tcti, devid_ca, tmp_path / "devid")
 
 
 def test_both_key_forms_load_the_same_key(devid: DevIDFiles) -> None:

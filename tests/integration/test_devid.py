@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from spire_tpm_attestor import wire
-from spire_tpm_attestor.harness import AttestationFailed, PluginProcess, relay_attestation
+from spire_tpm_attestor.harness import AttestationFailed
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from spire_tpm_attestor.tpm.errors import VerificationError
@@ -24,12 +24,13 @@ from spire_tpm_attestor.tpm.structures import parse_signature, parse_tpm2b_publi
 from spire_tpm_attestor.tpm.verify import verify_signature
 from tests.integration.platform_setup import (
     DevIDFiles,
+    DevIDNode,
     Exchange,
+    Rewrite,
     import_software_devid,
-    intercept,
     provision_devid,
 )
-from tests.integration.plugins import expect_rejection, hcl, provisioned_hash
+from tests.integration.plugins import hcl, provisioned_hash
 from tests.integration.tpm_state import leftover_handles
 from tests.unit.tpm_builders import marshal_public, tpm_sign
 
@@ -40,53 +41,24 @@ ECDSA = 0x0018
 CLI = "spire-tpm-attestor"
 
 
-@pytest.fixture(scope="module")
-def devid_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
-    return TestCA.create(tmp_path_factory.mktemp("devid-ca"), name="Test DevID")
-
-
-@pytest.fixture
-def devid(swtpm: SWTPM, devid_ca: TestCA, tmp_path: Path) -> DevIDFiles:
-    return provision_devid(swtpm.tcti, devid_ca, tmp_path / "devid")
-
-
-def configure(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    devid: DevIDFiles | None,
-    **server_options: object,
-) -> None:
-    agent.configure(hcl(tcti=swtpm.tcti, **(devid.agent_options() if devid else {})))
-    server_options.setdefault("ek_ca_path", str(ek_ca.bundle_path))
-    server_options.setdefault("devid_ca_path", str(devid_ca.root_path))
-    server.configure(hcl(**server_options))
-
-
 @pytest.mark.parametrize(("algorithm", "key_form"), [("ecc", "pem"), ("rsa", "blobs")])
 def test_devid_is_proven_and_becomes_selectors(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    tmp_path: Path,
-    algorithm: str,
-    key_form: str,
+    devid_node: DevIDNode, algorithm: str, key_form: str
 ) -> None:
-    devid = provision_devid(swtpm.tcti, devid_ca, tmp_path, algorithm, subject="rack1-node7")
-    agent.configure(hcl(tcti=swtpm.tcti, **devid.agent_options(key_form)))
-    server.configure(
+    node = devid_node
+    devid = provision_devid(
+        node.swtpm.tcti, node.devid_ca, node.directory, algorithm, subject="rack1-node7"
+    )
+    node.agent.configure(hcl(tcti=node.swtpm.tcti, **devid.agent_options(key_form)))
+    node.server.configure(
         hcl(
-            ek_ca_path=str(ek_ca.bundle_path),
-            devid_ca_path=str(devid_ca.root_path),
+            ek_ca_path=str(node.ek_ca.bundle_path),
+            devid_ca_path=str(node.devid_ca.root_path),
             require_devid=True,
             agent_path_template="{{ .PluginName }}/{{ .DevIDSubjectCN }}",
         )
     )
-    result = relay_attestation(agent, server)
+    result = node.attest()
     assert result.spiffe_id == "spiffe://example.org/spire/agent/tpm/rack1-node7"
     der = devid.certificate.public_bytes(serialization.Encoding.DER)
     assert {
@@ -96,47 +68,28 @@ def test_devid_is_proven_and_becomes_selectors(
         f"devid:fingerprint:{hashlib.sha256(der).hexdigest()}",
     } <= set(result.selectors), result.selectors
     assert result.challenge_rounds == 1
-    assert leftover_handles(swtpm.tcti) == []
+    assert leftover_handles(node.swtpm.tcti) == []
 
 
-def test_devid_of_another_tpm_fails_the_agent_cleanly(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    tmp_path: Path,
-) -> None:
+def test_devid_of_another_tpm_fails_the_agent_cleanly(devid_node: DevIDNode) -> None:
     with SWTPM() as other:
-        devid = provision_devid(other.tcti, devid_ca, tmp_path)
-    configure(agent, server, swtpm, ek_ca, devid_ca, devid)
+        devid = provision_devid(other.tcti, devid_node.devid_ca, devid_node.directory)
+    devid_node.configure(devid)
     with pytest.raises(AttestationFailed) as failure:
-        relay_attestation(agent, server)
+        devid_node.attest()
     assert failure.value.side == "agent" and "loading the DevID key" in failure.value.details
-    assert leftover_handles(swtpm.tcti) == []
+    assert leftover_handles(devid_node.swtpm.tcti) == []
 
 
-def test_devid_with_pcrs_and_template_fields(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    devid: DevIDFiles,
-) -> None:
+def test_devid_with_pcrs_and_template_fields(devid_node: DevIDNode, devid: DevIDFiles) -> None:
     template = "{{ .DevIDSerialNumber }}/{{ .DevIDFingerprint }}"
-    configure(
-        agent,
-        server,
-        swtpm,
-        ek_ca,
-        devid_ca,
+    devid_node.configure(
         devid,
         require_devid=True,
         agent_path_template=template,
         pcr_selection={"sha256": [0, 7]},
     )
-    result = relay_attestation(agent, server)
+    result = devid_node.attest()
     der = devid.certificate.public_bytes(serialization.Encoding.DER)
     serial = f"{devid.certificate.serial_number:x}"
     assert result.spiffe_id.endswith(f"/{serial}/{hashlib.sha256(der).hexdigest()}")
@@ -144,52 +97,40 @@ def test_devid_with_pcrs_and_template_fields(
 
 
 def test_devid_is_ignored_by_a_server_without_devid_ca(
-    agent: PluginProcess, server: PluginProcess, swtpm: SWTPM, ek_ca: TestCA, devid: DevIDFiles
+    devid_node: DevIDNode, devid: DevIDFiles
 ) -> None:
-    agent.configure(hcl(tcti=swtpm.tcti, **devid.agent_options()))
-    server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path)))
-    result = relay_attestation(agent, server)
+    node = devid_node
+    node.agent.configure(hcl(tcti=node.swtpm.tcti, **devid.agent_options()))
+    node.server.configure(hcl(ek_ca_path=str(node.ek_ca.bundle_path)))
+    result = node.attest()
     assert not any(s.startswith("devid:") for s in result.selectors)
 
 
-def test_devid_from_another_ca_is_denied(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    tmp_path: Path,
-) -> None:
-    rogue = TestCA.create(tmp_path / "rogue", name="Rogue DevID")
-    devid = provision_devid(swtpm.tcti, rogue, tmp_path / "devid")
-    configure(agent, server, swtpm, ek_ca, devid_ca, devid)
-    audit = expect_rejection(
-        agent, server, grpc.StatusCode.PERMISSION_DENIED, "does not chain to devid_ca_path"
+def test_devid_from_another_ca_is_denied(devid_node: DevIDNode) -> None:
+    rogue = TestCA.create(devid_node.directory / "rogue", name="Rogue DevID")
+    devid = provision_devid(devid_node.swtpm.tcti, rogue, devid_node.directory / "devid")
+    devid_node.configure(devid)
+    audit = devid_node.expect_rejection(
+        grpc.StatusCode.PERMISSION_DENIED, "does not chain to devid_ca_path"
     )
     assert audit["check"] == "devid_cert_chain"
 
 
-def test_devid_ca_directory_is_reloaded_when_it_changes(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    tmp_path: Path,
-) -> None:
+def test_devid_ca_directory_is_reloaded_when_it_changes(devid_node: DevIDNode) -> None:
+    tmp_path = devid_node.directory
     new_ca = TestCA.create(tmp_path / "new-ca", name="New DevID")
-    devid = provision_devid(swtpm.tcti, new_ca, tmp_path / "devid")
+    devid = provision_devid(devid_node.swtpm.tcti, new_ca, tmp_path / "devid")
     trusted = tmp_path / "devid-ca.d"
     trusted.mkdir()
-    shutil.copy(devid_ca.root_path, trusted / "old-root.pem")
-    configure(agent, server, swtpm, ek_ca, devid_ca, devid, devid_ca_path=str(trusted))
-    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "devid_ca_path")
+    shutil.copy(devid_node.devid_ca.root_path, trusted / "old-root.pem")
+    devid_node.configure(devid, devid_ca_path=str(trusted))
+    devid_node.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, "devid_ca_path")
     # The operator adds the new CA: no restart, no reconfiguration.
     shutil.copy(new_ca.root_path, trusted / "new-root.pem")
     deadline = time.monotonic() + 10
     while True:
         try:
-            result = relay_attestation(agent, server)
+            result = devid_node.attest()
             break
         except AttestationFailed:
             assert time.monotonic() < deadline, "the new DevID CA was not picked up"
@@ -197,57 +138,43 @@ def test_devid_ca_directory_is_reloaded_when_it_changes(
     assert "devid:issuer:cn:New DevID EK Intermediate CA" in result.selectors
 
 
-def test_required_devid_missing_is_denied(
-    agent: PluginProcess, server: PluginProcess, swtpm: SWTPM, ek_ca: TestCA, devid_ca: TestCA
-) -> None:
-    configure(agent, server, swtpm, ek_ca, devid_ca, None, require_devid=True)
-    audit = expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "no DevID")
+def test_required_devid_missing_is_denied(devid_node: DevIDNode) -> None:
+    devid_node.configure(None, require_devid=True)
+    audit = devid_node.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, "no DevID")
     assert audit["check"] == "devid_required"
 
 
-def test_known_ek_and_valid_devid_are_both_required(
-    agent: PluginProcess,
-    server: PluginProcess,
-    bare_swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    tmp_path: Path,
-) -> None:
-    pub_hash = provisioned_hash(bare_swtpm, ek_ca, "rsa2048")
-    hashes = tmp_path / "hashes"
+def test_known_ek_and_valid_devid_are_both_required(devid_node: DevIDNode) -> None:
+    node = devid_node
+    pub_hash = provisioned_hash(node.swtpm, node.ek_ca, "rsa2048")
+    hashes = node.directory / "hashes"
     hashes.mkdir()
-    devid = provision_devid(bare_swtpm.tcti, devid_ca, tmp_path / "devid")
+    devid = provision_devid(node.swtpm.tcti, node.devid_ca, node.directory / "devid")
     both = {"ek_policy": "allowlist", "hash_path": str(hashes), "require_devid": True}
 
     # A valid DevID does not make up for an unknown EK...
-    configure(agent, server, bare_swtpm, ek_ca, devid_ca, devid, **both)
-    audit = expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "not in the allow")
+    node.configure(devid, **both)
+    audit = node.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, "not in the allow")
     assert audit["check"] == "allowlist"
     # ...nor a known EK for a missing DevID.
     (hashes / pub_hash).write_text("")
-    configure(agent, server, bare_swtpm, ek_ca, devid_ca, None, **both)
-    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "sent no DevID")
+    node.configure(None, **both)
+    node.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, "sent no DevID")
     # Both: admitted.
-    configure(agent, server, bare_swtpm, ek_ca, devid_ca, devid, **both)
-    assert f"pub_hash:{pub_hash}" in relay_attestation(agent, server).selectors
+    node.configure(devid, **both)
+    assert f"pub_hash:{pub_hash}" in node.attest().selectors
 
 
-def test_key_imported_from_software_is_not_a_devid(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    tmp_path: Path,
-) -> None:
+def test_key_imported_from_software_is_not_a_devid(devid_node: DevIDNode) -> None:
     # A key that existed outside the TPM, with a genuine certificate: the TPM loads it,
     # certifies it and signs with it, but its public area cannot claim fixedTPM.
-    devid = import_software_devid(swtpm.tcti, devid_ca, tmp_path)
-    agent.configure(hcl(tcti=swtpm.tcti, **devid.agent_options("blobs")))
-    server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path), devid_ca_path=str(devid_ca.root_path)))
-    audit = expect_rejection(
-        agent, server, grpc.StatusCode.PERMISSION_DENIED, "FIXED_TPM is not set"
+    node = devid_node
+    devid = import_software_devid(node.swtpm.tcti, node.devid_ca, node.directory)
+    node.agent.configure(hcl(tcti=node.swtpm.tcti, **devid.agent_options("blobs")))
+    node.server.configure(
+        hcl(ek_ca_path=str(node.ek_ca.bundle_path), devid_ca_path=str(node.devid_ca.root_path))
     )
+    audit = node.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, "FIXED_TPM is not set")
     assert audit["check"] == "devid_key_attributes"
 
 
@@ -260,39 +187,27 @@ def _denied(exchange: Exchange, words: str) -> None:
     assert words in (exchange.error.details() or ""), exchange.error.details()
 
 
-def test_certificate_for_another_key_is_denied(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    devid: DevIDFiles,
-) -> None:
-    configure(agent, server, swtpm, ek_ca, devid_ca, devid)
+def test_certificate_for_another_key_is_denied(devid_node: DevIDNode, devid: DevIDFiles) -> None:
+    devid_node.configure(devid)
     # A genuine certificate from the trusted CA, for a key that is not the DevID public area.
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
-    certificate = devid_ca.issue_devid_certificate(other, "node-7")
+    certificate = devid_node.devid_ca.issue_devid_certificate(other, "node-7")
 
     def swap_certificate(payload: attestation_pb2.Payload) -> None:
         payload.devid_certificates[0] = certificate.public_bytes(serialization.Encoding.DER)
 
-    exchange = intercept(agent, server, payload=swap_certificate)
+    exchange = devid_node.intercept(payload=swap_certificate)
     _denied(exchange, "DevID certificate key differs from the DevID public area")
 
 
 def test_devid_swapped_for_a_software_key_fails_residency(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    devid: DevIDFiles,
+    devid_node: DevIDNode, devid: DevIDFiles
 ) -> None:
     # The attacker holds a software key with a valid certificate and claims it is in the
     # TPM; everything verifies except the AK's certification of what is really loaded.
-    configure(agent, server, swtpm, ek_ca, devid_ca, devid)
+    devid_node.configure(devid)
     software = ec.generate_private_key(ec.SECP256R1())
-    certificate = devid_ca.issue_devid_certificate(software.public_key(), "node-7")
+    certificate = devid_node.devid_ca.issue_devid_certificate(software.public_key(), "node-7")
 
     def claim_software_key(payload: attestation_pb2.Payload) -> None:
         payload.devid_public = marshal_public(software.public_key(), attributes=DEVID_ATTRIBUTES)
@@ -303,9 +218,7 @@ def test_devid_swapped_for_a_software_key_fails_residency(
         response.devid_signature = tpm_sign(software, signed, ECDSA)
 
     challenges: list[attestation_pb2.Challenge] = []
-    exchange = intercept(
-        agent,
-        server,
+    exchange = devid_node.intercept(
         payload=claim_software_key,
         challenge=challenges.append,
         response=sign_in_software,
@@ -334,48 +247,29 @@ def _drop_signature(response: attestation_pb2.ChallengeResponse) -> None:
     ],
 )
 def test_tampered_devid_proof_is_denied(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    devid: DevIDFiles,
-    change: object,
-    words: str,
+    devid_node: DevIDNode, devid: DevIDFiles, change: Rewrite, words: str
 ) -> None:
-    configure(agent, server, swtpm, ek_ca, devid_ca, devid)
-    _denied(intercept(agent, server, response=change), words)  # type: ignore[arg-type]
+    devid_node.configure(devid)
+    _denied(devid_node.intercept(response=change), words)
 
 
 def test_certification_over_an_old_nonce_is_denied(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    devid: DevIDFiles,
+    devid_node: DevIDNode, devid: DevIDFiles
 ) -> None:
-    configure(agent, server, swtpm, ek_ca, devid_ca, devid)
-    earlier = intercept(agent, server)
+    devid_node.configure(devid)
+    earlier = devid_node.intercept()
     assert earlier.challenge is not None and earlier.attributes is not None
 
     def replay_nonce(challenge: attestation_pb2.Challenge) -> None:
         challenge.nonce = earlier.challenge.nonce  # type: ignore[union-attr]
 
-    exchange = intercept(agent, server, challenge=replay_nonce)
+    exchange = devid_node.intercept(challenge=replay_nonce)
     _denied(exchange, "DevID certification does not verify: attestation extraData")
 
 
-def test_agent_never_signs_the_server_nonce_alone(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    devid: DevIDFiles,
-) -> None:
-    configure(agent, server, swtpm, ek_ca, devid_ca, devid)
-    exchanges = [intercept(agent, server) for _ in range(3)]
+def test_agent_never_signs_the_server_nonce_alone(devid_node: DevIDNode, devid: DevIDFiles) -> None:
+    devid_node.configure(devid)
+    exchanges = [devid_node.intercept() for _ in range(3)]
     agent_nonces = set()
     for exchange in exchanges:
         assert exchange.challenge and exchange.response and exchange.attributes
@@ -392,47 +286,41 @@ def test_agent_never_signs_the_server_nonce_alone(
     assert len(agent_nonces) == len(exchanges)  # fresh every time
 
 
-def test_example_provisioning_script_with_an_openssl_ca(
-    agent: PluginProcess,
-    server: PluginProcess,
-    swtpm: SWTPM,
-    ek_ca: TestCA,
-    devid_ca: TestCA,
-    tmp_path: Path,
-) -> None:
+def test_example_provisioning_script_with_an_openssl_ca(devid_node: DevIDNode) -> None:
+    node, tmp_path = devid_node, devid_node.directory
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     ca_key = tmp_path / "ca-key.pem"
     ca_key.write_bytes(
-        devid_ca.intermediate_key.private_bytes(
+        node.devid_ca.intermediate_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
     agent_config = tmp_path / "agent.hcl"
-    agent_config.write_text(hcl(tcti=swtpm.tcti))
+    agent_config.write_text(hcl(tcti=node.swtpm.tcti))
     out = tmp_path / "devid"
     script = Path(__file__).parents[2] / "examples" / "devid" / "provision.sh"
-    arguments = [agent_config, out, devid_ca.intermediate_path, ca_key, "rack2-node3"]
+    arguments = [agent_config, out, node.devid_ca.intermediate_path, ca_key, "rack2-node3"]
     subprocess.run(
         ["sh", str(script), *map(str, arguments)],
         check=True,
         capture_output=True,
         env={**os.environ, "SPIRE_TPM_ATTESTOR": str(Path(sys.executable).parent / CLI)},
     )
-    agent.configure(
+    node.agent.configure(
         hcl(
-            tcti=swtpm.tcti,
+            tcti=node.swtpm.tcti,
             devid_cert_path=str(out / "devid-chain.pem"),
             devid_key_path=str(out / "devid.tss.pem"),
         )
     )
-    server.configure(
+    node.server.configure(
         hcl(
-            ek_ca_path=str(ek_ca.bundle_path),
-            devid_ca_path=str(devid_ca.root_path),
+            ek_ca_path=str(node.ek_ca.bundle_path),
+            devid_ca_path=str(node.devid_ca.root_path),
             require_devid=True,
         )
     )
-    assert "devid:subject:cn:rack2-node3" in relay_attestation(agent, server).selectors
+    assert "devid:subject:cn:rack2-node3" in node.attest().selectors
