@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spire_tpm_attestor.swtpm import TestCA
+from tests.unit.server_builders import TestCA
 
 
 @pytest.fixture(scope="session")

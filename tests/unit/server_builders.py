@@ -3,7 +3,8 @@
 `server_config` builds a `ServerConfig` directly (no files, no watchers, no HTTP), with
 `Fixed` standing in for the reloading CA bundles and `MemoryAllowlist` for allowlist and
 deny-list sources; `rejected` runs a step and returns the `Rejected` it raised, checking
-the check's name and the status SPIRE would be told.
+the check's name and the status SPIRE would be told. The server-step tests import the
+core's moving parts (CA bundles, the test CA) through this module only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from server_plugin.reload import Reloading
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.identity import DEFAULT_AGENT_PATH_TEMPLATE, AgentPathTemplate
 from spire_tpm_attestor.runtime.status import PluginError
-from spire_tpm_attestor.swtpm import TestCA
+from spire_tpm_attestor.swtpm import TestCA as TestCA  # the tests' one import of it
 
 T = TypeVar("T")
 Bundle = list[ekcert.EKCertificate]

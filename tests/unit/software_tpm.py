@@ -9,12 +9,13 @@ the server's steps can be run in-process, in milliseconds, without swtpm.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
@@ -146,6 +147,14 @@ class SoftwareTPM:
     @property
     def ek(self) -> PublicArea:
         return parse_tpm2b_public(self.ek_public)
+
+    @property
+    def pub_hash(self) -> str:
+        """The EK hash the server names this TPM by: SHA-256 of the EK's DER SPKI."""
+        spki = self.ek_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(spki).hexdigest()
 
     @property
     def ak_public(self) -> bytes:

@@ -17,11 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from server_plugin.attestation import check_payload
 from server_plugin.config import EK_POLICIES
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.runtime.status import PermissionDenied, PluginError, Unavailable
-from spire_tpm_attestor.swtpm import TestCA
 from tests.unit.server_builders import (
     MemoryAllowlist,
+    TestCA,
     broken,
     bundle,
     der,
@@ -97,7 +96,7 @@ def test_ek_policy(
     policy: str, certificate: str, answer: str, ek_ca: TestCA, rogue_ca: TestCA
 ) -> None:
     tpm = SoftwareTPM()
-    pub_hash = ekcert.ek_hash(tpm.ek_key.public_key())
+    pub_hash = tpm.pub_hash
     allowlist, denylist = sources(answer, pub_hash)
     config = server_config(
         ek_policy=policy, ek_ca=bundle(ek_ca), allowlist=allowlist, denylist=denylist
@@ -140,7 +139,7 @@ def test_an_emptied_ca_bundle_certifies_nothing(ek_ca: TestCA) -> None:
     config = server_config(ek_policy="cert", ek_ca=[])
     refusal = rejected("ek_cert_chain", PermissionDenied, check_payload, config, payload)
     assert "no EK CA is configured" in str(refusal)
-    listed = listing(ekcert.ek_hash(tpm.ek_key.public_key()))
+    listed = listing(tpm.pub_hash)
     config = server_config(ek_policy="cert_or_allowlist", ek_ca=[], allowlist=[listed])
     assert check_payload(config, payload).ek_certificate is None
 
@@ -160,7 +159,7 @@ def test_either_way_names_why_the_certificate_failed(rogue_ca: TestCA, ek_ca: Te
 )
 def test_allowlist_sources_are_asked_in_order(order: tuple[str, str], admitted: bool) -> None:
     tpm = SoftwareTPM()
-    pub_hash = ekcert.ek_hash(tpm.ek_key.public_key())
+    pub_hash = tpm.pub_hash
     made = {"listed": listing(pub_hash, source="first"), "broken": broken()}
     config = server_config(ek_policy="allowlist", allowlist=[made[kind] for kind in order])
     if admitted:

@@ -28,12 +28,11 @@ from server_plugin.attestation import (
 )
 from server_plugin.config import ServerConfig
 from server_plugin.pcr_policy import parse_pcr_policy
-from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.status import InvalidArgument, PermissionDenied, PluginError
-from spire_tpm_attestor.swtpm import TestCA
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT
-from tests.unit.server_builders import bundle, der, listing, rejected, server_config
+from tests.unit.server_builders import TestCA, bundle, der, listing, rejected, server_config
 from tests.unit.software_tpm import IntegrityError, SoftwareTPM, activate, devid_signature
 from tests.unit.tpm_builders import AK_ATTRIBUTES, marshal_public, software_ak, tpm_sign
 
@@ -61,7 +60,7 @@ class Node:
 
     @property
     def pub_hash(self) -> str:
-        return ekcert.ek_hash(self.tpm.ek_key.public_key())
+        return self.tpm.pub_hash
 
     def evidence(self) -> Evidence:
         return check_payload(self.config, self.payload)
@@ -226,9 +225,7 @@ def test_challenge_is_for_this_ek_and_this_ak_only(
     tpm, other = (
         SoftwareTPM(ek_key=key) for key in (rsa_keys if ek_kind == "rsa" else [p256(), p256()])
     )
-    config = server_config(
-        ek_policy="allowlist", allowlist=[listing(ekcert.ek_hash(tpm.ek_key.public_key()))]
-    )
+    config = server_config(ek_policy="allowlist", allowlist=[listing(tpm.pub_hash)])
     data, pending = issue_challenge(config, check_payload(config, tpm.payload()))
     challenge = wire.decode_challenge(data)
     blobs = (challenge.credential_blob, challenge.encrypted_secret)
