@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import grpc
 
 from agent_plugin.config import AgentConfig, build_agent_config
-from agent_plugin.tpm import TPMError, TPMSession
+from agent_plugin.tpm import TPMAccessError, TPMSession
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
@@ -101,7 +101,7 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
                 yield agent_pb2.PayloadOrChallengeResponse(payload=wire.encode(payload))
                 challenge = decode_challenge(next(challenges, None))
                 response = answer_challenge(tpm, challenge, config)
-        except TPMError as exc:
+        except TPMAccessError as exc:
             raise Internal(f"TPM: {exc}") from None
         # Yield only after the session is closed: gRPC may not resume this generator
         # for a while, and a TPM without a resource manager has few object slots.

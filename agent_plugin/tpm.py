@@ -49,8 +49,12 @@ _AGENT_NONCE_SIZE = 32
 _RC_NO_SUCH_HANDLE = 0x18B
 
 
-class TPMError(Exception):
-    """A TPM operation failed; the message names the step and the TPM's reason."""
+class TPMAccessError(Exception):
+    """The agent could not use its TPM: it cannot be opened, refused a command, or was
+    asked for something it cannot do. The message names the step and the TPM's reason.
+
+    Unrelated to the core's errors about malformed or unproven TPM structures.
+    """
 
     def __init__(self, message: str, rc: int | None = None) -> None:
         super().__init__(message)
@@ -107,11 +111,11 @@ PCRSelection = Sequence[tuple[str | int, Sequence[int]]]
 
 @contextmanager
 def _tpm_step(what: str) -> Iterator[None]:
-    """Turns a TSS error into a TPMError that says which step failed."""
+    """Turns a TSS error into a TPMAccessError that says which step failed."""
     try:
         yield
     except tss.TSS2_Exception as error:
-        raise TPMError(f"{what}: {error}", rc=int(error.rc)) from error
+        raise TPMAccessError(f"{what}: {error}", rc=int(error.rc)) from error
 
 
 def load_certificate_file(path: str) -> bytes:
@@ -119,11 +123,13 @@ def load_certificate_file(path: str) -> bytes:
     try:
         content = Path(path).read_bytes()
     except OSError as error:
-        raise TPMError(f"cannot read the EK certificate file {path}: {error.strerror}") from error
+        raise TPMAccessError(
+            f"cannot read the EK certificate file {path}: {error.strerror}"
+        ) from error
     try:
         return ekcert.certificate_der(content)
     except TPMStructureError as error:
-        raise TPMError(f"EK certificate file {path}: {error}") from None
+        raise TPMAccessError(f"EK certificate file {path}: {error}") from None
 
 
 def _algorithm_of_certificate(der: bytes) -> str | None:
@@ -146,7 +152,7 @@ def _algorithm_of_public(public: Any) -> str:
     curves = {tss.TPM2_ECC.NIST_P256: 256, tss.TPM2_ECC.NIST_P384: 384, tss.TPM2_ECC.NIST_P521: 521}
     if public.type == tss.TPM2_ALG.ECC and public.parameters.eccDetail.curveID in curves:
         return f"ecc{curves[public.parameters.eccDetail.curveID]}"
-    raise TPMError(f"unsupported EK key type {public.type}")
+    raise TPMAccessError(f"unsupported EK key type {public.type}")
 
 
 def _pcr_bank(bank: str | int) -> int:
@@ -155,7 +161,9 @@ def _pcr_bank(bank: str | int) -> int:
     try:
         return BANKS_BY_NAME[bank.lower()]
     except KeyError:
-        raise TPMError(f"unknown PCR bank {bank!r}; known: {', '.join(BANKS_BY_NAME)}") from None
+        raise TPMAccessError(
+            f"unknown PCR bank {bank!r}; known: {', '.join(BANKS_BY_NAME)}"
+        ) from None
 
 
 def _normalize_selection(selection: PCRSelection) -> list[tuple[int, list[int]]]:
@@ -164,7 +172,7 @@ def _normalize_selection(selection: PCRSelection) -> list[tuple[int, list[int]]]
     for bank, indices in selection:
         for index in indices:
             if not 0 <= index <= _MAX_PCR_INDEX:
-                raise TPMError(f"PCR index {index} is out of range 0-{_MAX_PCR_INDEX}")
+                raise TPMAccessError(f"PCR index {index} is out of range 0-{_MAX_PCR_INDEX}")
         banks.setdefault(_pcr_bank(bank), set()).update(indices)
     return [(alg, sorted(indices)) for alg, indices in banks.items() if indices]
 
@@ -198,7 +206,7 @@ def _quote_digest_matches(attest: bytes, signature: Any, values: Sequence[PCRVal
     """Whether the values read afterwards are the ones the quote's pcrDigest covers."""
     hash_alg = int(signature.signature.any.hashAlg)
     if hash_alg not in BANK_NAMES:
-        raise TPMError(f"AK signs with unsupported hash algorithm {hash_alg:#06x}")
+        raise TPMAccessError(f"AK signs with unsupported hash algorithm {hash_alg:#06x}")
     quoted, _ = tss.TPMS_ATTEST.unmarshal(attest)
     digest = hashlib.new(BANK_NAMES[hash_alg], b"".join(v.digest for v in values)).digest()
     return bytes(quoted.attested.quote.pcrDigest) == digest
@@ -293,7 +301,7 @@ def _signing_key_template(algorithm: str, extra_attributes: Any, what: str) -> A
         )
         key_type = tss.TPM2_ALG.ECC
     else:
-        raise TPMError(f"unknown {what} algorithm {algorithm!r}; use 'rsa' or 'ecc'")
+        raise TPMAccessError(f"unknown {what} algorithm {algorithm!r}; use 'rsa' or 'ecc'")
     return tss.TPM2B_PUBLIC(
         publicArea=tss.TPMT_PUBLIC(
             type=key_type,
@@ -341,7 +349,7 @@ def _open_esapi(tcti: str | None) -> tuple[Any, str]:
             failures.append(f"{candidate} ({error})")
             continue
         return esapi, candidate
-    raise TPMError("cannot open the TPM; tried " + "; ".join(failures))
+    raise TPMAccessError("cannot open the TPM; tried " + "; ".join(failures))
 
 
 def _transient_handles(esapi: Any) -> list[int]:
@@ -497,7 +505,9 @@ class TPMSession:
     ) -> tuple[EKType, bytes | None]:
         """The EK type to use and its NV certificate, if any."""
         if algorithm is not None and algorithm not in EK_ALGORITHMS:
-            raise TPMError(f"unknown EK algorithm {algorithm!r}; known: {', '.join(EK_ALGORITHMS)}")
+            raise TPMAccessError(
+                f"unknown EK algorithm {algorithm!r}; known: {', '.join(EK_ALGORITHMS)}"
+            )
         candidates = [t for t in EK_TYPES if algorithm in (None, t.algorithm)]
         for ek_type in candidates:
             certificate = self._read_nv_certificate(ek_type.cert_index)
@@ -527,7 +537,7 @@ class TPMSession:
         try:
             return ekcert.certificate_der(data)
         except TPMStructureError as error:
-            raise TPMError(f"NV index {index:#010x} holds no certificate: {error}") from None
+            raise TPMAccessError(f"NV index {index:#010x} holds no certificate: {error}") from None
 
     def _create_ek(self, ek_type: EKType) -> tuple[Handle, Any]:
         def nv_read(index: int) -> bytes:
@@ -551,7 +561,7 @@ class TPMSession:
         area = public.publicArea
         key_algorithm = _algorithm_of_public(area)
         if algorithm is not None and algorithm != key_algorithm:
-            raise TPMError(
+            raise TPMAccessError(
                 f"the EK at {persistent_handle:#010x} is {key_algorithm}, not {algorithm}"
             )
         # Low-range EKs need a policy session; high-range ones accept the (empty) password.
@@ -589,7 +599,7 @@ class TPMSession:
         if not self._supports_aes_cfb():
             # Refused by default: an interposer could fake this answer to switch encryption off.
             if self._require_encryption:
-                raise TPMError(
+                raise TPMAccessError(
                     "the TPM does not offer AES-128-CFB for parameter encryption; set "
                     "allow_unencrypted_sessions = true to attest without it"
                 )
@@ -697,7 +707,7 @@ class TPMSession:
         Returns the TPMS_ATTEST (no size prefix) and the marshaled TPMT_SIGNATURE.
         """
         if self._devid is None or self._ak is None:
-            raise TPMError("certify_devid needs load_devid() and create_ak() first")
+            raise TPMAccessError("certify_devid needs load_devid() and create_ak() first")
         # Certify authorizes the certified object (ADMIN) first, then the signing AK.
         session = self._session_for(encrypt_response=True)
         with _tpm_step("certifying the DevID key with the AK"):
@@ -719,7 +729,7 @@ class TPMSession:
         nonce and the marshaled TPMT_SIGNATURE.
         """
         if self._devid is None:
-            raise TPMError("sign_with_devid needs load_devid() first")
+            raise TPMAccessError("sign_with_devid needs load_devid() first")
         agent_nonce = os.urandom(_AGENT_NONCE_SIZE)
         digest = hashlib.sha256(devid_signed_data(server_nonce, agent_nonce)).digest()
         # TPM2_Sign answers with a TPMT_SIGNATURE, which is not a TPM2B: no response encryption.
@@ -741,7 +751,7 @@ class TPMSession:
         detail = area.parameters.rsaDetail if is_rsa else area.parameters.eccDetail
         if detail.scheme.scheme != tss.TPM2_ALG.NULL:
             if detail.scheme.details.anySig.hashAlg != tss.TPM2_ALG.SHA256:
-                raise TPMError("the DevID key's scheme does not hash with SHA-256")
+                raise TPMAccessError("the DevID key's scheme does not hash with SHA-256")
             return tss.TPMT_SIG_SCHEME(scheme=tss.TPM2_ALG.NULL)
         scheme = tss.TPMT_SIG_SCHEME(scheme=tss.TPM2_ALG.RSASSA if is_rsa else tss.TPM2_ALG.ECDSA)
         scheme.details.any.hashAlg = tss.TPM2_ALG.SHA256
@@ -779,7 +789,7 @@ class TPMSession:
         Both arguments are TPM2B structures including their size prefix.
         """
         if self._ek is None or self._ak is None:
-            raise TPMError("activate_credential needs read_ek() and create_ak() first")
+            raise TPMAccessError("activate_credential needs read_ek() and create_ak() first")
         blob = _unmarshal_exactly(tss.TPM2B_ID_OBJECT, credential_blob, "credential blob")
         secret = _unmarshal_exactly(
             tss.TPM2B_ENCRYPTED_SECRET, encrypted_secret, "encrypted secret"
@@ -807,9 +817,9 @@ class TPMSession:
         (the values do not hash to the quoted digest) the quote is taken again.
         """
         if self._ak is None:
-            raise TPMError("quote needs create_ak() first")
+            raise TPMAccessError("quote needs create_ak() first")
         if len(nonce) > _MAX_NONCE:
-            raise TPMError(f"nonce of {len(nonce)} bytes is longer than {_MAX_NONCE}")
+            raise TPMAccessError(f"nonce of {len(nonce)} bytes is longer than {_MAX_NONCE}")
         banks = _normalize_selection(pcr_selection)
         selection = _tpml_pcr_selection(banks)
         for _ in range(_QUOTE_ATTEMPTS):
@@ -826,7 +836,7 @@ class TPMSession:
             if _quote_digest_matches(bytes(attest), signature, values):
                 return Quote(bytes(attest), bytes(signature.marshal()), values)
             log.info("PCRs changed while quoting; quoting again")
-        raise TPMError(f"PCRs kept changing while quoting ({_QUOTE_ATTEMPTS} attempts)")
+        raise TPMAccessError(f"PCRs kept changing while quoting ({_QUOTE_ATTEMPTS} attempts)")
 
     def _read_pcrs(self, banks: Sequence[tuple[int, Sequence[int]]]) -> list[PCRValue]:
         """PCR values in selection order; TPM2_PCR_Read returns at most 8 per call."""
@@ -846,7 +856,7 @@ class TPMSession:
                 missing = ", ".join(
                     pcr_label(alg, index) for alg, indices in pending.items() for index in indices
                 )
-                raise TPMError(f"the TPM does not have PCRs {missing} (bank not allocated?)")
+                raise TPMAccessError(f"the TPM does not have PCRs {missing} (bank not allocated?)")
             for pair, digest in zip(pairs, digests, strict=True):
                 found[pair] = bytes(digest)
         return [PCRValue(alg, index, found[(alg, index)]) for alg, index in wanted]
@@ -856,7 +866,7 @@ def _unmarshal_exactly(cls: Any, data: bytes, what: str) -> Any:
     try:
         value, consumed = cls.unmarshal(data)
     except (tss.TSS2_Exception, ValueError) as error:
-        raise TPMError(f"malformed {what}: {error}") from error
+        raise TPMAccessError(f"malformed {what}: {error}") from error
     if consumed != len(data):
-        raise TPMError(f"malformed {what}: {len(data) - consumed} trailing bytes")
+        raise TPMAccessError(f"malformed {what}: {len(data) - consumed} trailing bytes")
     return value

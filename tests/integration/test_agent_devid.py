@@ -12,7 +12,7 @@ tss = pytest.importorskip("tpm2_pytss")
 
 from agent_plugin.config import build_agent_config  # noqa: E402 - needs tpm2-pytss
 from agent_plugin.devid import load_devid_key  # noqa: E402
-from agent_plugin.tpm import TPMError, TPMSession, _srk_template  # noqa: E402
+from agent_plugin.tpm import TPMAccessError, TPMSession, _srk_template  # noqa: E402
 from spire_tpm_attestor import wire  # noqa: E402
 from spire_tpm_attestor.cli import main as cli_main  # noqa: E402
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig  # noqa: E402
@@ -66,12 +66,12 @@ def test_each_devid_signature_has_a_fresh_agent_nonce(swtpm: SWTPM) -> None:
 
 def test_devid_operations_need_the_keys(swtpm: SWTPM) -> None:
     with TPMSession(swtpm.tcti) as tpm:
-        with pytest.raises(TPMError, match="needs load_devid"):
+        with pytest.raises(TPMAccessError, match="needs load_devid"):
             tpm.sign_with_devid(NONCE)
         tpm.load_devid(*tpm.create_devid_key("ecc"))
-        with pytest.raises(TPMError, match="needs load_devid\\(\\) and create_ak"):
+        with pytest.raises(TPMAccessError, match="needs load_devid\\(\\) and create_ak"):
             tpm.certify_devid(NONCE)
-        with pytest.raises(TPMError, match="malformed DevID public area"):
+        with pytest.raises(TPMAccessError, match="malformed DevID public area"):
             tpm.load_devid(b"\x00\x05junk", b"")
     assert leftover_handles(swtpm.tcti) == []
 
@@ -79,7 +79,10 @@ def test_devid_operations_need_the_keys(swtpm: SWTPM) -> None:
 def test_devid_key_that_is_not_this_tpms_is_refused(swtpm: SWTPM) -> None:
     with SWTPM() as other, TPMSession(other.tcti) as tpm:
         public, private = tpm.create_devid_key("ecc")
-    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMError, match="loading the DevID key"):
+    with (
+        TPMSession(swtpm.tcti) as tpm,
+        pytest.raises(TPMAccessError, match="loading the DevID key"),
+    ):
         tpm.load_devid(public, private)
     assert leftover_handles(swtpm.tcti) == []
 
@@ -211,6 +214,6 @@ def test_devid_pinned_to_another_hash_is_refused(swtpm: SWTPM) -> None:
     public, private = _created(swtpm.tcti, "ecc256:ecdsa-sha384:null")
     with TPMSession(swtpm.tcti) as tpm:
         tpm.load_devid(public, private)
-        with pytest.raises(TPMError, match="does not hash with SHA-256"):
+        with pytest.raises(TPMAccessError, match="does not hash with SHA-256"):
             tpm.sign_with_devid(NONCE)
     assert leftover_handles(swtpm.tcti) == []

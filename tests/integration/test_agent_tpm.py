@@ -16,7 +16,7 @@ tss_utils = pytest.importorskip("tpm2_pytss.utils")
 
 from agent_plugin.tpm import (  # noqa: E402 - needs tpm2-pytss, checked just above
     EndorsementKey,
-    TPMError,
+    TPMAccessError,
     TPMSession,
     flush_all_transients,
 )
@@ -93,13 +93,13 @@ def test_certificate_der_rejects_non_certificates(data: bytes, reason: str) -> N
 
 
 def test_unsupported_tcti_is_named() -> None:
-    with pytest.raises(TPMError, match=r"bogus:x \(unsupported TCTI"):
+    with pytest.raises(TPMAccessError, match=r"bogus:x \(unsupported TCTI"):
         TPMSession("bogus:x")
 
 
 def test_unreachable_swtpm_error_names_the_tcti() -> None:
     tcti = f"swtpm:host=127.0.0.1,port={closed_port()}"
-    with pytest.raises(TPMError, match="cannot open the TPM; tried " + tcti):
+    with pytest.raises(TPMAccessError, match="cannot open the TPM; tried " + tcti):
         TPMSession(tcti)
 
 
@@ -107,7 +107,7 @@ def test_unreachable_swtpm_error_names_the_tcti() -> None:
     os.path.exists("/dev/tpmrm0") or os.path.exists("/dev/tpm0"), reason="host has a TPM"
 )
 def test_default_tcti_error_names_both_devices() -> None:
-    with pytest.raises(TPMError) as raised:
+    with pytest.raises(TPMAccessError) as raised:
         TPMSession()
     message = str(raised.value)
     assert "device:/dev/tpmrm0 (no such device)" in message
@@ -207,9 +207,9 @@ def test_unreadable_cert_path_is_reported(bare_swtpm: SWTPM, tmp_path: Path) -> 
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"hello")
     with TPMSession(bare_swtpm.tcti) as tpm:
-        with pytest.raises(TPMError, match="runs past the end"):
+        with pytest.raises(TPMAccessError, match="runs past the end"):
             tpm.read_ek("rsa2048", cert_path=str(garbage))
-        with pytest.raises(TPMError, match="cannot read the EK certificate file"):
+        with pytest.raises(TPMAccessError, match="cannot read the EK certificate file"):
             tpm.read_ek("rsa2048", cert_path=str(tmp_path / "missing.pem"))
 
 
@@ -238,7 +238,7 @@ def test_certificate_for_another_key_is_passed_through(bare_swtpm: SWTPM, ek_ca:
 
 @pytest.mark.swtpm
 def test_unknown_ek_algorithm(swtpm: SWTPM) -> None:
-    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMError, match="unknown EK algorithm"):
+    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMAccessError, match="unknown EK algorithm"):
         tpm.read_ek("dsa1024")
 
 
@@ -275,7 +275,7 @@ def test_each_ak_is_fresh(swtpm: SWTPM) -> None:
 
 @pytest.mark.swtpm
 def test_unknown_ak_algorithm(swtpm: SWTPM) -> None:
-    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMError, match="unknown AK algorithm"):
+    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMAccessError, match="unknown AK algorithm"):
         tpm.create_ak("dsa")
     assert leftover_handles(swtpm.tcti) == []
 
@@ -302,14 +302,14 @@ def test_credential_for_another_ak_is_refused(swtpm: SWTPM) -> None:
         other_ak = tpm.create_ak("ecc")
         tpm.create_ak("ecc")
         blob, encrypted_secret = challenge_for(ek.public, other_ak)
-        with pytest.raises(TPMError, match=r"activating the credential: .*integrity"):
+        with pytest.raises(TPMAccessError, match=r"activating the credential: .*integrity"):
             tpm.activate_credential(blob, encrypted_secret)
     assert leftover_handles(swtpm.tcti) == []
 
 
 @pytest.mark.swtpm
 def test_activation_needs_ek_and_ak(swtpm: SWTPM) -> None:
-    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMError, match="read_ek"):
+    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMAccessError, match="read_ek"):
         tpm.activate_credential(b"\x00\x00", b"\x00\x00")
 
 
@@ -383,7 +383,7 @@ def test_bad_pcr_selection(
 ) -> None:
     with TPMSession(swtpm.tcti) as tpm:
         tpm.create_ak("ecc")
-        with pytest.raises(TPMError, match=message):
+        with pytest.raises(TPMAccessError, match=message):
             tpm.quote(selection, NONCE)
     assert leftover_handles(swtpm.tcti) == []
 
@@ -404,7 +404,7 @@ def test_quote_over_an_unallocated_bank(tmp_path: Path) -> None:
     with SWTPM(state) as simulator, TPMSession(simulator.tcti) as tpm:  # reboot: new banks
         tpm.create_ak("ecc")
         # The TPM quotes what it has and drops the rest; the agent must not send that.
-        with pytest.raises(TPMError, match=r"does not have PCRs sha1:0"):
+        with pytest.raises(TPMAccessError, match=r"does not have PCRs sha1:0"):
             tpm.quote([("sha256", [0]), ("sha1", [0])], NONCE)
         assert len(tpm.quote([("sha256", [0])], NONCE).pcr_values) == 1
 
@@ -413,7 +413,7 @@ def test_quote_over_an_unallocated_bank(tmp_path: Path) -> None:
 def test_overlong_nonce(swtpm: SWTPM) -> None:
     with TPMSession(swtpm.tcti) as tpm:
         tpm.create_ak("ecc")
-        with pytest.raises(TPMError, match="nonce of 65 bytes"):
+        with pytest.raises(TPMAccessError, match="nonce of 65 bytes"):
             tpm.quote([], bytes(65))
 
 
@@ -468,7 +468,7 @@ def test_ten_cycles_do_not_exhaust_object_slots(swtpm: SWTPM) -> None:
         if fault is None:
             _attestation_cycle(swtpm.tcti, ek_algorithm, ak_algorithm, fault)
         else:
-            with pytest.raises((TPMError, RuntimeError)):
+            with pytest.raises((TPMAccessError, RuntimeError)):
                 _attestation_cycle(swtpm.tcti, ek_algorithm, ak_algorithm, fault)
         assert leftover_handles(swtpm.tcti) == [], (ek_algorithm, ak_algorithm, fault)
 
@@ -480,7 +480,7 @@ def test_flush_all_transients_clears_a_dead_process_leftovers(swtpm: SWTPM) -> N
         template = tss.TPM2B_PUBLIC(publicArea=tss.TPMT_PUBLIC.parse("ecc256"))
         esapi.create_primary(tss.TPM2B_SENSITIVE_CREATE(), template, hierarchy)
     esapi.close()  # like a process that died: three slots stay taken
-    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMError, match=r"EK: .*out of memory"):
+    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMAccessError, match=r"EK: .*out of memory"):
         tpm.read_ek("ecc256")
     assert flush_all_transients(swtpm.tcti) == 3
     _attestation_cycle(swtpm.tcti, "rsa2048", "rsa", None)
@@ -525,7 +525,7 @@ def test_persistent_ek_and_ak(swtpm: SWTPM) -> None:
         ak_public = tpm.create_ak(persistent_handle=PERSISTENT_AK)
         blob, encrypted_secret = challenge_for(ek.public, ak_public)
         assert tpm.activate_credential(blob, encrypted_secret) == SECRET
-        with pytest.raises(TPMError, match="is rsa2048, not ecc256"):
+        with pytest.raises(TPMAccessError, match="is rsa2048, not ecc256"):
             tpm.read_ek("ecc256", persistent_handle=PERSISTENT_EK)
     assert (ek.algorithm, ek.high_range) == ("rsa2048", False)
     assert ek.certificate is not None
@@ -541,5 +541,5 @@ def test_persistent_ek_and_ak(swtpm: SWTPM) -> None:
 
 @pytest.mark.swtpm
 def test_missing_persistent_handle(swtpm: SWTPM) -> None:
-    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMError, match="0x81010001"):
+    with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMAccessError, match="0x81010001"):
         tpm.read_ek(persistent_handle=PERSISTENT_EK)

@@ -75,11 +75,11 @@ def test_tpm_without_aes_is_refused_by_default(
     swtpm: SWTPM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An interposer could fake the capability answer: the agent must not quietly comply.
-    from agent_plugin.tpm import TPMError, TPMSession
+    from agent_plugin.tpm import TPMAccessError, TPMSession
 
     monkeypatch.setattr(TPMSession, "_supports_aes_cfb", lambda self: False)
     with TPMSession(swtpm.tcti) as tpm:
         tpm.read_ek("rsa2048")
         tpm.create_ak("ecc")
-        with pytest.raises(TPMError, match="allow_unencrypted_sessions = true"):
+        with pytest.raises(TPMAccessError, match="allow_unencrypted_sessions = true"):
             tpm.activate_credential(b"\x00\x02ab", b"\x00\x02cd")
