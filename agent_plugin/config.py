@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from agent_plugin.devid import DevIDFileError, DevIDKey, load_devid_key
 from spire_tpm_attestor.runtime.config import ConfigReader, CoreConfig, read_config
+from spire_tpm_attestor.tpm.constants import PERSISTENT_FIRST, PERSISTENT_LAST
 
 EK_ALGORITHMS = ("rsa2048", "ecc256", "ecc384")
 AK_ALGORITHMS = ("rsa", "ecc")
@@ -17,8 +18,10 @@ def parse_handle(text: str) -> int:
         handle = int(text, 0)
     except ValueError:
         raise ValueError(f"{text!r} is not a TPM handle (write it as 0x81xxxxxx)") from None
-    if not 0x81000000 <= handle <= 0x81FFFFFF:
-        raise ValueError(f"{text} is not a persistent handle (0x81000000-0x81ffffff)")
+    if not PERSISTENT_FIRST <= handle <= PERSISTENT_LAST:
+        raise ValueError(
+            f"{text} is not a persistent handle ({PERSISTENT_FIRST:#x}-{PERSISTENT_LAST:#x})"
+        )
     return handle
 
 

@@ -15,11 +15,12 @@ import tpm2_pytss as tss
 from tpm2_pytss.tsskey import TSSPrivKey
 
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.tpm.constants import PERSISTENT_FIRST, PERSISTENT_LAST
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public, public_key_equals
 
 MAX_KEY_FILE = 64 * 1024
 MAX_CHAIN = 8
-_PERSISTENT = range(0x81000000, 0x82000000)
+_PERSISTENT = range(PERSISTENT_FIRST, PERSISTENT_LAST + 1)
 
 
 class DevIDFileError(ValueError):

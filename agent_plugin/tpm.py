@@ -28,7 +28,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from spire_tpm_attestor import ekcert
-from spire_tpm_attestor.tpm.constants import BANK_NAMES, BANKS_BY_NAME, pcr_label
+from spire_tpm_attestor.tpm.constants import (
+    BANK_NAMES,
+    BANKS_BY_NAME,
+    EK_TEMPLATES,
+    EKTemplate,
+    pcr_label,
+)
 from spire_tpm_attestor.tpm.errors import TPMStructureError
 from spire_tpm_attestor.wire import devid_signed_data
 
@@ -45,9 +51,6 @@ _QUOTE_ATTEMPTS = 3
 _MAX_NONCE = 64  # TPM2B_DATA capacity in libtss2
 _AGENT_NONCE_SIZE = 32
 
-# TPM_RC_HANDLE for the first handle: nothing is defined or loaded there.
-_RC_NO_SUCH_HANDLE = 0x18B
-
 
 class TPMAccessError(Exception):
     """The agent could not use its TPM: it cannot be opened, refused a command, or was
@@ -61,28 +64,7 @@ class TPMAccessError(Exception):
         self.rc = rc
 
 
-@dataclass(frozen=True)
-class EKType:
-    """One TCG default EK template and the NV index of its certificate."""
-
-    template: str  # tpm2-pytss lookup name (the long names work with 2.3 and 3.0)
-    algorithm: str
-    high_range: bool
-    cert_index: int
-
-
-# In default preference order: RSA 2048 first (every server accepts it), low range first.
-EK_TYPES = (
-    EKType("EK-RSA2048", "rsa2048", False, 0x01C00002),
-    EKType("EK-HIGH-RSA2048", "rsa2048", True, 0x01C00012),
-    EKType("EK-ECC256", "ecc256", False, 0x01C0000A),
-    EKType("EK-HIGH-ECC256", "ecc256", True, 0x01C00014),
-    EKType("EK-HIGH-ECC384", "ecc384", True, 0x01C00016),
-    EKType("EK-HIGH-RSA3072", "rsa3072", True, 0x01C0001C),
-    EKType("EK-HIGH-RSA4096", "rsa4096", True, 0x01C0001E),
-    EKType("EK-HIGH-ECC521", "ecc521", True, 0x01C00018),
-)
-EK_ALGORITHMS = tuple(dict.fromkeys(ek_type.algorithm for ek_type in EK_TYPES))
+EK_ALGORITHMS = tuple(dict.fromkeys(ek_type.algorithm for ek_type in EK_TEMPLATES))
 
 
 @dataclass(frozen=True)
@@ -502,13 +484,13 @@ class TPMSession:
 
     def _choose_ek_type(
         self, algorithm: str | None, cert_path: str | None
-    ) -> tuple[EKType, bytes | None]:
+    ) -> tuple[EKTemplate, bytes | None]:
         """The EK type to use and its NV certificate, if any."""
         if algorithm is not None and algorithm not in EK_ALGORITHMS:
             raise TPMAccessError(
                 f"unknown EK algorithm {algorithm!r}; known: {', '.join(EK_ALGORITHMS)}"
             )
-        candidates = [t for t in EK_TYPES if algorithm in (None, t.algorithm)]
+        candidates = [t for t in EK_TEMPLATES if algorithm in (None, t.algorithm)]
         for ek_type in candidates:
             certificate = self._read_nv_certificate(ek_type.cert_index)
             if certificate is not None:
@@ -519,7 +501,7 @@ class TPMSession:
                 _algorithm_of_certificate(load_certificate_file(cert_path)) if cert_path else None
             )
             algorithm = file_algorithm if file_algorithm in EK_ALGORITHMS else "rsa2048"
-        return next(t for t in EK_TYPES if t.algorithm == algorithm), None
+        return next(t for t in EK_TEMPLATES if t.algorithm == algorithm), None
 
     def _nv_read(self, index: int) -> bytes:
         if self._nv_reader is None:
@@ -539,7 +521,7 @@ class TPMSession:
         except TPMStructureError as error:
             raise TPMAccessError(f"NV index {index:#010x} holds no certificate: {error}") from None
 
-    def _create_ek(self, ek_type: EKType) -> tuple[Handle, Any]:
+    def _create_ek(self, ek_type: EKTemplate) -> tuple[Handle, Any]:
         def nv_read(index: int) -> bytes:
             # The certificate is already read (or absent); a placeholder keeps
             # create_ek_template from refusing a high-range EK without one.
@@ -555,7 +537,7 @@ class TPMSession:
 
     def _load_persistent_ek(
         self, persistent_handle: int, algorithm: str | None
-    ) -> tuple[Handle, Any, EKType]:
+    ) -> tuple[Handle, Any, EKTemplate]:
         handle = self._open_persistent(persistent_handle, "EK")
         public = self._read_public(handle)
         area = public.publicArea
@@ -568,8 +550,8 @@ class TPMSession:
         high_range = bool(area.objectAttributes & tss.TPMA_OBJECT.USERWITHAUTH)
         # No TCG type matches (e.g. a vendor template): no NV index to look for a certificate.
         ek_type = next(
-            (t for t in EK_TYPES if (t.algorithm, t.high_range) == (key_algorithm, high_range)),
-            EKType("persistent", key_algorithm, high_range, cert_index=0),
+            (t for t in EK_TEMPLATES if (t.algorithm, t.high_range) == (key_algorithm, high_range)),
+            EKTemplate("", "persistent", key_algorithm, high_range, cert_index=0),
         )
         return handle, public, ek_type
 

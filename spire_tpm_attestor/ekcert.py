@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPubli
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from spire_tpm_attestor.tpm.constants import OID_TCG_MANUFACTURER, OID_TCG_MODEL, OID_TCG_VERSION
 from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import PublicArea, public_key_equals
 
@@ -41,9 +42,6 @@ _MAX_DER_NESTING = 32
 _TCG_NV_HEADER = b"\x10\x01\x00"
 # DER of OID 1.2.840.113549.1.1.7 (id-RSAES-OAEP), used in some EK certificates' SPKI.
 _OID_RSAES_OAEP = bytes.fromhex("06092a864886f70d010107")
-OID_TCG_MANUFACTURER = x509.ObjectIdentifier("2.23.133.2.1")
-OID_TCG_MODEL = x509.ObjectIdentifier("2.23.133.2.2")
-OID_TCG_VERSION = x509.ObjectIdentifier("2.23.133.2.3")
 _CHAIN_HASHES = (hashes.SHA1, hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
 _PEM_CERTIFICATE = re.compile(

@@ -26,13 +26,16 @@ from typing import Any, Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.x509.oid import NameOID
 
-# TCG EK Credential Profile attribute and key-purpose OIDs.
-OID_TPM_MANUFACTURER = ObjectIdentifier("2.23.133.2.1")
-OID_TPM_MODEL = ObjectIdentifier("2.23.133.2.2")
-OID_TPM_VERSION = ObjectIdentifier("2.23.133.2.3")
-OID_EK_CERTIFICATE = ObjectIdentifier("2.23.133.8.1")
+from spire_tpm_attestor.tpm.constants import EK_TEMPLATES as TCG_EK_TEMPLATES
+from spire_tpm_attestor.tpm.constants import (
+    OID_TCG_EK_CERTIFICATE,
+    OID_TCG_MANUFACTURER,
+    OID_TCG_MODEL,
+    OID_TCG_VERSION,
+    RC_NO_SUCH_HANDLE,
+)
 
 # "id:" + the TPM_PT_MANUFACTURER value in hex: "SWTP".
 DEFAULT_MANUFACTURER = "id:53575450"
@@ -42,19 +45,15 @@ DEFAULT_VERSION = "id:20191023"
 # Algorithm names the agent uses, mapped to the TCG template provisioned for them.
 DEFAULT_EK_TYPES = {"rsa2048": "L-1", "ecc256": "L-2", "ecc384": "H-3"}
 
-# TCG template name -> (tpm2-pytss lookup name, certificate NV index). The long lookup
-# names are the ones tpm2-pytss 2.3 also knows.
+# TCG template name -> (tpm2-pytss lookup name, certificate NV index) of the templates
+# that can be provisioned here.
+_PROVISIONED_TEMPLATES = ("L-1", "L-2", "H-1", "H-2", "H-3", "H-6")
 EK_TEMPLATES: dict[str, tuple[str, int]] = {
-    "L-1": ("EK-RSA2048", 0x01C00002),
-    "L-2": ("EK-ECC256", 0x01C0000A),
-    "H-1": ("EK-HIGH-RSA2048", 0x01C00012),
-    "H-2": ("EK-HIGH-ECC256", 0x01C00014),
-    "H-3": ("EK-HIGH-ECC384", 0x01C00016),
-    "H-6": ("EK-HIGH-RSA3072", 0x01C0001C),
+    t.tcg_name: (t.template, t.cert_index)
+    for t in TCG_EK_TEMPLATES
+    if t.tcg_name in _PROVISIONED_TEMPLATES
 }
 
-# TPM_RC_HANDLE for the first handle: the index is not defined.
-_RC_NO_SUCH_HANDLE = 0x18B
 # NV writes are split to stay under TPM2_PT_NV_BUFFER_MAX (1024 on swtpm).
 _NV_WRITE_CHUNK = 512
 
@@ -198,9 +197,9 @@ class TestCA:
             [
                 x509.RelativeDistinguishedName([x509.NameAttribute(oid, value)])
                 for oid, value in (
-                    (OID_TPM_MANUFACTURER, manufacturer),
-                    (OID_TPM_MODEL, model),
-                    (OID_TPM_VERSION, version),
+                    (OID_TCG_MANUFACTURER, manufacturer),
+                    (OID_TCG_MODEL, model),
+                    (OID_TCG_VERSION, version),
                 )
             ]
         )
@@ -233,7 +232,7 @@ class TestCA:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([OID_EK_CERTIFICATE]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([OID_TCG_EK_CERTIFICATE]), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(
                     self.intermediate_key.public_key()
@@ -468,7 +467,7 @@ def _write_nv(esapi: Any, index: int, data: bytes) -> None:
     try:
         existing = esapi.tr_from_tpmpublic(index)
     except TSS2_Exception as error:
-        if error.rc != _RC_NO_SUCH_HANDLE:
+        if error.rc != RC_NO_SUCH_HANDLE:
             raise
     else:
         esapi.nv_undefine_space(existing, auth_handle=ESYS_TR.RH_PLATFORM)

@@ -1,11 +1,15 @@
-"""TPM 2.0 constants (TPM 2.0 Library Part 2) used by the server-side primitives.
+"""TPM 2.0 and TCG constants: the one copy the agent, the server and the tools share.
 
-Class and member names are spelled as in the TPM specification.
+TPM 2.0 Library Part 2 (algorithms, curves, attributes, structure tags, handles, response
+codes) and the TCG EK Credential Profile (default EK templates, their certificates' NV
+indices, certificate OIDs). Class and member names are spelled as in the specifications.
 """
 
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Final
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -89,6 +93,13 @@ TPM_ST_ATTEST_CERTIFY: Final = TPM_ST.ATTEST_CERTIFY
 # First four bytes of every structure the TPM signs itself (TPM_GENERATED_VALUE).
 TPM_GENERATED_VALUE: Final = 0xFF544347
 
+# Persistent object handles (TPM_HT_PERSISTENT).
+PERSISTENT_FIRST: Final = 0x81000000
+PERSISTENT_LAST: Final = 0x81FFFFFF
+
+# TPM_RC_HANDLE + TPM_RC_1: nothing is defined or loaded at the command's first handle.
+RC_NO_SUCH_HANDLE: Final = 0x18B
+
 HASH_ALGORITHMS: Final[dict[int, type[hashes.HashAlgorithm]]] = {
     TPM_ALG.SHA1: hashes.SHA1,
     TPM_ALG.SHA256: hashes.SHA256,
@@ -110,6 +121,38 @@ ECC_CURVES: Final[dict[int, type[ec.EllipticCurve]]] = {
     TPM_ECC.NIST_P384: ec.SECP384R1,
     TPM_ECC.NIST_P521: ec.SECP521R1,
 }
+
+
+# TCG EK Credential Profile: subject alternative name attributes of an EK certificate
+# (TPM manufacturer, model, firmware version) and its extended key usage.
+OID_TCG_MANUFACTURER: Final = x509.ObjectIdentifier("2.23.133.2.1")
+OID_TCG_MODEL: Final = x509.ObjectIdentifier("2.23.133.2.2")
+OID_TCG_VERSION: Final = x509.ObjectIdentifier("2.23.133.2.3")
+OID_TCG_EK_CERTIFICATE: Final = x509.ObjectIdentifier("2.23.133.8.1")
+
+
+@dataclass(frozen=True)
+class EKTemplate:
+    """One TCG default EK template (EK Credential Profile) and its certificate's NV index."""
+
+    tcg_name: str  # "L-1", "H-3", ...; empty for a key of no TCG template
+    template: str  # tpm2-pytss lookup name (the long names work with 2.3 and 3.0)
+    algorithm: str  # "rsa2048", "ecc256", ...: the agent's ek_algorithm values
+    high_range: bool
+    cert_index: int  # 0: no NV index to look for a certificate
+
+
+# In the agent's preference order: RSA 2048 first (every server accepts it), low range first.
+EK_TEMPLATES: Final = (
+    EKTemplate("L-1", "EK-RSA2048", "rsa2048", False, 0x01C00002),
+    EKTemplate("H-1", "EK-HIGH-RSA2048", "rsa2048", True, 0x01C00012),
+    EKTemplate("L-2", "EK-ECC256", "ecc256", False, 0x01C0000A),
+    EKTemplate("H-2", "EK-HIGH-ECC256", "ecc256", True, 0x01C00014),
+    EKTemplate("H-3", "EK-HIGH-ECC384", "ecc384", True, 0x01C00016),
+    EKTemplate("H-6", "EK-HIGH-RSA3072", "rsa3072", True, 0x01C0001C),
+    EKTemplate("H-7", "EK-HIGH-RSA4096", "rsa4096", True, 0x01C0001E),
+    EKTemplate("H-4", "EK-HIGH-ECC521", "ecc521", True, 0x01C00018),
+)
 
 
 def hash_algorithm(alg: int) -> hashes.HashAlgorithm:
