@@ -105,7 +105,7 @@ def provision_devid(
 def import_software_devid(tcti: str, ca: TestCA, directory: Path) -> DevIDFiles:
     """A DevID key made in software (so known outside the TPM), with a genuine certificate,
     imported under the agent's SRK: the TPM loads and uses it, but not as fixedTPM."""
-    from agent_plugin.tpm import _srk_template
+    from agent_plugin.tpm.session import srk_template
 
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(
@@ -119,7 +119,7 @@ def import_software_devid(tcti: str, ca: TestCA, directory: Path) -> DevIDFiles:
     esapi = tss.ESAPI(tcti)
     try:
         srk, srk_public, *_ = esapi.create_primary(
-            tss.TPM2B_SENSITIVE_CREATE(), _srk_template(), tss.ESYS_TR.OWNER
+            tss.TPM2B_SENSITIVE_CREATE(), srk_template(), tss.ESYS_TR.OWNER
         )
         try:
             seed_key, duplicate, seed = tss_utils.wrap(srk_public.publicArea, public, sensitive)

@@ -12,7 +12,8 @@ tss = pytest.importorskip("tpm2_pytss")
 
 from agent_plugin.config import build_agent_config  # noqa: E402 - needs tpm2-pytss
 from agent_plugin.devid import load_devid_key  # noqa: E402
-from agent_plugin.tpm import TPMAccessError, TPMSession, _srk_template  # noqa: E402
+from agent_plugin.tpm import TPMAccessError, TPMSession  # noqa: E402
+from agent_plugin.tpm.session import srk_template  # noqa: E402
 from spire_tpm_attestor import wire  # noqa: E402
 from spire_tpm_attestor.cli import main as cli_main  # noqa: E402
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig  # noqa: E402
@@ -91,7 +92,7 @@ def _persist_srk(tcti: str) -> None:
     esapi = tss.ESAPI(tcti)
     try:
         srk, *_ = esapi.create_primary(
-            tss.TPM2B_SENSITIVE_CREATE(), _srk_template(), tss.ESYS_TR.OWNER
+            tss.TPM2B_SENSITIVE_CREATE(), srk_template(), tss.ESYS_TR.OWNER
         )
         esapi.evict_control(tss.ESYS_TR.OWNER, srk, PERSISTENT_SRK)
         esapi.flush_context(srk)
@@ -190,7 +191,7 @@ def _created(tcti: str, template: str) -> tuple[bytes, bytes]:
     esapi = tss.ESAPI(tcti)
     try:
         srk, *_ = esapi.create_primary(
-            tss.TPM2B_SENSITIVE_CREATE(), _srk_template(), tss.ESYS_TR.OWNER
+            tss.TPM2B_SENSITIVE_CREATE(), srk_template(), tss.ESYS_TR.OWNER
         )
         private, public, *_ = esapi.create(srk, tss.TPM2B_SENSITIVE_CREATE(), public)
         esapi.flush_context(srk)

@@ -34,7 +34,7 @@ ROGUE_KEYS = {
 
 def persist_key(tcti: str, attributes: int) -> None:
     """Create an RSA key with `attributes` under an SRK and make it persistent."""
-    from agent_plugin.tpm import _srk_template
+    from agent_plugin.tpm.session import srk_template
 
     template = tss.TPM2B_PUBLIC(
         publicArea=tss.TPMT_PUBLIC(
@@ -54,7 +54,7 @@ def persist_key(tcti: str, attributes: int) -> None:
     esapi = tss.ESAPI(tcti)
     try:
         srk, *_ = esapi.create_primary(
-            tss.TPM2B_SENSITIVE_CREATE(), _srk_template(), tss.ESYS_TR.OWNER
+            tss.TPM2B_SENSITIVE_CREATE(), srk_template(), tss.ESYS_TR.OWNER
         )
         private, public, *_ = esapi.create(srk, tss.TPM2B_SENSITIVE_CREATE(), template)
         key = esapi.load(srk, private, public)

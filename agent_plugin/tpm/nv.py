@@ -1,0 +1,97 @@
+"""NV reads and the EK certificate lookup: the TCG NV index first, then a configured file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tpm2_pytss.utils as tss_utils
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from agent_plugin.tpm.session import TPMAccessError, tpm_step
+from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.tpm.constants import EK_TEMPLATES, EKTemplate
+from spire_tpm_attestor.tpm.errors import TPMStructureError
+
+EK_ALGORITHMS = tuple(dict.fromkeys(ek_type.algorithm for ek_type in EK_TEMPLATES))
+
+
+class NVReader:
+    """Reads NV indices through one ESAPI context; the NV buffer size is asked once."""
+
+    def __init__(self, esapi: Any) -> None:
+        self._esapi = esapi
+        self._reader: Callable[[int], bytes] | None = None
+
+    def read(self, index: int) -> bytes:
+        if self._reader is None:
+            with tpm_step("reading the NV buffer size"):
+                self._reader = tss_utils.NVReadEK(self._esapi)
+        return bytes(self._reader(index))
+
+    def certificate(self, index: int) -> bytes | None:
+        """The DER certificate stored at an NV index, or None if the index is undefined."""
+        try:
+            with tpm_step(f"reading the EK certificate at NV {index:#010x}"):
+                data = self.read(index)
+        except tss_utils.NoSuchIndex:
+            return None
+        try:
+            return ekcert.certificate_der(data)
+        except TPMStructureError as error:
+            raise TPMAccessError(f"NV index {index:#010x} holds no certificate: {error}") from None
+
+
+def choose_ek_template(
+    nv: NVReader, algorithm: str | None, cert_path: str | None
+) -> tuple[EKTemplate, bytes | None]:
+    """The EK template to use and its NV certificate, if any.
+
+    `algorithm` None: the first template whose certificate is in NV, else the one a
+    configured certificate file is for, else RSA 2048.
+    """
+    if algorithm is not None and algorithm not in EK_ALGORITHMS:
+        raise TPMAccessError(
+            f"unknown EK algorithm {algorithm!r}; known: {', '.join(EK_ALGORITHMS)}"
+        )
+    candidates = [t for t in EK_TEMPLATES if algorithm in (None, t.algorithm)]
+    for ek_type in candidates:
+        certificate = nv.certificate(ek_type.cert_index)
+        if certificate is not None:
+            return ek_type, certificate
+    if algorithm is None:
+        # No certificate in NV: a configured certificate file tells which EK it is for.
+        file_algorithm = (
+            _algorithm_of_certificate(load_certificate_file(cert_path)) if cert_path else None
+        )
+        algorithm = file_algorithm if file_algorithm in EK_ALGORITHMS else "rsa2048"
+    return next(t for t in EK_TEMPLATES if t.algorithm == algorithm), None
+
+
+def load_certificate_file(path: str) -> bytes:
+    """The DER bytes of the certificate in a PEM or DER file, unmodified."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError as error:
+        raise TPMAccessError(
+            f"cannot read the EK certificate file {path}: {error.strerror}"
+        ) from error
+    try:
+        return ekcert.certificate_der(content)
+    except TPMStructureError as error:
+        raise TPMAccessError(f"EK certificate file {path}: {error}") from None
+
+
+def _algorithm_of_certificate(der: bytes) -> str | None:
+    """The EK algorithm name for a certificate's key, or None if it cannot be told."""
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+    except ValueError:
+        return None  # odd EK certificates are common; the server parses them leniently
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ecc{key.curve.key_size}"
+    return None
