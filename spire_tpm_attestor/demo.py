@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from spire_tpm_attestor import ekcert
-from spire_tpm_attestor.cli import print_result
+from spire_tpm_attestor.cli.main import print_result
 from spire_tpm_attestor.harness import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from server_plugin import attestation
 from server_plugin.config import build_server_config
 from spire_tpm_attestor import wire
-from spire_tpm_attestor.devid_cli import create_devid_files
+from spire_tpm_attestor.cli.devid import create_devid_files
 from spire_tpm_attestor.harness import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,

@@ -15,7 +15,7 @@ from agent_plugin.devid import load_devid_key  # noqa: E402
 from agent_plugin.tpm import TPMAccessError, TPMSession  # noqa: E402
 from agent_plugin.tpm.session import srk_template  # noqa: E402
 from spire_tpm_attestor import wire  # noqa: E402
-from spire_tpm_attestor.cli import main as cli_main  # noqa: E402
+from spire_tpm_attestor.cli.main import main as cli_main  # noqa: E402
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig  # noqa: E402
 from spire_tpm_attestor.swtpm import SWTPM, TestCA  # noqa: E402
 from spire_tpm_attestor.tpm.structures import parse_signature, parse_tpm2b_public  # noqa: E402

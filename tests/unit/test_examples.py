@@ -15,7 +15,7 @@ import pytest
 
 from agent_plugin.config import build_agent_config
 from server_plugin.config import build_server_config
-from spire_tpm_attestor.cli import PluginConfigFile
+from spire_tpm_attestor.cli.spire_config import PluginConfigFile
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

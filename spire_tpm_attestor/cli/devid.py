@@ -20,6 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from spire_tpm_attestor.cli.spire_config import PluginConfigFile
 from spire_tpm_attestor.runtime.config import parse_hcl
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 
@@ -36,8 +37,6 @@ def _tcti(agent_config: str | None) -> str | None:
     already name DevID files that do not exist yet."""
     if agent_config is None:
         return None
-    from spire_tpm_attestor.cli import PluginConfigFile  # cli imports this module
-
     tcti = parse_hcl(PluginConfigFile.read(agent_config).plugin_data).get("tcti")
     if tcti is not None and not isinstance(tcti, str):
         raise ValueError(f"{agent_config}: tcti must be a string")

@@ -11,22 +11,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
 from spire_tpm_attestor import __version__, ekcert
-from spire_tpm_attestor.allowlist_cli import add_allowlist_commands
-from spire_tpm_attestor.devid_cli import add_devid_commands
+from spire_tpm_attestor.cli.allowlist import add_allowlist_commands
+from spire_tpm_attestor.cli.devid import add_devid_commands
+from spire_tpm_attestor.cli.spire_config import PluginConfigFile
 from spire_tpm_attestor.harness import AttestationResult
-from spire_tpm_attestor.runtime.config import ConfigProblems, parse_hcl
+from spire_tpm_attestor.runtime.config import ConfigProblems
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -69,44 +68,6 @@ def cmd_hash(args: argparse.Namespace) -> int:
             )
         )
     return 0
-
-
-class PluginConfigFile:
-    """A plugin's configuration: either plugin data alone (as in `plugin_data_file`) or a
-    whole spire-agent/spire-server config whose NodeAttestor block is taken."""
-
-    def __init__(self, trust_domain: str, plugin_data: str, plugin_cmd: str | None) -> None:
-        self.trust_domain = trust_domain
-        self.plugin_data = plugin_data
-        self.plugin_cmd = plugin_cmd
-
-    @classmethod
-    def read(cls, path: str, default_trust_domain: str = "example.org") -> PluginConfigFile:
-        text = Path(path).read_text()
-        document = parse_hcl(text)
-        if "plugins" not in document:
-            return cls(default_trust_domain, text, None)
-        trust_domain = default_trust_domain
-        for section in ("server", "agent"):
-            block = _single(document.get(section))
-            if isinstance(block, dict) and isinstance(block.get("trust_domain"), str):
-                trust_domain = block["trust_domain"]
-        attestors = _single(_single(document["plugins"]).get("NodeAttestor"))
-        if not isinstance(attestors, dict) or not attestors:
-            raise ConfigProblems([f"{path}: no NodeAttestor plugin in the plugins block"])
-        body = next(iter(attestors.values()))
-        body = _single(body)
-        data: Any = body.get("plugin_data")
-        if body.get("plugin_data_file"):
-            plugin_data = Path(body["plugin_data_file"]).read_text()
-        else:
-            # pyhcl reads JSON as HCL, so the block can travel as JSON text.
-            plugin_data = json.dumps(_single(data)) if data else ""
-        return cls(trust_domain, plugin_data, body.get("plugin_cmd"))
-
-
-def _single(value: Any) -> Any:
-    return value[0] if isinstance(value, list) and len(value) == 1 else value
 
 
 def plugin_command(config: PluginConfigFile, side: str) -> list[str]:

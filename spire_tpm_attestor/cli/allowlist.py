@@ -44,7 +44,7 @@ class InputError(ValueError):
 
 def hashes_of_data(data: bytes, origin: str) -> list[str]:
     """EK hashes of the certificates and public keys in `data` (PEM blocks, or one DER)."""
-    from spire_tpm_attestor.cli import hash_of_certificate, hash_of_public_key
+    from spire_tpm_attestor.cli.main import hash_of_certificate, hash_of_public_key
 
     if b"-----BEGIN" not in data:
         for hash_of in (hash_of_certificate, hash_of_public_key):
