@@ -16,7 +16,7 @@ from pathlib import Path
 
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.cli.main import print_result
-from spire_tpm_attestor.harness import (
+from spire_tpm_attestor.runtime.host import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,
     PluginProcess,

@@ -24,8 +24,8 @@ from spire_tpm_attestor import __version__, ekcert
 from spire_tpm_attestor.cli.allowlist import add_allowlist_commands
 from spire_tpm_attestor.cli.devid import add_devid_commands
 from spire_tpm_attestor.cli.spire_config import PluginConfigFile
-from spire_tpm_attestor.harness import AttestationResult
 from spire_tpm_attestor.runtime.config import ConfigProblems
+from spire_tpm_attestor.runtime.host import AttestationResult
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -82,7 +82,7 @@ def plugin_command(config: PluginConfigFile, side: str) -> list[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from spire_tpm_attestor.harness import (
+    from spire_tpm_attestor.runtime.host import (
         AGENT_HOST_SERVICES,
         SERVER_HOST_SERVICES,
         AttestationFailed,

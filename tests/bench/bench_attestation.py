@@ -18,15 +18,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from server_plugin import attestation
 from server_plugin.config import ServerConfig, build_server_config
 from spire_tpm_attestor import ekcert, wire
-from spire_tpm_attestor.harness import (
+from spire_tpm_attestor.pb import attestation_pb2
+from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
+from spire_tpm_attestor.runtime.config import CoreConfig
+from spire_tpm_attestor.runtime.host import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,
     PluginProcess,
     relay_attestation,
 )
-from spire_tpm_attestor.pb import attestation_pb2
-from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
-from spire_tpm_attestor.runtime.config import CoreConfig
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.bench.measure import (

@@ -16,13 +16,13 @@ from server_plugin import attestation
 from server_plugin.config import build_server_config
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.cli.devid import create_devid_files
-from spire_tpm_attestor.harness import (
+from spire_tpm_attestor.runtime.config import CoreConfig
+from spire_tpm_attestor.runtime.host import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,
     PluginProcess,
     relay_attestation,
 )
-from spire_tpm_attestor.runtime.config import CoreConfig
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
 from tests.bench.measure import Stats, Table, ms, progress, require_swtpm
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from spire_tpm_attestor.harness import PluginProcess
+from spire_tpm_attestor.runtime.host import PluginProcess
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from tests.integration.plugins import start_plugin
 

@@ -13,7 +13,9 @@ import pytest
 from cryptography import x509
 
 from spire_tpm_attestor import ekcert
-from spire_tpm_attestor.harness import (
+from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
+from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
+from spire_tpm_attestor.runtime.host import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,
     AttestationFailed,
@@ -21,8 +23,6 @@ from spire_tpm_attestor.harness import (
     RequestQueue,
     relay_attestation,
 )
-from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
-from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
 
 BIN = Path(sys.executable).parent

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from server_plugin.allowlist import AllowlistEntry
-from spire_tpm_attestor.harness import (
+from spire_tpm_attestor.runtime.host import (
     AttestationFailed,
     AttestationResult,
     PluginProcess,

@@ -12,11 +12,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from spire_tpm_attestor import ekcert, wire
-from spire_tpm_attestor.harness import (
+from spire_tpm_attestor.pb import attestation_pb2
+from spire_tpm_attestor.runtime.host import (
     PluginProcess,
     relay_attestation,
 )
-from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.integration.plugins import (

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from spire_tpm_attestor import ekcert, wire
-from spire_tpm_attestor.harness import PluginProcess, relay_attestation
+from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.integration.plugins import (

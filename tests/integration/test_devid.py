@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from spire_tpm_attestor import wire
-from spire_tpm_attestor.harness import AttestationFailed
 from spire_tpm_attestor.pb import attestation_pb2
+from spire_tpm_attestor.runtime.host import AttestationFailed
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from spire_tpm_attestor.tpm.errors import VerificationError
 from spire_tpm_attestor.tpm.structures import parse_signature, parse_tpm2b_public

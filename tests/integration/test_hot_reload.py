@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from server_plugin.allowlist import AllowlistEntry
-from spire_tpm_attestor.harness import PluginProcess, relay_attestation
+from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from tests.integration.http_servers import document
 from tests.integration.platform_setup import provision_devid

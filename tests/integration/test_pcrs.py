@@ -10,8 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from spire_tpm_attestor.harness import AttestationFailed, PluginProcess, relay_attestation
 from spire_tpm_attestor.pb import attestation_pb2
+from spire_tpm_attestor.runtime.host import AttestationFailed, PluginProcess, relay_attestation
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from tests.integration.platform_setup import (
     SHA256,

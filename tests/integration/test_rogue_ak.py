@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from spire_tpm_attestor.harness import AttestationFailed, PluginProcess, relay_attestation
+from spire_tpm_attestor.runtime.host import AttestationFailed, PluginProcess, relay_attestation
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from tests.integration.plugins import hcl, start_plugin
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spire_tpm_attestor.harness import SERVER_HOST_SERVICES, PluginProcess, relay_attestation
+from spire_tpm_attestor.runtime.host import SERVER_HOST_SERVICES, PluginProcess, relay_attestation
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from tests.integration.plugins import hcl, start_plugin
 

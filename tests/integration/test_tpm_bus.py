@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spire_tpm_attestor import wire
-from spire_tpm_attestor.harness import PluginProcess
+from spire_tpm_attestor.runtime.host import PluginProcess
 from spire_tpm_attestor.swtpm import SWTPM, TestCA
 from tests.integration.bus_tap import BusTap
 from tests.integration.platform_setup import intercept, provision_devid

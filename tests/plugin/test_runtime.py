@@ -16,7 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from spire_tpm_attestor.harness import (
+from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
+from spire_tpm_attestor.runtime.host import (
     AGENT_HOST_SERVICES,
     AGENT_SERVICE,
     CONFIG_SERVICE,
@@ -25,7 +26,6 @@ from spire_tpm_attestor.harness import (
     PluginProcess,
     RequestQueue,
 )
-from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 
 BIN = Path(sys.executable).parent
 PLUGINS = {

@@ -1,9 +1,10 @@
-"""A host harness that runs plugin executables the way SPIRE's catalog does.
+"""The go-plugin host: runs plugin executables the way SPIRE's catalog does.
 
 It sets go-plugin's environment, reads and checks the handshake line, keeps the
 broker and stdio streams open, calls Init and Configure, and unloads with Deinit
 and Shutdown; `relay_attestation` plays spire-agent and spire-server between an
 agent plugin and a server plugin. Tests and `spire-tpm-attestor check` use it.
+It talks to plugins only over the wire, so it never imports `runtime.plugin`.
 """
 
 from __future__ import annotations
