@@ -60,7 +60,7 @@ test: install
 	SPIRE_BIN=$(SPIRE_BIN) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m spire_tpm_attestor.demo
+	$(PY) -m spire_tpm_attestor.testing.demo
 
 bench: install
 	$(PY) -m tests.bench

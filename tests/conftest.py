@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 from cryptography import x509
 
-from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 
 
 @pytest.fixture(scope="session")

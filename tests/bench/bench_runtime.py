@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from spire_tpm_attestor.runtime.host import AGENT_HOST_SERVICES, SERVER_HOST_SERVICES, PluginProcess
-from spire_tpm_attestor.swtpm import TestCA
+from spire_tpm_attestor.testing.ca import TestCA
 from tests.bench.measure import Stats, Table, mib, ms, progress, rss_bytes
 
 STARTS = 20

@@ -12,7 +12,7 @@ import socket
 import threading
 from types import TracebackType
 
-from spire_tpm_attestor.swtpm import SWTPM
+from spire_tpm_attestor.testing.swtpm import SWTPM
 
 
 def _listen_pair() -> tuple[socket.socket, socket.socket]:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from spire_tpm_attestor.runtime.host import PluginProcess
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.plugins import start_plugin
 
 if TYPE_CHECKING:  # platform_setup needs tpm2-pytss: imported only by the fixtures using it

@@ -18,7 +18,8 @@ from spire_tpm_attestor.cli.main import main as cli_main
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
 from spire_tpm_attestor.runtime.host import AttestationResult, PluginProcess, relay_attestation
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.plugins import (
     AgentConversation,
     ServerConversation,

@@ -23,7 +23,8 @@ from spire_tpm_attestor.runtime.host import (
     RequestQueue,
     relay_attestation,
 )
-from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 
 BIN = Path(sys.executable).parent
 

@@ -17,7 +17,8 @@ from agent_plugin.tpm.session import srk_template  # noqa: E402
 from spire_tpm_attestor import wire  # noqa: E402
 from spire_tpm_attestor.cli.main import main as cli_main  # noqa: E402
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig  # noqa: E402
-from spire_tpm_attestor.swtpm import SWTPM, TestCA  # noqa: E402
+from spire_tpm_attestor.testing.ca import TestCA  # noqa: E402
+from spire_tpm_attestor.testing.swtpm import SWTPM  # noqa: E402
 from spire_tpm_attestor.tpm.structures import parse_signature, parse_tpm2b_public  # noqa: E402
 from spire_tpm_attestor.tpm.verify import verify_certify, verify_signature  # noqa: E402
 from tests.integration.platform_setup import DevIDFiles, issue_chain  # noqa: E402

@@ -21,9 +21,9 @@ from agent_plugin.tpm import (  # noqa: E402 - needs tpm2-pytss, checked just ab
     flush_all_transients,
 )
 from spire_tpm_attestor.ekcert import certificate_der  # noqa: E402
-from spire_tpm_attestor.swtpm import (  # noqa: E402
+from spire_tpm_attestor.testing.ca import TestCA  # noqa: E402
+from spire_tpm_attestor.testing.swtpm import (  # noqa: E402
     SWTPM,
-    TestCA,
     provision_ek_certificates,
     write_ek_certificate_nv,
 )

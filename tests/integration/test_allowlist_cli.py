@@ -20,7 +20,8 @@ from server_plugin.allowlist_document import parse_document
 from server_plugin.allowlist_http import HTTPAllowlist, HTTPSettings
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
-from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 from tests.integration.http_servers import DocumentServer, Nginx, TLSFiles, free_port
 from tests.integration.plugins import expect_rejection, hcl, hcl_block
 

@@ -22,7 +22,8 @@ from spire_tpm_attestor.runtime.host import (
     PluginProcess,
     relay_attestation,
 )
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.http_servers import DocumentServer, Nginx, TLSFiles, document, publish
 from tests.integration.plugins import (
     audit_line_after,

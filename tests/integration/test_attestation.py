@@ -17,7 +17,8 @@ from spire_tpm_attestor.runtime.host import (
     PluginProcess,
     relay_attestation,
 )
-from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.integration.plugins import (
     AgentConversation,

@@ -11,7 +11,8 @@ import pytest
 
 from spire_tpm_attestor import ekcert, wire
 from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.integration.plugins import (
     AgentConversation,

@@ -11,7 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from spire_tpm_attestor import __version__, ekcert
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 
 CLI = str(Path(sys.executable).parent / "spire-tpm-attestor")
 

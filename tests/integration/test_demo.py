@@ -1,4 +1,4 @@
-"""`make demo` (python -m spire_tpm_attestor.demo) attests end to end and cleans up."""
+"""`make demo` (python -m spire_tpm_attestor.testing.demo) attests end to end and cleans up."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 def test_demo_prints_the_agent_id_and_selectors() -> None:
     pytest.importorskip("tpm2_pytss")
     result = subprocess.run(
-        [sys.executable, "-m", "spire_tpm_attestor.demo"],
+        [sys.executable, "-m", "spire_tpm_attestor.testing.demo"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.host import AttestationFailed
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from spire_tpm_attestor.tpm.errors import VerificationError
 from spire_tpm_attestor.tpm.structures import parse_signature, parse_tpm2b_public
 from spire_tpm_attestor.tpm.verify import verify_signature

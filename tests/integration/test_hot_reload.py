@@ -12,7 +12,8 @@ import pytest
 
 from server_plugin.allowlist import AllowlistEntry
 from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.http_servers import document
 from tests.integration.platform_setup import provision_devid
 from tests.integration.plugins import (

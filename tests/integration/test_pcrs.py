@@ -12,7 +12,8 @@ import pytest
 
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.host import AttestationFailed, PluginProcess, relay_attestation
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.platform_setup import (
     SHA256,
     Exchange,

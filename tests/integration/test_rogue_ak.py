@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from spire_tpm_attestor.runtime.host import AttestationFailed, PluginProcess, relay_attestation
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.plugins import hcl, start_plugin
 
 tss = pytest.importorskip("tpm2_pytss")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from spire_tpm_attestor.runtime.host import SERVER_HOST_SERVICES, PluginProcess, relay_attestation
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.plugins import hcl, start_plugin
 
 BLOCKER = 'raise ImportError("tpm2-pytss is not installed on this server")\n'

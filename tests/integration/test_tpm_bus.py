@@ -9,7 +9,8 @@ import pytest
 
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.runtime.host import PluginProcess
-from spire_tpm_attestor.swtpm import SWTPM, TestCA
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.bus_tap import BusTap
 from tests.integration.platform_setup import intercept, provision_devid
 from tests.integration.plugins import hcl

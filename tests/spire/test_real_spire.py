@@ -24,7 +24,8 @@ import pytest
 from cryptography import x509
 
 from spire_tpm_attestor import ekcert
-from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+from spire_tpm_attestor.testing.ca import TestCA
+from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 from tests.integration.platform_setup import provision_devid
 from tests.integration.plugins import hcl
 

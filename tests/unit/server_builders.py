@@ -26,7 +26,7 @@ from server_plugin.reload import Reloading
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.identity import DEFAULT_AGENT_PATH_TEMPLATE, AgentPathTemplate
 from spire_tpm_attestor.runtime.status import PluginError
-from spire_tpm_attestor.swtpm import TestCA as TestCA  # the tests' one import of it
+from spire_tpm_attestor.testing.ca import TestCA as TestCA  # the tests' one import of it
 
 T = TypeVar("T")
 Bundle = list[ekcert.EKCertificate]

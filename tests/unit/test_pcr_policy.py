@@ -18,7 +18,7 @@ from server_plugin.pcr_policy import (
     parse_pcr_selection,
 )
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
-from spire_tpm_attestor.swtpm import TestCA
+from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.tpm.constants import TPM_ALG
 
 SHA1, SHA256 = TPM_ALG.SHA1, TPM_ALG.SHA256

@@ -26,7 +26,7 @@ from server_plugin.platform_checks import (
 from spire_tpm_attestor import ekcert, wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.status import InvalidArgument, PermissionDenied
-from spire_tpm_attestor.swtpm import TestCA
+from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPM_ST, TPMA_OBJECT
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
 from tests.unit.tpm_builders import (

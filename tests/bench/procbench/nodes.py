@@ -29,7 +29,7 @@ from tests.unit.tpm_builders import EK_ATTRIBUTES, marshal_public
 try:  # the layout of issue 9; before it, the test CA lived next to SWTPM
     from spire_tpm_attestor.testing.swtpm import TestCA  # type: ignore[import-not-found]
 except ImportError:
-    from spire_tpm_attestor.swtpm import TestCA
+    from spire_tpm_attestor.testing.ca import TestCA
 
 # TCG EK Credential Profile, template L-1: PolicySecret(TPM_RH_ENDORSEMENT).
 EK_AUTH_POLICY = bytes.fromhex("837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa")

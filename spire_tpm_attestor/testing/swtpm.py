@@ -1,8 +1,7 @@
 """swtpm simulators with TCG-style EK certificates, for the tests and `make demo`.
 
-`TestCA` is a throw-away root + intermediate CA that issues EK certificates shaped like a
-TPM vendor's, and DevID certificates; `SWTPM` runs one fresh simulator on free localhost ports;
-`provision_ek_certificates` puts EK certificates into the simulator's NV the way a TPM
+`SWTPM` runs one fresh simulator on free localhost ports; `provision_ek_certificates` puts
+EK certificates issued by a `testing.ca.TestCA` into the simulator's NV the way a TPM
 manufacturer does. tpm2-pytss is imported only inside the functions that talk to the TPM,
 so the module loads on machines without libtss2 (the server side, the unit tests).
 """
@@ -10,7 +9,6 @@ so the module loads on machines without libtss2 (the server side, the unit tests
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import shutil
 import socket
@@ -18,29 +16,17 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
+from spire_tpm_attestor.testing.ca import EKPublicKey, TestCA
 from spire_tpm_attestor.tpm.constants import EK_TEMPLATES as TCG_EK_TEMPLATES
-from spire_tpm_attestor.tpm.constants import (
-    OID_TCG_EK_CERTIFICATE,
-    OID_TCG_MANUFACTURER,
-    OID_TCG_MODEL,
-    OID_TCG_VERSION,
-    RC_NO_SUCH_HANDLE,
-)
-
-# "id:" + the TPM_PT_MANUFACTURER value in hex: "SWTP".
-DEFAULT_MANUFACTURER = "id:53575450"
-DEFAULT_MODEL = "swtpm"
-DEFAULT_VERSION = "id:20191023"
+from spire_tpm_attestor.tpm.constants import RC_NO_SUCH_HANDLE
 
 # Algorithm names the agent uses, mapped to the TCG template provisioned for them.
 DEFAULT_EK_TYPES = {"rsa2048": "L-1", "ecc256": "L-2", "ecc384": "H-3"}
@@ -57,62 +43,9 @@ EK_TEMPLATES: dict[str, tuple[str, int]] = {
 # NV writes are split to stay under TPM2_PT_NV_BUFFER_MAX (1024 on swtpm).
 _NV_WRITE_CHUNK = 512
 
-CAPrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-EKPublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
-
-_CA_VALIDITY = datetime.timedelta(days=3650)
-# TCG: a device certificate with no well-defined expiry uses 99991231235959Z.
-_EK_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC)
-
 
 class SWTPMError(RuntimeError):
     """The simulator could not be started, provisioned or stopped."""
-
-
-def _new_key(key_type: Literal["ec", "rsa"]) -> CAPrivateKey:
-    if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _ca_certificate(
-    subject: x509.Name,
-    key: CAPrivateKey,
-    issuer: x509.Name,
-    issuer_key: CAPrivateKey,
-    path_length: int | None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + _CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-            critical=False,
-        )
-        .sign(issuer_key, hashes.SHA256())
-    )
 
 
 def _matching_foreign_key(public_key: EKPublicKey) -> EKPublicKey:
@@ -120,171 +53,6 @@ def _matching_foreign_key(public_key: EKPublicKey) -> EKPublicKey:
     if isinstance(public_key, rsa.RSAPublicKey):
         return rsa.generate_private_key(65537, public_key.key_size).public_key()
     return ec.generate_private_key(public_key.curve).public_key()
-
-
-@dataclass(frozen=True)
-class TestCA:
-    """A root CA and an intermediate CA that signs TCG-style EK certificates.
-
-    The certificates are written as PEM to `directory`: `root.pem` (the trust anchor),
-    `intermediate.pem` (the EK certificates' direct issuer) and `bundle.pem` (both).
-    """
-
-    __test__ = False  # not a pytest test class, despite the name
-
-    directory: Path
-    root_certificate: x509.Certificate
-    intermediate_certificate: x509.Certificate
-    intermediate_key: CAPrivateKey
-
-    @classmethod
-    def create(
-        cls, directory: Path, name: str = "Test TPM", key_type: Literal["ec", "rsa"] = "ec"
-    ) -> TestCA:
-        """Makes both CAs (keys of `key_type`) and writes their certificates to `directory`."""
-        root_key = _new_key(key_type)
-        intermediate_key = _new_key(key_type)
-        organization = x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spire-tpm-attestor tests")
-        root_name = x509.Name(
-            [organization, x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Root CA")]
-        )
-        intermediate_name = x509.Name(
-            [organization, x509.NameAttribute(NameOID.COMMON_NAME, f"{name} EK Intermediate CA")]
-        )
-        root = _ca_certificate(root_name, root_key, root_name, root_key, path_length=None)
-        intermediate = _ca_certificate(
-            intermediate_name, intermediate_key, root_name, root_key, path_length=0
-        )
-        ca = cls(Path(directory), root, intermediate, intermediate_key)
-        ca.directory.mkdir(parents=True, exist_ok=True)
-        root_pem = root.public_bytes(serialization.Encoding.PEM)
-        intermediate_pem = intermediate.public_bytes(serialization.Encoding.PEM)
-        ca.root_path.write_bytes(root_pem)
-        ca.intermediate_path.write_bytes(intermediate_pem)
-        ca.bundle_path.write_bytes(intermediate_pem + root_pem)
-        return ca
-
-    @property
-    def root_path(self) -> Path:
-        return self.directory / "root.pem"
-
-    @property
-    def intermediate_path(self) -> Path:
-        return self.directory / "intermediate.pem"
-
-    @property
-    def bundle_path(self) -> Path:
-        return self.directory / "bundle.pem"
-
-    def issue_ek_certificate(
-        self,
-        public_key: EKPublicKey,
-        *,
-        manufacturer: str = DEFAULT_MANUFACTURER,
-        model: str = DEFAULT_MODEL,
-        version: str = DEFAULT_VERSION,
-        subject_cn: str | None = None,
-    ) -> x509.Certificate:
-        """An EK certificate as the TCG EK Credential Profile shapes it.
-
-        The subject is empty (or the placeholder `subject_cn`), so the TPM's identity lives
-        in a critical SAN directoryName; the extensions are the ones vendors set.
-        """
-        subject = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)] if subject_cn else []
-        )
-        tpm_identity = x509.Name(
-            [
-                x509.RelativeDistinguishedName([x509.NameAttribute(oid, value)])
-                for oid, value in (
-                    (OID_TCG_MANUFACTURER, manufacturer),
-                    (OID_TCG_MODEL, model),
-                    (OID_TCG_VERSION, version),
-                )
-            ]
-        )
-        is_rsa = isinstance(public_key, rsa.RSAPublicKey)
-        now = datetime.datetime.now(datetime.UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(self.intermediate_certificate.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(_EK_NOT_AFTER)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DirectoryName(tpm_identity)]), critical=True
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                # The profile asks for keyEncipherment on RSA EKs, keyAgreement on ECC EKs.
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=is_rsa,
-                    data_encipherment=False,
-                    key_agreement=not is_rsa,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.ExtendedKeyUsage([OID_TCG_EK_CERTIFICATE]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.intermediate_key.public_key()
-                ),
-                critical=False,
-            )
-            .sign(self.intermediate_key, hashes.SHA256())
-        )
-
-    def issue_devid_certificate(
-        self, public_key: EKPublicKey, subject_cn: str, *, serial_number: int | None = None
-    ) -> x509.Certificate:
-        """An LDevID certificate for a key in a TPM, as an enterprise CA issues one."""
-        now = datetime.datetime.now(datetime.UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)]))
-            .issuer_name(self.intermediate_certificate.subject)
-            .public_key(public_key)
-            .serial_number(serial_number or x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + _CA_VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                    self.intermediate_key.public_key()
-                ),
-                critical=False,
-            )
-            .sign(self.intermediate_key, hashes.SHA256())
-        )
-
-    def chain_pem(self, leaf: x509.Certificate) -> bytes:
-        """`leaf` then the intermediate, as PEM: what an agent's devid_cert_path holds."""
-        return b"".join(
-            certificate.public_bytes(serialization.Encoding.PEM)
-            for certificate in (leaf, self.intermediate_certificate)
-        )
 
 
 def _free_port_pair() -> int:
