@@ -42,23 +42,49 @@ def _new_key(key_type: Literal["ec", "rsa"]) -> CAPrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _ca_certificate(
+@dataclass
+class Issued:
+    """A certificate and its subject's private key: a CA that can sign."""
+
+    cert: x509.Certificate
+    key: CAPrivateKey
+
+    @property
+    def der(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+
+def issue_ca(
     subject: x509.Name,
     key: CAPrivateKey,
-    issuer: x509.Name,
-    issuer_key: CAPrivateKey,
-    path_length: int | None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
+    issuer: Issued | None = None,
+    *,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    ca: bool = True,
+    path_length: int | None = None,
+    key_cert_sign: bool = True,
+    key_identifiers: bool = True,
+) -> Issued:
+    """A CA certificate for `key`, signed by `issuer` (self-signed when None).
+
+    The one CA-certificate factory of the tests: `TestCA` uses it as is; the unit tests'
+    `make_ca` turns its knobs (`ca`, `key_cert_sign`, validity, no key identifiers) to
+    build broken chains.
+    """
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(issuer)
+        .issuer_name(issuer.cert.subject if issuer else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + _CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -66,20 +92,23 @@ def _ca_certificate(
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=True,
+                key_cert_sign=key_cert_sign,
                 crl_sign=True,
                 encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+    )
+    signer = issuer.key if issuer else key
+    if key_identifiers:
+        builder = builder.add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+        ).add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
             critical=False,
         )
-        .sign(issuer_key, hashes.SHA256())
-    )
+    return Issued(builder.sign(signer, hashes.SHA256()), key)
 
 
 @dataclass(frozen=True)
@@ -111,10 +140,18 @@ class TestCA:
         intermediate_name = x509.Name(
             [organization, x509.NameAttribute(NameOID.COMMON_NAME, f"{name} EK Intermediate CA")]
         )
-        root = _ca_certificate(root_name, root_key, root_name, root_key, path_length=None)
-        intermediate = _ca_certificate(
-            intermediate_name, intermediate_key, root_name, root_key, path_length=0
+        now = datetime.datetime.now(datetime.UTC)
+        not_before, not_after = now - datetime.timedelta(days=1), now + _CA_VALIDITY
+        root_ca = issue_ca(root_name, root_key, not_before=not_before, not_after=not_after)
+        intermediate_ca = issue_ca(
+            intermediate_name,
+            intermediate_key,
+            root_ca,
+            path_length=0,
+            not_before=not_before,
+            not_after=not_after,
         )
+        root, intermediate = root_ca.cert, intermediate_ca.cert
         ca = cls(Path(directory), root, intermediate, intermediate_key)
         ca.directory.mkdir(parents=True, exist_ok=True)
         root_pem = root.public_bytes(serialization.Encoding.PEM)

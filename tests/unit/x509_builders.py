@@ -1,4 +1,5 @@
-"""Test CAs and EK-style certificates, plus a DER tree editor for deliberately broken ones.
+"""Test CAs (from `testing.ca`) and EK-style certificates, plus a DER tree editor for
+deliberately broken ones.
 
 Real EK certificates break DER in ways `cryptography` refuses; these helpers rebuild a
 certificate's TBS with such a defect and re-sign it, so the signature covers the broken
@@ -16,29 +17,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from spire_tpm_attestor.testing.ca import Issued, issue_ca
+
 NOW = datetime.datetime(2030, 6, 1, tzinfo=datetime.UTC)
 TCG_EK_EKU = x509.ObjectIdentifier("2.23.133.8.1")
 
-IssuerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 SubjectKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
 def name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-@dataclass
-class Issued:
-    cert: x509.Certificate
-    key: IssuerKey
-
-    @property
-    def der(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.DER)
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
 def make_ca(
@@ -53,35 +41,19 @@ def make_ca(
     subject: x509.Name | None = None,
     key: ec.EllipticCurvePrivateKey | None = None,
 ) -> Issued:
-    """A CA (self-signed when `issuer` is None) with an EC P-256 key (fresh unless given)."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    subject = subject or name(common_name)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.cert.subject if issuer else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=key_cert_sign,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+    """A CA (self-signed when `issuer` is None) with an EC P-256 key (fresh unless given),
+    made by `TestCA`'s factory, without key identifiers so chains are built by name."""
+    return issue_ca(
+        subject or name(common_name),
+        key or ec.generate_private_key(ec.SECP256R1()),
+        issuer,
+        not_before=not_before,
+        not_after=not_after,
+        ca=ca,
+        path_length=path_length,
+        key_cert_sign=key_cert_sign,
+        key_identifiers=False,
     )
-    signer = issuer.key if issuer else key
-    return Issued(builder.sign(signer, hashes.SHA256()), key)
 
 
 def make_ek_cert(
