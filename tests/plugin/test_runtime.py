@@ -1,4 +1,4 @@
-"""Each plugin executable, loaded through the harness exactly as SPIRE loads it."""
+"""Each plugin executable, loaded through runtime.host exactly as SPIRE loads it."""
 
 from __future__ import annotations
 
