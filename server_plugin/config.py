@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server_plugin.allowlist import AllowlistSource
-from server_plugin.allowlist_config import read_allowlist_sources
+from server_plugin.allowlist.config import read_allowlist_sources
 from server_plugin.ca_bundle import CABundle
 from server_plugin.platform_config import (
     DevIDOptions,

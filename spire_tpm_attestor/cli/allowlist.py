@@ -23,15 +23,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from server_plugin.allowlist import (
-    AllowlistEntry,
-    AllowlistError,
+from server_plugin.allowlist import AllowlistEntry, AllowlistError
+from server_plugin.allowlist.directory import (
     BucketedDirectory,
     DirectorySource,
     FlatDirectory,
     read_entry_file,
 )
-from server_plugin.allowlist_document import render_document
+from server_plugin.allowlist.document import render_document
 
 LAYOUTS: dict[str, type[DirectorySource]] = {"flat": FlatDirectory, "bucketed": BucketedDirectory}
 PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)

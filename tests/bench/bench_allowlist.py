@@ -21,13 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from server_plugin.allowlist import (
-    AllowlistEntry,
-    BucketedDirectory,
-    DirectorySource,
-    FlatDirectory,
-)
-from server_plugin.allowlist_document import parse_document, render_document
+from server_plugin.allowlist import AllowlistEntry
+from server_plugin.allowlist.directory import BucketedDirectory, DirectorySource, FlatDirectory
+from server_plugin.allowlist.document import parse_document, render_document
 from tests.bench.measure import Stats, Table, mib, proc_status_bytes, progress, rss_bytes
 
 ENTRIES = 1_000_000
@@ -170,7 +166,7 @@ def http_source(hashes: list[str], sample: list[str], work: Path) -> Table:
 
 def child(url: str, ca: str, root: str, work: str) -> None:
     """Runs in the child: load from `url`, then print the figures as JSON."""
-    from server_plugin.allowlist_http import HTTPAllowlist, HTTPSettings
+    from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
 
     sample: list[str] = json.loads(Path(work, "sample.json").read_text())
     gc.collect()

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from server_plugin.allowlist import AllowlistEntry
-from server_plugin.allowlist_document import render_document
+from server_plugin.allowlist.document import render_document
 
 
 def document(*entries: AllowlistEntry) -> bytes:

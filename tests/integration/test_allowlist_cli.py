@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from server_plugin.allowlist import AllowlistEntry
-from server_plugin.allowlist_document import parse_document
-from server_plugin.allowlist_http import HTTPAllowlist, HTTPSettings
+from server_plugin.allowlist.document import parse_document
+from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
 from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
 from spire_tpm_attestor.testing.ca import TestCA

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError
-from server_plugin.allowlist_http import HTTPAllowlist, HTTPSettings
+from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
 from tests.integration.http_servers import (
     DocumentServer,
     Nginx,

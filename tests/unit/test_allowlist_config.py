@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from server_plugin.allowlist import BucketedDirectory, FlatDirectory
-from server_plugin.allowlist_config import RemovableDocumentFile
-from server_plugin.allowlist_http import HTTPAllowlist
+from server_plugin.allowlist.directory import BucketedDirectory, FlatDirectory
+from server_plugin.allowlist.file import DocumentFile
+from server_plugin.allowlist.http import HTTPAllowlist
 from server_plugin.config import ServerConfig, build_server_config
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
 from tests.integration.plugins import hcl, hcl_block
@@ -66,7 +66,7 @@ def test_sources_in_order_and_deny_lists(dirs: dict[str, str]) -> None:
             f'allowlist "zz" (directory {dirs["racks"]})',
             f'allowlist "aa" (bucketed directory {dirs["racks"]})',
         ]
-        assert [type(s) for s in config.denylist] == [RemovableDocumentFile, FlatDirectory]
+        assert [type(s) for s in config.denylist] == [DocumentFile, FlatDirectory]
         assert config.ek_policy == "allowlist"  # any allow source serves ek_policy "allowlist"
     finally:
         config.close()

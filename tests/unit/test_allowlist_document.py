@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from server_plugin import allowlist_document
 from server_plugin.allowlist import AllowlistEntry, AllowlistError
-from server_plugin.allowlist_document import (
+from server_plugin.allowlist import document as allowlist_document
+from server_plugin.allowlist.document import (
     DocumentError,
     DocumentParser,
     Index,

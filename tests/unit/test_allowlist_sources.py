@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from server_plugin.allowlist import AllowlistEntry, AllowlistError, BucketedDirectory, FlatDirectory
-from server_plugin.allowlist_document import DocumentError, DocumentFile
+from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
+from server_plugin.allowlist.directory import BucketedDirectory, FlatDirectory
+from server_plugin.allowlist.document import DocumentError
+from server_plugin.allowlist.file import DocumentFile
 from tests.unit.test_allowlist_document import ek_hash
 
 
@@ -122,16 +124,60 @@ def test_unambiguous_names_and_labels_are_kept(tmp_path: Path) -> None:
 
 
 def test_a_deeply_nested_entry_body_is_a_lookup_error_not_a_crash() -> None:
-    from server_plugin.allowlist import parse_entry_body
+    from server_plugin.allowlist.base import parse_entry_body
 
     with pytest.raises(AllowlistError, match="not valid JSON"):
         parse_entry_body("a" * 64, b"[" * 100_000, "directory /x")
 
 
 def test_a_bearer_token_must_be_ascii(tmp_path: Path) -> None:
-    from server_plugin.allowlist_http import read_token
+    from server_plugin.allowlist.http import read_token
 
     token = tmp_path / "token"
     token.write_bytes("t\u00f6ken\n".encode())
     with pytest.raises(ValueError, match="non-ASCII"):
         read_token(str(token))
+
+
+# --- the base class: fail closed whatever a source raises -----------------------------
+
+
+class Broken(AllowlistSource):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.asked: list[str] = []
+
+    def _lookup(self, pub_hash: str) -> AllowlistEntry | None:
+        self.asked.append(pub_hash)
+        raise self.error
+
+    def describe(self) -> str:
+        return 'allowlist "broken"'
+
+
+@pytest.mark.parametrize(
+    "error", [KeyError("x"), ValueError("x"), OSError(5, "EIO"), RecursionError(), MemoryError()]
+)
+def test_an_unexpected_error_in_a_source_is_an_allowlist_error(error: Exception) -> None:
+    source = Broken(error)
+    with pytest.raises(AllowlistError, match=r'allowlist "broken": lookup failed \(') as raised:
+        source.lookup(ek_hash(1))
+    assert raised.value.__cause__ is error
+    assert source.asked == [ek_hash(1)]
+
+
+def test_an_allowlist_error_from_a_source_is_kept_as_it_is() -> None:
+    error = AllowlistError("the list is stale")
+    with pytest.raises(AllowlistError) as raised:
+        Broken(error).lookup(ek_hash(1))
+    assert raised.value is error
+
+
+@pytest.mark.parametrize("pub_hash", ["../" + ek_hash(1)[3:], ek_hash(1).upper(), "", 7])
+def test_the_base_refuses_what_is_not_an_ek_hash_before_the_source_sees_it(
+    pub_hash: object,
+) -> None:
+    source = Broken(KeyError("x"))
+    with pytest.raises(AllowlistError, match="not an EK hash"):
+        source.lookup(pub_hash)  # type: ignore[arg-type]
+    assert source.asked == []

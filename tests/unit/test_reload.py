@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from server_plugin.allowlist import AllowlistError
-from server_plugin.allowlist_config import RemovableDocumentFile
+from server_plugin.allowlist.file import DocumentFile
 from server_plugin.ca_bundle import CABundle
 from server_plugin.reload import WATCHES, Reloading
 from spire_tpm_attestor.ekcert import EKCertificate
@@ -261,7 +261,7 @@ def test_a_deleted_file_document_fails_closed(tmp_path: Path) -> None:
     path = tmp_path / "revoked.json"
     listed = "ab" * 32
     path.write_text(json.dumps({"version": 1, "entries": [{"pub_hash": listed}]}))
-    source = RemovableDocumentFile(str(path), 'denylist "revoked"')
+    source = DocumentFile(str(path), 'denylist "revoked"')
     try:
         assert source.lookup(listed) is not None
         path.write_text('{"version": 1, "entries": [')  # half written: the last good copy

@@ -42,14 +42,14 @@ from dataclasses import dataclass
 from itertools import accumulate, chain, islice, pairwise
 from typing import Any
 
-from server_plugin.allowlist import (
+from server_plugin.allowlist.base import (
     EK_HASH,
     AllowlistEntry,
     AllowlistError,
+    check_ek_hash,
     entry_from_json,
     metadata_problem,
 )
-from server_plugin.reload import Reloading
 
 VERSION = 1
 DIGEST_SIZE = 32
@@ -98,8 +98,7 @@ class Index:
         return len(self.digests) // DIGEST_SIZE
 
     def lookup(self, pub_hash: str, source: str) -> AllowlistEntry | None:
-        if not EK_HASH.match(pub_hash):
-            raise AllowlistError(f"{pub_hash!r} is not an EK hash")
+        check_ek_hash(pub_hash)
         key = bytes.fromhex(pub_hash)
         if _position(self.digests, key) is None:
             return None
@@ -675,23 +674,3 @@ def read_document_file(path: str, source: str) -> Index:
     except OSError as exc:
         raise DocumentError(f"cannot read {path}: {exc.strerror}") from None
     return parser.finish()
-
-
-class DocumentFile:
-    """A document in a local file, reloaded when the file changes (Reloading)."""
-
-    def __init__(self, path: str, name: str) -> None:
-        self.path = path
-        self.name = name
-        source = self.describe()
-        # A document that fails to load here is a configuration problem (DocumentError).
-        self._index = Reloading(name, [path], lambda: read_document_file(path, source))
-
-    def lookup(self, pub_hash: str) -> AllowlistEntry | None:
-        return self._index.value.lookup(pub_hash, self.describe())
-
-    def describe(self) -> str:
-        return f"{self.name} (file {self.path})"
-
-    def close(self) -> None:
-        self._index.close()

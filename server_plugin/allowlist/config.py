@@ -13,21 +13,19 @@ denylist "revoked" {                           # any kind; beats every allow
 
 from __future__ import annotations
 
-import os
 import ssl
 from urllib.parse import urlsplit
 
-from server_plugin.allowlist import (
-    AllowlistEntry,
-    AllowlistError,
-    AllowlistSource,
+from server_plugin.allowlist.base import AllowlistSource
+from server_plugin.allowlist.directory import (
     BucketedDirectory,
     DirectorySource,
     FlatDirectory,
     check_directory,
 )
-from server_plugin.allowlist_document import DocumentError, DocumentFile
-from server_plugin.allowlist_http import HTTPAllowlist, HTTPSettings
+from server_plugin.allowlist.document import DocumentError
+from server_plugin.allowlist.file import DocumentFile
+from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
 from spire_tpm_attestor.runtime.config import ConfigReader
 
 SOURCE_TYPES = ("directory", "bucketed_directory", "file", "http")
@@ -36,20 +34,6 @@ DIRECTORY_TYPES: dict[str, type[DirectorySource]] = {
     "bucketed_directory": BucketedDirectory,
 }
 DEFAULTS = HTTPSettings(url="")
-
-
-class RemovableDocumentFile(DocumentFile):
-    """A `file` document that fails closed once its file is deleted.
-
-    Deleting the file is an intentional change, unlike a half-written one (which keeps
-    the last good copy): the list it held must stop answering, for an allowlist (no
-    more admissions through it) and for a deny list (every EK refused) alike. A
-    replacement by rename or a ConfigMap symlink swap never leaves the path missing."""
-
-    def lookup(self, pub_hash: str) -> AllowlistEntry | None:
-        if not os.path.exists(self.path):
-            raise AllowlistError(f"{self.describe()}: {self.path} was removed")
-        return super().lookup(pub_hash)
 
 
 def read_allowlist_sources(
@@ -94,7 +78,7 @@ def _path_source(block: ConfigReader, name: str, source_type: str) -> AllowlistS
         return None
     if source_type == "file":
         try:
-            return RemovableDocumentFile(path, name)
+            return DocumentFile(path, name)
         except DocumentError as exc:
             block.problem(f"{block.key('path')}: {exc}")
             return None

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from server_plugin.allowlist import AllowlistEntry, AllowlistError
-from server_plugin.allowlist_document import DocumentError, DocumentParser, Index
+from server_plugin.allowlist.base import AllowlistEntry, AllowlistError, AllowlistSource
+from server_plugin.allowlist.document import DocumentError, DocumentParser, Index
 from server_plugin.reload import Reloading
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def read_token(path: str) -> str:
     return token
 
 
-class HTTPAllowlist:
+class HTTPAllowlist(AllowlistSource):
     def __init__(
         self, name: str, settings: HTTPSettings, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -128,7 +128,7 @@ class HTTPAllowlist:
     def describe(self) -> str:
         return f"{self.name} ({self.settings.url})"
 
-    def lookup(self, pub_hash: str) -> AllowlistEntry | None:
+    def _lookup(self, pub_hash: str) -> AllowlistEntry | None:
         snapshot = self._snapshot
         if snapshot is None:
             # Right after Configure the first fetch may still be on its way.
