@@ -12,6 +12,10 @@ last confirmation: then lookups fail closed (AllowlistError, hence UNAVAILABLE).
 TLS trust (`ca_path`, else the system store), the optional client certificate and the
 optional bearer token are files reloaded when they change (Reloading), so rotating
 them needs no restart. Redirects are not followed.
+
+Each source keeps one `httpx.Client` across refreshes, so a refresh reuses the
+kept-alive connection (and TLS session) of the one before; the client is rebuilt only
+when the TLS material was reloaded. Refreshes of one source never overlap.
 """
 
 from __future__ import annotations
@@ -100,6 +104,9 @@ class HTTPAllowlist(AllowlistSource):
         self._stop = threading.Event()
         self._tls: Reloading[ssl.SSLContext] | None = None
         self._token: Reloading[str] | None = None
+        self._refreshing = threading.Lock()  # held by the refresh in progress
+        self._http: httpx.Client | None = None  # built by the first refresh
+        self._http_verify: ssl.SSLContext | bool = True  # the TLS material it was built with
         try:
             if settings.url.startswith("https://"):
                 paths = [
@@ -150,6 +157,37 @@ class HTTPAllowlist(AllowlistSource):
         for reloading in (self._tls, self._token):
             if reloading is not None:
                 reloading.close()
+        self._close_client()
+
+    def _close_client(self) -> None:
+        """Closes the client once stopped, unless a refresh is using it: then that
+        refresh closes it when it is over (it checks `_stop` after letting go)."""
+        if not self._refreshing.acquire(blocking=False):
+            return
+        try:
+            client, self._http = self._http, None
+            if client is not None:
+                client.close()
+        finally:
+            self._refreshing.release()
+
+    def _client(self) -> httpx.Client:
+        """The source's one client; rebuilt when the TLS material was reloaded (called
+        with `_refreshing` held)."""
+        verify: ssl.SSLContext | bool = self._tls.value if self._tls is not None else True
+        if self._http is None or verify is not self._http_verify:
+            if self._http is not None:
+                self._http.close()
+            settings = self.settings
+            timeout = httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.read_timeout,
+                write=settings.read_timeout,
+                pool=settings.connect_timeout,
+            )
+            self._http = httpx.Client(verify=verify, timeout=timeout, follow_redirects=False)
+            self._http_verify = verify
+        return self._http
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -171,6 +209,16 @@ class HTTPAllowlist(AllowlistSource):
 
     def refresh(self) -> bool:
         """Fetch once; True when the list is confirmed current (200 accepted or 304)."""
+        try:
+            with self._refreshing:
+                if self._stop.is_set():
+                    return False
+                return self._refresh()
+        finally:
+            if self._stop.is_set():
+                self._close_client()
+
+    def _refresh(self) -> bool:
         started = self._clock()
         try:
             snapshot = self._fetch(self._snapshot)
@@ -213,21 +261,13 @@ class HTTPAllowlist(AllowlistSource):
         return headers
 
     def _fetch(self, snapshot: Snapshot | None) -> Snapshot:
-        settings = self.settings
-        timeout = httpx.Timeout(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            write=settings.read_timeout,
-            pool=settings.connect_timeout,
-        )
-        verify: ssl.SSLContext | bool = self._tls.value if self._tls is not None else True
         parser = DocumentParser(self.describe())
         try:
-            with (
-                httpx.Client(verify=verify, timeout=timeout, follow_redirects=False) as client,
-                client.stream("GET", settings.url, headers=self._headers(snapshot)) as response,
-            ):
+            with self._client().stream(
+                "GET", self.settings.url, headers=self._headers(snapshot)
+            ) as response:
                 if response.status_code == 304 and snapshot is not None:
+                    response.read()  # a 304 has no body: reading its end keeps the connection
                     return Snapshot(
                         snapshot.index, snapshot.etag, snapshot.last_modified, self._clock()
                     )

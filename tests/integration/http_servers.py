@@ -3,6 +3,7 @@ scriptable Python server for the misbehaving cases (slow, garbage, oversized, 40
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import ipaddress
@@ -263,7 +264,9 @@ class DocumentServer:
     chunked: bool = False
     token: str | None = None
     requests: list[dict[str, str]] = field(default_factory=list)
+    connections: list[tuple[str, int]] = field(default_factory=list)  # each request's peer
     _server: ThreadingHTTPServer | None = None
+    _open: set[socket.socket] = field(default_factory=set)  # kept-alive connections
 
     @property
     def etag(self) -> str:
@@ -281,8 +284,17 @@ class DocumentServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                owner._open.add(self.connection)
+
+            def finish(self) -> None:
+                owner._open.discard(self.connection)
+                super().finish()
+
             def do_GET(self) -> None:
                 owner.requests.append(dict(self.headers.items()))
+                owner.connections.append(self.client_address)
                 if owner.delay:
                     time.sleep(owner.delay)
                 if owner.token and self.headers.get("Authorization") != f"Bearer {owner.token}":
@@ -321,9 +333,13 @@ class DocumentServer:
         return self
 
     def stop(self) -> None:
+        """Stops listening and drops the kept-alive connections, as an outage would."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        for connection in list(self._open):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 def json_body(value: object) -> bytes:

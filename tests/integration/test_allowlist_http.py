@@ -229,6 +229,39 @@ def test_bearer_token_is_sent_and_reread_when_its_file_changes(
         server.stop()
 
 
+def test_refreshes_reuse_the_kept_alive_connection(
+    server: DocumentServer, sources: list[HTTPAllowlist]
+) -> None:
+    source = open_source(sources, quick(server.url))
+    assert source.lookup(NODE.pub_hash) is not None
+    assert source.refresh() is True
+    server.body = document(OTHER)
+    assert source.refresh() is True
+    assert source.lookup(OTHER.pub_hash) is not None
+    assert len(server.connections) == 3
+    assert len(set(server.connections)) == 1, server.connections
+
+
+def test_the_client_is_rebuilt_when_its_tls_material_changes(
+    tls: TLSFiles, sources: list[HTTPAllowlist], tmp_path: Path
+) -> None:
+    server = DocumentServer(tls=tls, body=document(NODE)).start()
+    try:
+        ca = tmp_path / "ca.pem"
+        ca.write_bytes(tls.ca.read_bytes())
+        source = open_source(sources, quick(server.url, ca_path=str(ca)))
+        assert source.lookup(NODE.pub_hash) is not None
+        assert source.refresh() is True
+        assert len(set(server.connections)) == 1, "one TLS connection, kept alive"
+        first = source._http
+        ca.write_bytes(tls.ca.read_bytes() + b"\n")  # the same CA, reloaded all the same
+        eventually(lambda: source.refresh() and source._http is not first, "a new client")
+        assert len(set(server.connections)) == 2, server.connections
+        assert first is not None and first.is_closed
+    finally:
+        server.stop()
+
+
 def test_tls_to_a_server_outside_ca_path_fails(
     tls: TLSFiles, sources: list[HTTPAllowlist], tmp_path: Path
 ) -> None:
