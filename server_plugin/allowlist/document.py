@@ -16,15 +16,19 @@ have some, as compact JSON text in one string, found through its own sorted dige
 and an offset array; nothing per entry is a Python object, so memory is what it
 looks like and is given back when a newer index replaces this one.
 
-The document is parsed as it is fed (DocumentParser), a piece at a time: the entries
-array is walked with the stdlib decoder a slice of entries at a time, and each slice is
-folded into the index before the next is parsed, so a parse needs the index plus a few
+The document is parsed as it is fed (DocumentParser), a piece at a time, by ijson
+(the yajl C tokenizer its wheels ship): the entries are built a batch at a time and
+folded into the index before the next batch, so a parse needs the index plus a few
 MiB, never the whole JSON tree (for a million entries, several times the document).
-It accepts and rejects exactly what `json.loads` and the checks after it would.
+It accepts what `json.loads` and the checks after it would, bar what json.loads allows
+beyond JSON (NaN, Infinity) and documents nested deeper than any valid one; and yajl
+reads a lone surrogate escape (`\\ud800`) as `?`, which json.loads keeps (and the
+checks then refuse as unprintable).
 """
 
 from __future__ import annotations
 
+import ast
 import codecs
 import contextlib
 import ctypes
@@ -37,10 +41,13 @@ import re
 import threading
 from array import array
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate, chain, islice, pairwise
+from itertools import accumulate, chain, compress, count, islice, pairwise, repeat
 from typing import Any
+
+import ijson
 
 from server_plugin.allowlist.base import (
     EK_HASH,
@@ -56,17 +63,10 @@ DIGEST_SIZE = 32
 ENTRY_KEYS = frozenset({"pub_hash", "name", "labels"})
 _quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
-PIECE = 1 << 20  # bytes decoded, and characters of entries parsed, at a time
+PIECE = 1 << 16  # bytes checked and tokenized at a time
 BUCKETS = 256  # digests are gathered by first byte, then each bucket is sorted alone
 _PREFIXES = [f"{bucket:02x}" for bucket in range(1, BUCKETS)]
-_decoder = json.JSONDecoder()  # what json.loads uses
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-# A `}` that closes an entry: the next entry or the array's end follows it.
-_ENTRY_END = re.compile(r"\}[ \t\n\r]*(?:,[ \t\n\r]*\{|\])")
 _RECORD = re.compile(rb".{32}", re.DOTALL)
-# A decoder error this close to the end of the text so far may only mean that the rest
-# has not arrived yet (a cut literal, number or \u escape is at most 9 characters).
-_CUT_SHORT = 16
 
 
 class DocumentError(ValueError):
@@ -160,97 +160,116 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 _malloc_trim = _load_malloc_trim()
 
 
-class _Malformed(Exception):
-    """Not JSON: json's own wording, and where in the text being parsed."""
+# --- the parse: ijson's yajl tokenizer, the index built as entries arrive ------------
 
-    def __init__(self, message: str, position: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.position = position
-
-
-# Where the parser is in the document: what it expects next.
-_DOCUMENT, _FIRST_KEY, _KEY, _COLON, _MEMBER, _AFTER_MEMBER = range(6)
-_FIRST_ITEM, _ITEM, _AFTER_ITEM, _END = range(6, 10)
-_EXPECTING = {
-    _DOCUMENT: "Expecting value",
-    _FIRST_KEY: "Expecting property name enclosed in double quotes",
-    _KEY: "Expecting property name enclosed in double quotes",
-    _COLON: "Expecting ':' delimiter",
-    _MEMBER: "Expecting value",
-    _AFTER_MEMBER: "Expecting ',' delimiter",
-    _FIRST_ITEM: "Expecting value",
-    _ITEM: "Expecting value",
-    _AFTER_ITEM: "Expecting ',' delimiter",
+# The kind of each ijson basic event, and what it does to the nesting depth.
+_KIND = operator.itemgetter(0)
+_DEPTH_CHANGE = {
+    "start_map": 1,
+    "start_array": 1,
+    "end_map": -1,
+    "end_array": -1,
+    "map_key": 0,
+    "null": 0,
+    "boolean": 0,
+    "integer": 0,
+    "double": 0,
+    "number": 0,
+    "string": 0,
 }
+_CONTAINER_STARTS = frozenset({"start_map", "start_array"})
+# A document is four levels deep (document, entries, entry, labels); anything much
+# deeper is refused before ijson's prefix tracking, whose cost grows with the square of
+# the depth, ever sees it.
+MAX_DEPTH = 64
+FOLD_EVERY = 2048  # entries gathered before they are folded into the index
+
+
+def _ijson_backend() -> Any:
+    """yajl2_c, the C extension the ijson wheels ship, else the best one available."""
+    try:
+        return ijson.get_backend("yajl2_c")
+    except ImportError:  # a platform without the wheel's extension
+        return ijson.get_backend(ijson.backend_name)
+
+
+_backend = _ijson_backend()
 
 
 class DocumentParser:
     """Parses a document fed a piece at a time, as it is downloaded or read; finish()
     gives its Index or raises DocumentError.
 
-    Only the index being built and the text not parsed yet (under a piece, unless one
-    value is larger) are held. Problems are reported as json.loads and the checks after
-    it would: undecodable bytes anywhere first, then the first JSON syntax error (with
-    json's message and position), then what the document says, in the same order."""
+    ijson (yajl) tokenizes each piece; this class follows the top level of the document
+    itself (the few events outside the entries array) and hands the events inside the
+    entries array to ijson's C object builder, whose entries are folded into the index
+    a batch at a time. Only the index being built and one piece's events are held.
+
+    Problems are reported in the order json.loads and the checks after it would find
+    them: undecodable bytes anywhere first, then the first JSON syntax error (yajl's
+    reason, and the byte near which it found it), then what the document says."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self._raw = bytearray()  # bytes not decoded yet
+        self._head = b""  # the first bytes, until the encoding is known
+        self._encoding: str | None = None
         self._text_decoder: codecs.IncrementalDecoder | None = None
-        self._decoded = 0  # bytes handed to the decoder so far
-        self._want = PIECE  # decode once this many bytes wait
+        self._decoded = 0  # bytes handed to the decoder (or found ASCII) so far
         self._fed_text = False
-        self._text = ""  # decoded text not parsed yet
-        self._offset = 0  # its position in the document, in characters
-        self._lines = 0  # the newlines before it
-        self._last_newline = -1  # and where the last one is
-        self._state = _DOCUMENT
-        self._key = ""  # the top-level member whose value comes next
-        self._top_array = False  # the array being walked is the document itself
-        self._building: _Builder | None = None  # the "entries" array being walked
-        self._items: list[Any] = []  # its entries parsed one by one, not yet folded in
-        self._bulk_after = 0  # entries before this position are parsed one by one
+        self._events = ijson.sendable_list()
+        self._tokens = _backend.basic_parse_coro(self._events, use_float=True)
+        self._parsed = 0  # bytes handed to yajl so far
+        self._depth = 0
         self._unreadable: str | None = None
         self._malformed: str | None = None
-        self._is_object = False
+        self._is_object: bool | None = None  # known once the document starts
+        self._key: str | None = None  # the top-level member whose value is being read
         self._version: Any = None
+        self._version_builder: ijson.ObjectBuilder | None = None
         self._unknown: set[str] = set()
+        self._building: _Builder | None = None  # the "entries" array being read
+        self._items: Any = None  # ijson's builder of its entries
+        self._built = ijson.sendable_list()  # entries built, not yet folded in
         self._entries: _Builder | None = None
 
     def feed(self, data: bytes | bytearray | memoryview | str) -> None:
         """The next piece: bytes (any encoding json.loads accepts), or text, not both."""
         if isinstance(data, str):
-            if self._text_decoder is not None or self._raw:
+            if self._encoding is not None or self._head:
                 raise TypeError("text fed after bytes")
-            if not (self._offset or self._text) and data.startswith("\ufeff"):
-                self._fail(_Malformed("Unexpected UTF-8 BOM (decode using utf-8-sig)", 0), "")
+            if not (self._fed_text or self._parsed) and data.startswith("\ufeff"):
+                self._malformed = (
+                    "not valid JSON: Unexpected UTF-8 BOM (decode using utf-8-sig): "
+                    "line 1 column 1 (char 0)"
+                )
             self._fed_text = True
-            if self._unreadable is None and self._malformed is None:
-                with _gc_paused():
-                    self._parse(data, final=False)
+            with _gc_paused():
+                for start in range(0, len(data), PIECE):  # never a copy of the whole text
+                    self._parse(data[start : start + PIECE].encode("utf-8", "surrogatepass"))
             return
         if self._fed_text:
             raise TypeError("bytes fed after text")
         view = memoryview(data).cast("B")
-        for start in range(0, len(view), PIECE):
-            self._raw += view[start : start + PIECE]
-            if len(self._raw) >= self._want:
-                with _gc_paused():
-                    self._decode(final=False)
+        with _gc_paused():
+            for start in range(0, len(view), PIECE):
+                self._take(bytes(view[start : start + PIECE]), final=False)
 
     def finish(self) -> Index:
         """The index of the whole document; DocumentError says what is wrong with it."""
         try:
             with _gc_paused():
-                if self._fed_text:
-                    if self._malformed is None:
-                        self._parse("", final=True)
-                else:
-                    self._decode(final=True)
+                if not self._fed_text:
+                    self._take(b"", final=True)
+                if self._malformed is None and self._unreadable is None:
+                    try:
+                        self._tokens.close()
+                    except ijson.JSONError as exc:
+                        self._malformed = _syntax_error(exc, b"", self._parsed)
+                    else:
+                        self._follow(self._events)
                 return self._index()
         finally:
-            self._building = self._entries = None
+            self._drop()
             _release_free_heap()  # what the parse allocated is gone now
 
     def _index(self) -> Index:
@@ -272,243 +291,181 @@ class DocumentParser:
             raise DocumentError(entries.problem)
         return entries.index()
 
-    def _decode(self, final: bool) -> None:
-        if self._unreadable is not None:
-            self._raw.clear()
-            return
-        if self._text_decoder is None:
-            if len(self._raw) < 4 and not final:
-                return
-            # json.loads(bytes) decodes the same way (json.detect_encoding reads 4 bytes).
-            encoding = json.detect_encoding(bytes(self._raw[:4]))
-            self._text_decoder = codecs.getincrementaldecoder(encoding)("surrogatepass")
-        raw, self._raw = self._raw, bytearray()
-        before = self._decoded - len(self._text_decoder.getstate()[0])
-        try:
-            text = self._text_decoder.decode(raw, final)
-        except UnicodeDecodeError as exc:
-            # json.loads decodes the whole body before it parses: this comes first.
-            self._unreadable = f"not valid JSON: {_decode_error(exc, before)}"
-            self._malformed = None
-            self._drop()
-            return
-        self._decoded += len(raw)
-        if self._malformed is None:
-            self._parse(text, final)
-
-    def _parse(self, text: str, final: bool) -> None:
-        buffer = self._text + text if self._text else text
-        try:
-            done = self._walk(buffer, final)
-        except _Malformed as exc:
-            self._fail(exc, buffer)
-            return
-        except RecursionError:  # json's C scanner recurses once per nesting level
-            self._malformed = "not valid JSON: nested too deeply"
-            self._drop()
-            return
-        newlines = buffer.count("\n", 0, done)
-        if newlines:
-            self._lines += newlines
-            self._last_newline = self._offset + buffer.rfind("\n", 0, done)
-        self._offset += done
-        self._text = buffer[done:]
-        # A value longer than a piece waits for as much text again before it is retried:
-        # a huge value costs a few retries, not one per piece.
-        self._want = max(PIECE, len(self._text))
-
-    def _fail(self, exc: _Malformed, buffer: str) -> None:
-        """Records the syntax error, in json's words: `msg: line L column C (char N)`."""
-        at = self._offset + exc.position
-        last_newline = buffer.rfind("\n", 0, exc.position)
-        line = self._lines + buffer.count("\n", 0, exc.position) + 1
-        column = at - (self._offset + last_newline if last_newline >= 0 else self._last_newline)
-        self._malformed = f"not valid JSON: {exc.message}: line {line} column {column} (char {at})"
-        self._drop()
-
     def _drop(self) -> None:
         """Only the first problem matters now: let go of what was built."""
-        self._text = ""
-        self._building = self._entries = None
-        self._items = []
+        self._building = self._entries = self._items = None
+        del self._events[:], self._built[:]
 
-    def _walk(self, buffer: str, final: bool) -> int:
-        """Parses `buffer` as far as it can and says where it stopped (the rest may go
-        on in the next piece); with `final`, all of it or _Malformed."""
-        end = len(buffer)
-        position = 0
-        while True:
-            position = _skip_whitespace(buffer, position)
-            state = self._state
-            if position == end:
-                if final and state != _END:
-                    raise _Malformed(_EXPECTING[state], position)
-                return position
-            char = buffer[position]
-            if state == _ITEM or (state == _FIRST_ITEM and char != "]"):
-                after = self._take_entries(buffer, position, final)
-                if after is None:
-                    return position
-                position = after
-                self._state = _AFTER_ITEM
-            elif state in (_AFTER_ITEM, _FIRST_ITEM):
-                if char == ",":
-                    self._state = _ITEM
-                elif char == "]":
-                    self._end_array()
-                else:
-                    raise _Malformed("Expecting ',' delimiter", position)
-                position += 1
-            elif state in (_FIRST_KEY, _KEY):
-                if char == "}" and state == _FIRST_KEY:
-                    self._state = _END
-                    position += 1
-                elif char != '"':
-                    raise _Malformed("Expecting property name enclosed in double quotes", position)
-                else:
-                    key = _value(buffer, position, final)
-                    if key is None:
-                        return position
-                    self._key, position = key
-                    self._state = _COLON
-            elif state == _COLON:
-                if char != ":":
-                    raise _Malformed("Expecting ':' delimiter", position)
-                self._state = _MEMBER
-                position += 1
-            elif state == _MEMBER:
-                after = self._member(buffer, position, final)
-                if after is None:
-                    return position
-                position = after
-            elif state == _AFTER_MEMBER:
-                if char == ",":
-                    self._state = _KEY
-                elif char == "}":
-                    self._state = _END
-                else:
-                    raise _Malformed("Expecting ',' delimiter", position)
-                position += 1
-            elif state == _DOCUMENT:
-                if char == "{":
-                    self._is_object = True
-                    self._state = _FIRST_KEY
-                    position += 1
-                elif char == "[":  # not an object, but walked all the same: it may be big
-                    self._start_array(top=True)
-                    position += 1
-                else:
-                    value = _value(buffer, position, final)
-                    if value is None:
-                        return position
-                    position = value[1]
-                    self._state = _END
-            else:
-                raise _Malformed("Extra data", position)
+    # Bytes: the encoding json.loads would use, and every byte checked to decode.
 
-    def _member(self, buffer: str, position: int, final: bool) -> int | None:
-        """The value of the member `self._key`; where it ends, None to wait for more."""
-        key = self._key
-        if key == "entries":
-            self._entries = None  # the last "entries" counts, as in a dict
-        elif key != "version":
-            self._unknown.add(key)
-        if buffer[position] == "[" and key != "version":
-            self._start_array(top=False)
-            return position + 1
-        value = _value(buffer, position, final)
-        if value is None:
-            return None
-        if key == "version":
-            self._version = value[0]
-        self._state = _AFTER_MEMBER
-        return value[1]
+    def _take(self, piece: bytes, final: bool) -> None:
+        if self._unreadable is not None:
+            return
+        if self._encoding is None:
+            self._head += piece
+            if len(self._head) < 4 and not final:
+                return
+            # json.loads(bytes) decodes the same way (json.detect_encoding reads 4 bytes).
+            self._encoding = json.detect_encoding(self._head[:4])
+            self._text_decoder = codecs.getincrementaldecoder(self._encoding)("surrogatepass")
+            piece, self._head = self._head, b""
+        decoder = self._text_decoder
+        assert decoder is not None
+        before = self._decoded - len(decoder.getstate()[0])
+        if self._encoding not in ("utf-8", "utf-8-sig"):
+            try:
+                text = decoder.decode(piece, final)
+            except UnicodeDecodeError as exc:
+                self._unreadable = f"not valid JSON: {_decode_error(exc, before)}"
+                self._drop()
+                return
+            self._decoded += len(piece)
+            self._parse(text.encode("utf-8", "surrogatepass"))
+            return
+        # UTF-8 goes to yajl as it is; only pieces that are not plain ASCII (or that
+        # finish a character cut by the last piece) need decoding, to check them.
+        if final or not piece.isascii() or decoder.getstate()[0]:
+            try:
+                decoder.decode(piece, final)
+            except UnicodeDecodeError as exc:
+                # json.loads decodes the whole body before it parses: this comes first.
+                self._unreadable = f"not valid JSON: {_decode_error(exc, before)}"
+                self._malformed = None
+                self._drop()
+                return
+        first = self._decoded == 0
+        self._decoded += len(piece)
+        if first and self._encoding == "utf-8-sig":
+            piece = piece.removeprefix(codecs.BOM_UTF8)  # json.loads drops it too
+        self._parse(piece)
 
-    def _start_array(self, top: bool) -> None:
-        self._top_array = top
-        self._building = _Builder(self.source) if self._key == "entries" and not top else None
-        self._items = []
-        self._state = _FIRST_ITEM
+    # JSON: yajl's events, followed at the top level, built inside the entries array.
 
-    def _end_array(self) -> None:
-        self._fold()
-        if self._top_array:
-            self._state = _END
-        else:
-            if self._key == "entries":
-                self._entries = self._building
-            self._state = _AFTER_MEMBER
-        self._building = None
+    def _parse(self, piece: bytes) -> None:
+        if self._malformed is not None or not piece:
+            return
+        try:
+            self._tokens.send(piece)
+        except ijson.JSONError as exc:
+            self._malformed = _syntax_error(exc, piece, self._parsed)
+            self._drop()
+            return
+        self._parsed += len(piece)
+        self._follow(self._events)
 
-    def _take_entries(self, buffer: str, position: int, final: bool) -> int | None:
-        """Entries from `position` (where one starts): where the last one taken ends,
-        None to wait for more text. Many at once where it can, else one."""
-        if self._offset + position >= self._bulk_after:
-            after = self._take_many(buffer, position)
-            if after is not None:
-                return after
-        value = _value(buffer, position, final)
-        if value is None:
-            return None
-        if self._building is not None:
-            self._items.append(value[0])
-            if len(self._items) >= 4096:
-                self._fold()
-        return value[1]
+    def _follow(self, events: list[tuple[str, Any]]) -> None:
+        """Takes the events of the last piece: the top-level ones here, one by one;
+        those inside a member's value in runs, to its builder (or to nothing)."""
+        if not events:
+            return
+        # depths[i] is the depth before events[i]; all computed at C speed.
+        depths = list(
+            accumulate(map(_DEPTH_CHANGE.__getitem__, map(_KIND, events)), initial=self._depth)
+        )
+        if max(depths) > MAX_DEPTH:
+            self._malformed = f"not valid JSON: nested too deeply (more than {MAX_DEPTH} levels)"
+            self._drop()
+            return
+        self._depth = depths[-1]
+        if self._is_object is False:
+            del events[:]  # not an object: only its syntax matters now
+            return
+        top = list(compress(count(), map(operator.le, islice(depths, len(events)), repeat(1))))
+        start = 0
+        for at in top:
+            if start < at:
+                self._inside(events[start:at])
+            self._top_level(depths[at], *events[at])
+            start = at + 1
+        if start < len(events):
+            self._inside(events if start == 0 else events[start:])
+        del events[:]
+        if len(self._built) >= FOLD_EVERY:
+            self._fold()
 
-    def _take_many(self, buffer: str, position: int) -> int | None:
-        """Up to a piece of entries in one json call, cut after the last `}` followed by
-        `, {` or `]`. A cut in the wrong place (in a string such as a name holding
-        `}, {`, or in a nested value) leaves that string or value open, so the slice
-        does not parse: then the entries up to the cut are taken one by one, as they
-        are when the slice holds a real error (which json then reports as usual)."""
-        limit = min(len(buffer), position + PIECE)
-        cut = limit
-        for _ in range(8):  # the last `}` may close a cut entry's labels: look back a bit
-            cut = buffer.rfind("}", position, cut)
-            if cut < 0:
-                break
-            if _ENTRY_END.match(buffer, cut):
-                try:
-                    entries = _decoder.decode("[" + buffer[position : cut + 1] + "]")
-                except json.JSONDecodeError:
-                    break
-                self._fold(entries)
-                return cut + 1
-        self._bulk_after = self._offset + (limit if cut < 0 else cut + 1)
-        return None
+    def _top_level(self, depth: int, kind: str, value: Any) -> None:
+        """An event outside any member's value: the document's start and end, a member's
+        key, or the start of its value."""
+        if depth == 0:
+            self._is_object = kind == "start_map"
+        elif kind == "map_key":
+            self._end_member()
+            self._key = value
+            if value == "entries":
+                self._entries = None  # the last "entries" counts, as in a dict
+            elif value != "version":
+                self._unknown.add(value)
+        elif kind == "end_map":
+            self._end_member()
+        elif self._key == "entries":
+            if kind == "start_array":
+                self._building = _Builder(self.source)
+                self._items = _backend.parse_basecoro(_backend.items_basecoro(self._built, "item"))
+                self._items.send((kind, value))
+        elif self._key == "version":
+            self._version = value
+            if kind in _CONTAINER_STARTS:
+                self._version_builder = ijson.ObjectBuilder()
+                self._version_builder.event(kind, value)
 
-    def _fold(self, entries: list[Any] | None = None) -> None:
-        """Adds the entries parsed so far to the index being built."""
-        builder = self._building
-        if builder is not None:
-            if self._items and entries:  # one slice: each costs a bucket split
-                self._items.extend(entries)
-            batch = self._items or entries
-            if batch:
-                builder.add(batch)
-        self._items = []
+    def _inside(self, events: list[tuple[str, Any]]) -> None:
+        """Events inside the current member's value."""
+        if self._items is not None:
+            deque(map(self._items.send, events), maxlen=0)
+        elif self._version_builder is not None:
+            for kind, value in events:
+                self._version_builder.event(kind, value)
+
+    def _end_member(self) -> None:
+        if self._items is not None:
+            self._fold()
+            self._entries, self._building, self._items = self._building, None, None
+        if self._version_builder is not None:
+            self._version = self._version_builder.value
+            self._version_builder = None
+
+    def _fold(self) -> None:
+        """Adds the entries built so far to the index being built."""
+        if self._building is not None and self._built:
+            self._building.add(self._built)
+        del self._built[:]
 
 
-def _skip_whitespace(text: str, position: int) -> int:
-    match = _WHITESPACE.match(text, position)
-    return match.end() if match else position
+def _syntax_error(exc: Exception, piece: bytes, start: int) -> str:
+    """yajl's reason, and near which byte of the document: `piece` (which began at byte
+    `start`) is what yajl was parsing; its message quotes the bytes around the spot."""
+    message = str(exc)
+    raw = (
+        ast.literal_eval(message)
+        if message.startswith(("b'", 'b"'))
+        else message.encode("utf-8", "surrogateescape")
+    )
+    lines = raw.split(b"\n")
+    reason = lines[0].decode("utf-8", "replace").rstrip(".")
+    if not piece:  # found at the end of the document (premature EOF)
+        offset: int | None = 0
+    else:
+        offset = _error_offset(lines[1], piece) if len(lines) > 2 else None
+    if offset is None:
+        return f"not valid JSON: {reason} (in bytes {start}-{start + len(piece)})"
+    return f"not valid JSON: {reason} near byte {start + offset}"
 
 
-def _value(text: str, position: int, final: bool) -> tuple[Any, int] | None:
-    """The JSON value at `position` and where it ends; None when it may go on past the
-    end of the text seen so far."""
-    try:
-        value, end = _decoder.raw_decode(text, position)
-    except json.JSONDecodeError as exc:
-        if not final and (
-            exc.msg.startswith("Unterminated string") or exc.pos > len(text) - _CUT_SHORT
-        ):
-            return None
-        raise _Malformed(exc.msg, exc.pos) from None
-    if not final and end > len(text) - _CUT_SHORT:
-        return None  # a number may go on in the next piece (`1` then `.5`)
-    return value, end
+def _error_offset(quoted: bytes, piece: bytes) -> int | None:
+    """Where in `piece` yajl stopped, from the line its verbose error quotes: up to 30
+    bytes either side of the spot, newlines as spaces, padded so the spot falls at
+    column 40 (yajl_render_error_string)."""
+    text = piece.replace(b"\n", b" ").replace(b"\r", b" ")
+    for offset in range(min(30, len(text) + 1)):
+        if quoted == b" " * (40 - offset) + text[: offset + 30]:
+            return offset
+    window = quoted[10:]
+    at = text.find(window)
+    while at >= 0:
+        if len(window) == min(at + 60, len(text)) - at:
+            return at + 30
+        at = text.find(window, at + 1)
+    return None
 
 
 def _decode_error(exc: UnicodeDecodeError, before: int) -> str:

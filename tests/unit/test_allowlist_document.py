@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -257,8 +258,8 @@ def test_documents_read_as_json_reads_them(parse: Callable[[bytes], Index], text
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        (f'{{"version": 1, "entries": [{{"pub_hash": "{H1}"}}]}} x', "Extra data"),
-        ('{"version": 1, "entries": []}{"version": 1, "entries": []}', "Extra data"),
+        (f'{{"version": 1, "entries": [{{"pub_hash": "{H1}"}}]}} x', "trailing garbage"),
+        ('{"version": 1, "entries": []}{"version": 1, "entries": []}', "trailing garbage"),
         ('{"version": 1, "entries": [], "generated": "now"}', "unknown keys ['generated']"),
         (f'{{"version": 1, "entries": [], "more": [{{"pub_hash": "{H1}"}}, 2]}}', "unknown keys"),
         ('{"entries": [], "version": 2}', "unsupported version 2"),
@@ -343,12 +344,19 @@ BROKEN = [SPACED[:cut] for cut in range(len(SPACED.rstrip()))] + [
 
 
 @pytest.mark.parametrize("text", BROKEN)
-def test_json_errors_say_what_json_says(parse: Callable[[bytes], Index], text: str) -> None:
+def test_json_errors_say_why_and_where(parse: Callable[[bytes], Index], text: str) -> None:
+    """What json.loads refuses is refused with yajl's reason and the byte near which it
+    stopped (where json.loads stops, or after), whatever the pieces."""
     with pytest.raises(json.JSONDecodeError) as expected:
         json.loads(text.encode())
     with pytest.raises(DocumentError) as error:
         parse(text.encode())
-    assert str(error.value) == f"not valid JSON: {expected.value}"
+    found = re.fullmatch(
+        r"not valid JSON: (?:parse|lexical) error: .+ near byte (\d+)", str(error.value)
+    )
+    assert found, str(error.value)
+    # yajl may read on to the end of a string json.loads finds unterminated at its start.
+    assert expected.value.pos - 8 <= int(found.group(1)) <= len(text.encode()), expected.value
 
 
 def test_a_bom_in_text_is_refused_as_json_loads_refuses_it() -> None:
@@ -385,7 +393,7 @@ def test_a_document_file_is_read_in_pieces(tmp_path: Path, monkeypatch: pytest.M
     index = read_document_file(str(path), "src")
     assert index == parse_document(LOTS, "src")
     path.write_text(LOTS + "x")
-    with pytest.raises(DocumentError, match="Extra data"):
+    with pytest.raises(DocumentError, match="trailing garbage"):
         read_document_file(str(path), "src")
 
 
@@ -411,3 +419,47 @@ def test_the_parse_holds_less_than_the_document(monkeypatch: pytest.MonkeyPatch)
         tracemalloc.stop()
     assert len(index) == 50_000
     assert peak < len(body), f"the parse peaked at {peak} bytes for a {len(body)}-byte document"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 100_000,
+        b'{"version": 1, "entries": [' + b"[" * 100_000,
+        b'{"version": 1, "entries": [{"pub_hash": "'
+        + H1.encode()
+        + b'", "labels": '
+        + b'{"a": ' * 100_000,
+        b'{"version": ' + b"[" * 70 + b"]" * 70 + b', "entries": []}',
+    ],
+    ids=["top", "entries", "labels", "version"],
+)
+def test_deep_nesting_is_a_clear_error_not_a_crash(
+    parse_bytes: Callable[[bytes], Index], body: bytes
+) -> None:
+    if len(body) > 10_000 and parse_bytes is WAYS["byte by byte"][1]:
+        pytest.skip("a byte at a time is for the small documents")
+    with pytest.raises(DocumentError, match=r"^not valid JSON: nested too deeply \(more than"):
+        parse_bytes(body)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('{"version": 1, "entries": [], "\u00fcber": 1}', "unknown keys ['\u00fcber']"),
+        ('{"version": 1, "entries": []} \u00e9', "not valid JSON: parse error: trailing garbage"),
+        ('{"version": \u00e9, "entries": []}', "not valid JSON: lexical error: "),
+        ('{"version": 1, "entries": [\u00ab]}', "not valid JSON: lexical error: "),
+        (
+            f'{{"version": 1, "entries": [{{"pub_hash": "{H1}", "labels": {{"\u00e9": 1}}}}]}}',
+            "labels must map strings to strings",
+        ),
+    ],
+    ids=["unknown_key", "after_the_document", "version", "in_entries", "label"],
+)
+def test_non_ascii_tokens_are_clear_errors(
+    parse: Callable[[bytes], Index], text: str, words: str
+) -> None:
+    with pytest.raises(DocumentError) as error:
+        parse(text.encode())
+    assert words in str(error.value)
