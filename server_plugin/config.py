@@ -55,6 +55,12 @@ class ServerConfig:
         """The EK CA certificates as last (re)loaded from ek_ca_path."""
         return self.ek_ca.value if self.ek_ca is not None else []
 
+    def start(self) -> None:
+        """Starts the allowlist watchers and HTTP refreshes: for the configuration that
+        Configure commits only, never one that is validated or rejected."""
+        for source in [*self.allowlist, *self.denylist]:
+            source.start()
+
     def close(self) -> None:
         if self.ek_ca is not None:
             self.ek_ca.close()

@@ -244,4 +244,5 @@ SPEC = PluginSpec(
     service_name=SERVICE_NAME,
     build_config=build_server_config,
     register_service=register,
+    start_config=ServerConfig.start,
 )

@@ -1,12 +1,14 @@
 """Values loaded from files or directories that reload themselves when those change.
 
 `Reloading(what, paths, load)` calls `load()` once (its errors are the caller's to
-report, typically as configuration problems), then watches `paths` with watchdog. On a
-change it waits for writes to settle, calls `load()` again and swaps the value in
-atomically. A load that fails keeps the last good value and logs why, so a half-written
-or broken file never takes trust material away. Deleting trust material is another
-matter: loaders decide what a removed path means (a CA bundle drops it, see ca_bundle),
-and should not raise for it. `close()` stops watching.
+report, typically as configuration problems), then watches `paths` with watchdog (with
+`watch=False`, only once `start()` is called: building a configuration that may be
+rejected, or is only validated, then watches nothing). On a change it waits for writes
+to settle, calls `load()` again and swaps the value in atomically. A load that fails
+keeps the last good value and logs why, so a half-written or broken file never takes
+trust material away. Deleting trust material is another matter: loaders decide what a
+removed path means (a CA bundle drops it, see ca_bundle), and should not raise for it.
+`close()` stops watching.
 
 Usage, for a CA bundle given as a list of files or directories:
 
@@ -148,6 +150,8 @@ class Reloading(Generic[T]):
         paths: Sequence[str],
         load: Callable[[], T],
         settle_seconds: float = SETTLE_SECONDS,
+        *,
+        watch: bool = True,
     ) -> None:
         self.what = what
         self.paths = [os.path.abspath(path) for path in paths]
@@ -160,9 +164,25 @@ class Reloading(Generic[T]):
         self._reload_lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._closed = False
+        self._watching = False
         self._directories = sorted({_watched_directory(path) for path in self.paths})
+        if watch:
+            self._watch()
+
+    def start(self) -> None:
+        """Starts watching (once); a change since the first load is loaded now."""
+        if self._watch():
+            self.reload()
+
+    def _watch(self) -> bool:
+        """Adds the watches unless they are there (or closed); True when it added them."""
+        with self._lock:
+            if self._watching or self._closed:
+                return False
+            self._watching = True
         for directory in self._directories:
             WATCHES.add(directory, self._changed)
+        return True
 
     @property
     def value(self) -> T:
@@ -205,5 +225,7 @@ class Reloading(Generic[T]):
             self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
-        for directory in self._directories:
-            WATCHES.remove(directory, self._changed)
+            watching, self._watching = self._watching, False
+        if watching:
+            for directory in self._directories:
+                WATCHES.remove(directory, self._changed)

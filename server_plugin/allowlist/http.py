@@ -1,6 +1,6 @@
 """An allowlist (or deny list) fetched from an HTTP(S) endpoint serving the JSON document.
 
-A daemon thread fetches the document at once, then every `refresh_interval` (with
+Once started, a daemon thread fetches the document at once, then every `refresh_interval` (with
 ±10% jitter, so a fleet of SPIRE servers does not fetch in step; after a failure it
 retries within 30 s). Requests are conditional (If-None-Match / If-Modified-Since from
 the last accepted document), so an unchanged list costs a 304. Bodies larger than
@@ -118,18 +118,33 @@ class HTTPAllowlist(AllowlistSource):
                     )
                     if path
                 ]
-                self._tls = Reloading(f"{name} TLS", paths, lambda: tls_context(settings))
+                self._tls = Reloading(
+                    f"{name} TLS", paths, lambda: tls_context(settings), watch=False
+                )
             token_path = settings.bearer_token_path
             if token_path:
                 self._token = Reloading(
-                    f"{name} bearer token", [token_path], lambda: read_token(token_path)
+                    f"{name} bearer token",
+                    [token_path],
+                    lambda: read_token(token_path),
+                    watch=False,
                 )
         except BaseException:
             self.close()
             raise
+        self._started = False
         self._thread = threading.Thread(
             target=self._run, name=f"allowlist-http {name}", daemon=True
         )
+
+    def start(self) -> None:
+        """Watches the TLS and token files and starts refreshing (once)."""
+        if self._started or self._stop.is_set():
+            return
+        self._started = True
+        for reloading in (self._tls, self._token):
+            if reloading is not None:
+                reloading.start()
         self._thread.start()
 
     def describe(self) -> str:
@@ -138,6 +153,8 @@ class HTTPAllowlist(AllowlistSource):
     def _lookup(self, pub_hash: str) -> AllowlistEntry | None:
         snapshot = self._snapshot
         if snapshot is None:
+            if not self._started:
+                raise AllowlistError(f"{self.describe()}: not started: no fetch is made")
             # Right after Configure the first fetch may still be on its way.
             self._first_attempt.wait(self.settings.connect_timeout + self.settings.read_timeout)
             snapshot = self._snapshot

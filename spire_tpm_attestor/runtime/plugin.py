@@ -80,14 +80,23 @@ class ConfigHolder(Generic[C]):
             old.close()
 
 
+def _nothing_to_start(config: object) -> None:
+    """Most configurations start nothing: building them is all there is."""
+
+
 @dataclass(frozen=True)
 class PluginSpec(Generic[C]):
-    """What distinguishes one plugin: its SPIRE service, config builder and servicer."""
+    """What distinguishes one plugin: its SPIRE service, config builder and servicer.
+
+    `build_config` is inert: Validate and a rejected Configure build a configuration
+    and close it. `start_config` starts what a built configuration watches or fetches,
+    for the one Configure commits, before it is swapped in."""
 
     name: str
     service_name: str
     build_config: Callable[[str, CoreConfig], C]
     register_service: Callable[[grpc.Server, ConfigHolder[C]], None]
+    start_config: Callable[[C], None] = _nothing_to_start
 
 
 def abort_with(context: grpc.ServicerContext, error: PluginError) -> None:
@@ -206,6 +215,11 @@ class ConfigService(spire_config_pb2_grpc.ConfigServicer, Generic[C]):
             except ConfigProblems as problems:
                 log.error("configuration rejected", extra={"problems": str(problems)})
                 raise InvalidArgument(f"invalid configuration: {problems}") from problems
+            try:
+                self._spec.start_config(config)
+            except BaseException:
+                config.close()
+                raise
             self._holder.swap(config)
             log.info("configured", extra={"trust_domain": core.trust_domain})
             return spire_config_pb2.ConfigureResponse()

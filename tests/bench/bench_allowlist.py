@@ -174,6 +174,7 @@ def child(url: str, ca: str, root: str, work: str) -> None:
     settings = HTTPSettings(url=url, ca_path=ca or None, refresh_interval=3600, read_timeout=60)
     started = time.perf_counter()
     source = HTTPAllowlist("bench", settings)
+    source.start()
     source.lookup(sample[0])  # waits for the first fetch
     first_load = time.perf_counter() - started
     gc.collect()

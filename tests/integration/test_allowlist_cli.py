@@ -242,6 +242,7 @@ def test_example_nginx_configuration_serves_the_document(tmp_path: Path) -> None
             refresh_interval=3600,
         ),
     )
+    source.start()
     try:
         entry = source.lookup("5f1cfa7fd11c5e3a1ba2a20e4d6f7a9b7c1cb0d2e8a3c5b6f4e2d1c0b9a8f7e6")
         assert entry is not None

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError
@@ -70,6 +71,7 @@ def open_source(
 ) -> HTTPAllowlist:
     source = HTTPAllowlist('allowlist "test"', settings, clock)
     sources.append(source)
+    source.start()
     return source
 
 
@@ -327,3 +329,17 @@ def test_plugin_exits_within_two_seconds_with_a_refresh_in_flight(
             assert elapsed < 2.0
     finally:
         stuck.stop()
+
+
+def test_validate_and_a_rejected_configure_make_no_request(server: DocumentServer) -> None:
+    """Reading a configuration is inert: only the committed one fetches (or watches)."""
+    allowlist = hcl_block("allowlist", "web", type="http", url=server.url, insecure_http=True)
+    with start_plugin("server") as plugin:
+        assert plugin.validate(allowlist) == []
+        with pytest.raises(grpc.RpcError) as rejected:
+            plugin.configure(allowlist + "\n" + hcl(ek_policy="cert"))  # needs ek_ca_path
+        assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        time.sleep(1.0)  # the refresh thread used to fetch at once
+        assert server.requests == []
+        plugin.configure(allowlist)
+        eventually(lambda: len(server.requests) == 1, "the committed configuration's fetch")

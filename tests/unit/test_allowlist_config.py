@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,35 @@ def test_plain_http_needs_insecure_http(kind: str) -> None:
         assert any(isinstance(s, HTTPAllowlist) for s in [*config.allowlist, *config.denylist])
     finally:
         config.close()
+
+
+def test_building_sources_watches_and_fetches_nothing_until_started(
+    dirs: dict[str, str],
+) -> None:
+    from server_plugin.reload import WATCHES
+    from tests.integration.http_servers import DocumentServer
+
+    server = DocumentServer().start()
+    revoked = str(Path(dirs["revoked.json"]).parent)
+    config = build(
+        "\n".join(
+            [
+                hcl_block("allowlist", "web", type="http", url=server.url, insecure_http=True),
+                hcl_block("denylist", "revoked", type="file", path=dirs["revoked.json"]),
+            ]
+        )
+    )
+    try:
+        time.sleep(0.5)
+        assert server.requests == []
+        assert revoked not in WATCHES.watched()
+        config.start()
+        assert revoked in WATCHES.watched()
+        deadline = time.monotonic() + 10
+        while not server.requests:
+            assert time.monotonic() < deadline, "no fetch after start()"
+            time.sleep(0.02)
+    finally:
+        config.close()
+        server.stop()
+    assert revoked not in WATCHES.watched()

@@ -68,6 +68,7 @@ def test_document_file_reloads_and_keeps_the_last_good_copy(tmp_path: Path) -> N
     path = tmp_path / "revoked.json"
     write_document(path, ek_hash(1))
     source = DocumentFile(str(path), 'denylist "revoked"')
+    source.start()
     try:
         assert source.lookup(ek_hash(1)) is not None
         assert source.lookup(ek_hash(2)) is None
