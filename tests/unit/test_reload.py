@@ -273,3 +273,37 @@ def test_a_deleted_file_document_fails_closed(tmp_path: Path) -> None:
             source.lookup("cd" * 32)
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("seen_by", ["a lookup", "the watcher"])
+def test_a_deleted_file_document_put_back_broken_stays_untrusted(
+    tmp_path: Path, seen_by: str
+) -> None:
+    path = tmp_path / "revoked.json"
+    listed, other = "ab" * 32, "cd" * 32
+    path.write_text(json.dumps({"version": 1, "entries": [{"pub_hash": listed}]}))
+    source = DocumentFile(str(path), 'denylist "revoked"')
+    if seen_by == "the watcher":
+        source.start()
+    try:
+        assert source.lookup(listed) is not None
+        path.unlink()
+        if seen_by == "a lookup":
+            with pytest.raises(AllowlistError, match="was removed"):
+                source.lookup(listed)
+        else:
+            eventually(lambda: source._index.value is None, "the deletion to be reloaded")
+        path.write_text('{"version": 1, "entries": [')  # put back broken
+        source._index.reload()  # fails: the last good value is "removed", not the old list
+        for pub_hash in (listed, other):
+            with pytest.raises(AllowlistError, match="no good copy has loaded since"):
+                source.lookup(pub_hash)
+        path.write_text(json.dumps({"version": 1, "entries": [{"pub_hash": other}]}))
+        if seen_by == "a lookup":
+            assert source._index.reload() is True
+        else:
+            eventually(lambda: source._index.value is not None, "the good copy to be reloaded")
+        assert source.lookup(listed) is None
+        assert source.lookup(other) is not None
+    finally:
+        source.close()
