@@ -47,22 +47,19 @@ def fixed(value: T) -> Reloading[T]:
 
 
 @dataclass
-class MemoryAllowlist:
+class MemoryAllowlist(AllowlistSource):
     """An allowlist source in memory; with `failure` set, every lookup fails."""
 
     entries: dict[str, AllowlistEntry] = field(default_factory=dict)
     failure: str | None = None
 
-    def lookup(self, pub_hash: str) -> AllowlistEntry | None:
+    def _lookup(self, pub_hash: str) -> AllowlistEntry | None:
         if self.failure is not None:
             raise AllowlistError(self.failure)
         return self.entries.get(pub_hash)
 
     def describe(self) -> str:
         return "memory"
-
-    def close(self) -> None:
-        pass
 
 
 def listing(*pub_hashes: str, name: str | None = None, source: str = "memory") -> MemoryAllowlist:
