@@ -15,6 +15,7 @@ import tpm2_pytss as tss
 from tpm2_pytss.tsskey import TSSPrivKey
 
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.errors import AttestorError, MalformedInput
 from spire_tpm_attestor.tpm.constants import PERSISTENT_FIRST, PERSISTENT_LAST
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public, public_key_equals
 
@@ -81,13 +82,13 @@ def load_devid_key(
         raise DevIDFileError("the DevID key is missing: give a TSS2 PEM key or both blobs")
     try:
         chain = ekcert.load_ca_bundle(cert_path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, AttestorError) as exc:
         raise DevIDFileError(f"DevID certificate: {exc}") from None
     if not chain or len(chain) > MAX_CHAIN:
         raise DevIDFileError(f"{cert_path} must hold 1 to {MAX_CHAIN} certificates, leaf first")
     try:
         same = public_key_equals(parse_tpm2b_public(public), chain[0].public_key())
-    except ValueError as exc:
+    except MalformedInput as exc:
         raise DevIDFileError(f"the DevID public blob is not a usable key: {exc}") from None
     if not same:
         raise DevIDFileError(

@@ -42,11 +42,11 @@ from server_plugin.platform_checks import (
     verify_pcr_quote,
 )
 from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.identity import TemplateError, agent_spiffe_id, selector_safe
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
 from spire_tpm_attestor.tpm.credential import make_credential
-from spire_tpm_attestor.tpm.errors import TPMStructureError
 from spire_tpm_attestor.tpm.structures import PublicArea
 
 
@@ -177,7 +177,7 @@ def issue_challenge(config: ServerConfig, evidence: Evidence) -> tuple[bytes, Pe
     nonce = os.urandom(wire.NONCE_SIZE)
     try:
         credential_blob, encrypted_secret = make_credential(evidence.ek, evidence.ak.name(), secret)
-    except (TPMStructureError, ValueError) as exc:
+    except (MalformedInput, ValueError) as exc:
         raise malformed(
             "make_credential", f"cannot encrypt a challenge to this EK: {exc}"
         ) from None

@@ -16,13 +16,13 @@ import os
 from collections.abc import Sequence
 
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.errors import AttestorError
 from spire_tpm_attestor.runtime.config import ConfigProblems
-from spire_tpm_attestor.tpm.errors import TPMStructureError
 
 log = logging.getLogger(__name__)
 
 Certificates = list[ekcert.EKCertificate]
-_LOAD_ERRORS = (OSError, ValueError, TPMStructureError)
+_LOAD_ERRORS = (OSError, ValueError, AttestorError)
 
 
 def _files(path: str) -> list[str]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.runtime.status import (
     InvalidArgument,
     PermissionDenied,
@@ -22,7 +23,6 @@ from spire_tpm_attestor.runtime.status import (
     Unavailable,
 )
 from spire_tpm_attestor.tpm.credential import check_ek_template
-from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
 from spire_tpm_attestor.tpm.verify import check_ak_public
 
@@ -49,7 +49,7 @@ def parse_public_area(data: bytes, field: str, label: str) -> PublicArea:
     """A TPM2B_PUBLIC from the agent, parsed strictly; malformed input is INVALID_ARGUMENT."""
     try:
         return parse_tpm2b_public(data)
-    except TPMStructureError as exc:
+    except MalformedInput as exc:
         raise malformed(field, f"{label} public area: {exc}") from None
 
 
@@ -58,7 +58,7 @@ def parse_ek_public(data: bytes) -> PublicArea:
     area = parse_public_area(data, "ek_public", "EK")
     try:
         check_ek_template(area)
-    except (TPMStructureError, VerificationError) as exc:
+    except (MalformedInput, NotProven) as exc:
         raise denied("ek_template", f"EK public area is not an endorsement key: {exc}") from None
     return area
 
@@ -68,7 +68,7 @@ def verify_ak_public(data: bytes) -> PublicArea:
     area = parse_public_area(data, "ak_public", "AK")
     try:
         check_ak_public(area)
-    except (TPMStructureError, VerificationError) as exc:
+    except (MalformedInput, NotProven) as exc:
         raise denied("ak_attributes", f"AK rejected: {exc}") from None
     return area
 
@@ -77,14 +77,14 @@ def ek_hash_of(ek: PublicArea) -> str:
     """The EK hash that names this TPM: SHA-256 of the EK's DER SubjectPublicKeyInfo."""
     try:
         return ekcert.ek_hash(ek.public_key())
-    except (TPMStructureError, ValueError) as exc:
+    except (MalformedInput, ValueError) as exc:
         raise malformed("ek_public", f"EK public key is invalid: {exc}") from None
 
 
 def load_ek_certificate(data: bytes) -> ekcert.EKCertificate:
     try:
         return ekcert.load_certificate(data)
-    except (TPMStructureError, ValueError) as exc:
+    except (MalformedInput, ValueError) as exc:
         raise malformed("ek_certificate", f"EK certificate cannot be parsed: {exc}") from None
 
 
@@ -92,9 +92,9 @@ def verify_eks_match(certificate: ekcert.EKCertificate, ek: PublicArea) -> None:
     """The EK certificate certifies the very key that the challenge is encrypted to."""
     try:
         ekcert.check_certificate_matches_public_area(certificate, ek)
-    except VerificationError:
+    except NotProven:
         raise denied("ek_cert_key", "EK certificate key differs from the EK public area") from None
-    except (TPMStructureError, ValueError) as exc:
+    except (MalformedInput, ValueError) as exc:
         raise malformed("ek_certificate", f"EK certificate key cannot be read: {exc}") from None
 
 
@@ -112,11 +112,11 @@ def verify_ek_chain(
     """The EK certificate chains to a configured manufacturer/organisation CA."""
     try:
         extra = [ekcert.load_certificate(der) for der in intermediates]
-    except (TPMStructureError, ValueError) as exc:
+    except (MalformedInput, ValueError) as exc:
         raise malformed("ek_intermediates", f"EK intermediate cannot be parsed: {exc}") from None
     try:
         chain = ekcert.verify_chain(certificate, extra, bundle, datetime.now(UTC))
-    except (VerificationError, TPMStructureError, ValueError) as exc:
+    except (NotProven, MalformedInput, ValueError) as exc:
         raise denied(
             "ek_cert_chain", f"EK certificate does not chain to ek_ca_path: {exc}"
         ) from None

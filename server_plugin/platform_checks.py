@@ -17,9 +17,9 @@ from cryptography import x509
 from server_plugin.checks import Rejected, denied, malformed
 from server_plugin.pcr_policy import PCRKey, PCRPolicy, pcr_label
 from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT, alg_name
-from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import (
     PublicArea,
     parse_signature,
@@ -44,7 +44,7 @@ _DEVID_REQUIRED_ATTRIBUTES = (
 
 def _proof_failed(check: str, what: str, exc: Exception) -> Rejected:
     """Unparseable evidence is malformed; evidence that does not verify is denied."""
-    if isinstance(exc, TPMStructureError):
+    if isinstance(exc, MalformedInput):
         return malformed(check, f"{what} is malformed: {exc}")
     return denied(check, f"{what} does not verify: {exc}")
 
@@ -80,7 +80,7 @@ def verify_pcr_quote(
         verify_quote(
             ak, response.quote, response.quote_signature, nonce, values, required=requested
         )
-    except (TPMStructureError, VerificationError) as exc:
+    except (MalformedInput, NotProven) as exc:
         raise _proof_failed("pcr_quote", "PCR quote", exc) from None
     return {key: values[key] for key in requested}
 
@@ -130,7 +130,7 @@ def verify_devid_chain(
     """The DevID leaf (first) chains, through the others, to a CA of devid_ca_path."""
     try:
         leaf, *intermediates = [ekcert.load_certificate(der) for der in certificates]
-    except (TPMStructureError, ValueError) as exc:
+    except (MalformedInput, ValueError) as exc:
         raise malformed(
             "devid_certificates", f"DevID certificate cannot be parsed: {exc}"
         ) from None
@@ -144,7 +144,7 @@ def verify_devid_chain(
         raise denied("devid_cert_chain", "the DevID certificate does not allow digitalSignature")
     try:
         ekcert.verify_chain(leaf, intermediates, bundle, datetime.now(UTC))
-    except (VerificationError, TPMStructureError, ValueError) as exc:
+    except (NotProven, MalformedInput, ValueError) as exc:
         raise denied(
             "devid_cert_chain", f"DevID certificate does not chain to devid_ca_path: {exc}"
         ) from None
@@ -155,7 +155,7 @@ def verify_devid_public(data: bytes, certificate: ekcert.EKCertificate) -> Publi
     """The DevID public area is a TPM-resident signing key, and the certificate's key."""
     try:
         area = parse_tpm2b_public(data)
-    except TPMStructureError as exc:
+    except MalformedInput as exc:
         raise malformed("devid_public", f"DevID public area: {exc}") from None
     for attribute in _DEVID_REQUIRED_ATTRIBUTES:
         if not area.has(attribute):
@@ -167,7 +167,7 @@ def verify_devid_public(data: bytes, certificate: ekcert.EKCertificate) -> Publi
         raise denied("devid_key_attributes", "DevID key is also a decryption key")
     try:
         same = public_key_equals(area, certificate.public_key())
-    except (TPMStructureError, ValueError) as exc:
+    except (MalformedInput, ValueError) as exc:
         raise malformed("devid_public", f"DevID key cannot be read: {exc}") from None
     if not same:
         raise denied("devid_cert_key", "DevID certificate key differs from the DevID public area")
@@ -183,7 +183,7 @@ def verify_devid_residency(
         raise denied("devid_residency", "the agent sent a DevID but no TPM2_Certify of it")
     try:
         verify_certify(ak, response.devid_certify, response.devid_certify_signature, nonce, devid)
-    except (TPMStructureError, VerificationError) as exc:
+    except (MalformedInput, NotProven) as exc:
         raise _proof_failed("devid_residency", "DevID certification", exc) from None
 
 
@@ -196,7 +196,7 @@ def verify_devid_signature(
     try:
         signature = parse_signature(response.devid_signature)
         if signature.hash_alg != TPM_ALG.SHA256:
-            raise VerificationError(f"signed with {alg_name(signature.hash_alg)}, not SHA256")
+            raise NotProven(f"signed with {alg_name(signature.hash_alg)}, not SHA256")
         verify_signature(devid, wire.devid_signed_data(nonce, response.agent_nonce), signature)
-    except (TPMStructureError, VerificationError) as exc:
+    except (MalformedInput, NotProven) as exc:
         raise _proof_failed("devid_signature", "DevID signature", exc) from None

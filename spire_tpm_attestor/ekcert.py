@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPubli
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from spire_tpm_attestor.errors import MalformedInput, NotProven, SourceUnavailable
 from spire_tpm_attestor.tpm.constants import OID_TCG_MANUFACTURER, OID_TCG_MODEL, OID_TCG_VERSION
-from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import PublicArea, public_key_equals
 
 MAX_CERTIFICATE_SIZE = 64 * 1024
@@ -63,24 +63,24 @@ _CONSTRUCTED = 0x20
 def _der_element(data: bytes, pos: int = 0) -> tuple[int, bytes, int]:
     """The DER element at `pos`: (tag, content, end offset)."""
     if pos + 2 > len(data):
-        raise TPMStructureError("DER: truncated element header")
+        raise MalformedInput("DER: truncated element header")
     tag, first = data[pos], data[pos + 1]
     if tag & 0x1F == 0x1F:
-        raise TPMStructureError("DER: high tag numbers are not supported")
+        raise MalformedInput("DER: high tag numbers are not supported")
     start = pos + 2
     if first < 0x80:
         length = first
     else:
         count = first & 0x7F
         if not 0 < count <= 4:  # 0 is BER indefinite length
-            raise TPMStructureError("DER: unsupported length encoding")
+            raise MalformedInput("DER: unsupported length encoding")
         if start + count > len(data):
-            raise TPMStructureError("DER: truncated length")
+            raise MalformedInput("DER: truncated length")
         length = int.from_bytes(data[start : start + count], "big")
         start += count
     end = start + length
     if end > len(data):
-        raise TPMStructureError("DER: element runs past the end of the data")
+        raise MalformedInput("DER: element runs past the end of the data")
     return tag, data[start:end], end
 
 
@@ -107,7 +107,7 @@ def _der_canonical(element: bytes, depth: int = 0) -> bytes:
     explicitly encoded BOOLEAN FALSE defaults (dropped), unsorted SET OF (sorted),
     padded INTEGERs (minimal) and non-0xFF TRUE. Every fix preserves the value."""
     if depth > _MAX_DER_NESTING:
-        raise TPMStructureError("DER: nested too deeply")
+        raise MalformedInput("DER: nested too deeply")
     tag, content, _ = _der_element(element)
     if tag & _CONSTRUCTED:
         children = [_der_canonical(child, depth + 1) for child in _der_children(content)]
@@ -214,7 +214,7 @@ class EKCertificate:
         try:
             return serialization.load_der_public_key(self.spki)
         except (ValueError, UnsupportedAlgorithm) as exc:
-            raise TPMStructureError(f"unsupported certificate public key: {exc}") from None
+            raise MalformedInput(f"unsupported certificate public key: {exc}") from None
 
     def _tcg_attribute(self, oid: x509.ObjectIdentifier) -> str | None:
         try:
@@ -243,22 +243,22 @@ def _first_value(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
 def _rsa_key_from_bit_string(bit_string: bytes) -> RSAPublicKey:
     tag, content, _ = _der_element(bit_string)
     if tag != _TAG_BIT_STRING or not content or content[0] != 0:
-        raise TPMStructureError("SubjectPublicKeyInfo: malformed BIT STRING")
+        raise MalformedInput("SubjectPublicKeyInfo: malformed BIT STRING")
     tag, sequence, end = _der_element(content, 1)
     integers = _der_children(sequence)
     if tag != _TAG_SEQUENCE or end != len(content) or len(integers) != 2:
-        raise TPMStructureError("SubjectPublicKeyInfo: malformed RSAPublicKey")
+        raise MalformedInput("SubjectPublicKeyInfo: malformed RSAPublicKey")
     n, e = (_der_integer(i) for i in integers)
     try:
         return RSAPublicNumbers(e, n).public_key()
     except ValueError as exc:
-        raise TPMStructureError(f"invalid RSA public key: {exc}") from None
+        raise MalformedInput(f"invalid RSA public key: {exc}") from None
 
 
 def _der_integer(element: bytes) -> int:
     tag, content, _ = _der_element(element)
     if tag != _TAG_INTEGER or not content:
-        raise TPMStructureError("DER: expected an INTEGER")
+        raise MalformedInput("DER: expected an INTEGER")
     return int.from_bytes(content, "big", signed=True)
 
 
@@ -266,12 +266,12 @@ def _strip_nv_wrapping(data: bytes) -> bytes:
     """The certificate DER from an NV read: drop the TCG header and trailing padding."""
     if data.startswith(_TCG_NV_HEADER):
         if len(data) < 5:
-            raise TPMStructureError("EK certificate: truncated TCG NV header")
+            raise MalformedInput("EK certificate: truncated TCG NV header")
         (length,) = struct.unpack(">H", data[3:5])
         data = data[5 : 5 + length]
     tag, _, end = _der_element(data)
     if tag != _TAG_SEQUENCE:
-        raise TPMStructureError("certificate is neither PEM nor a DER SEQUENCE")
+        raise MalformedInput("certificate is neither PEM nor a DER SEQUENCE")
     return data[:end]
 
 
@@ -281,9 +281,9 @@ def _pem_certificates(data: bytes) -> list[bytes]:
         try:
             blocks.append(base64.b64decode(b"".join(match.group(1).split()), validate=True))
         except binascii.Error as exc:
-            raise TPMStructureError(f"PEM: bad base64: {exc}") from None
+            raise MalformedInput(f"PEM: bad base64: {exc}") from None
     if not blocks:
-        raise TPMStructureError("PEM: no CERTIFICATE block")
+        raise MalformedInput("PEM: no CERTIFICATE block")
     return blocks
 
 
@@ -297,17 +297,17 @@ def _from_der(der: bytes) -> EKCertificate:
     tag, content, end = _der_element(der)
     parts = _der_children(content)
     if tag != _TAG_SEQUENCE or end != len(der) or len(parts) != 3:
-        raise TPMStructureError("certificate: not a SEQUENCE of three elements")
+        raise MalformedInput("certificate: not a SEQUENCE of three elements")
     tbs, algorithm, signature = parts
     tbs_fields = _der_children(_der_element(tbs)[1])
     first = 1 if tbs_fields and tbs_fields[0][0] == _TAG_CONTEXT_0 else 0  # [0] version
     if len(tbs_fields) < first + 6:
-        raise TPMStructureError("certificate: TBSCertificate is too short")
+        raise MalformedInput("certificate: TBSCertificate is too short")
     if tbs_fields[first + 1] != algorithm:
-        raise TPMStructureError("certificate: inner and outer signature algorithms differ")
+        raise MalformedInput("certificate: inner and outer signature algorithms differ")
     sig_tag, sig_bits, _ = _der_element(signature)
     if sig_tag != _TAG_BIT_STRING or not sig_bits or sig_bits[0] != 0:
-        raise TPMStructureError("certificate: malformed signature BIT STRING")
+        raise MalformedInput("certificate: malformed signature BIT STRING")
     lenient = False
     try:
         certificate = _parse_x509(der)
@@ -316,7 +316,7 @@ def _from_der(der: bytes) -> EKCertificate:
         try:
             certificate = _parse_x509(_der_canonical(der))
         except (ValueError, x509.DuplicateExtension) as exc:
-            raise TPMStructureError(f"certificate cannot be parsed: {exc}") from None
+            raise MalformedInput(f"certificate cannot be parsed: {exc}") from None
     return EKCertificate(
         der=der,
         tbs_bytes=tbs,
@@ -331,13 +331,11 @@ def certificate_der(data: bytes) -> bytes:
     """The DER of the one certificate in PEM, DER or an NV read (TCG header, padding),
     exactly as it was signed."""
     if len(data) > MAX_CERTIFICATE_SIZE:
-        raise TPMStructureError(
-            f"certificate is {len(data)} bytes, limit is {MAX_CERTIFICATE_SIZE}"
-        )
+        raise MalformedInput(f"certificate is {len(data)} bytes, limit is {MAX_CERTIFICATE_SIZE}")
     if data.lstrip().startswith(b"-----BEGIN"):
         blocks = _pem_certificates(data)
         if len(blocks) != 1:
-            raise TPMStructureError(f"PEM: expected one certificate, found {len(blocks)}")
+            raise MalformedInput(f"PEM: expected one certificate, found {len(blocks)}")
         return blocks[0]
     return _strip_nv_wrapping(data)
 
@@ -366,14 +364,17 @@ def load_ca_bundle(path: str | os.PathLike[str]) -> list[EKCertificate]:
         try:
             with open(file, "rb") as f:
                 data = f.read(MAX_BUNDLE_FILE_SIZE + 1)
+        except OSError as exc:
+            raise SourceUnavailable(f"CA bundle {file}: {exc}") from None
+        try:
             if len(data) > MAX_BUNDLE_FILE_SIZE:
-                raise TPMStructureError(f"larger than {MAX_BUNDLE_FILE_SIZE} bytes")
+                raise MalformedInput(f"larger than {MAX_BUNDLE_FILE_SIZE} bytes")
             if b"-----BEGIN" in data:
                 certificates.extend(_from_der(der) for der in _pem_certificates(data))
             else:
                 certificates.append(load_certificate(data))
-        except (OSError, TPMStructureError) as exc:
-            raise TPMStructureError(f"CA bundle {file}: {exc}") from None
+        except MalformedInput as exc:
+            raise MalformedInput(f"CA bundle {file}: {exc}") from None
     return certificates
 
 
@@ -383,7 +384,7 @@ def load_ca_bundle(path: str | os.PathLike[str]) -> list[EKCertificate]:
 def check_certificate_matches_public_area(cert: EKCertificate, area: PublicArea) -> None:
     """Prove the certificate certifies the very key in the TPM public area."""
     if not public_key_equals(area, cert.public_key()):
-        raise VerificationError("certificate key does not match the TPM public area")
+        raise NotProven("certificate key does not match the TPM public area")
 
 
 def ek_hash(public_key: PublicKeyTypes) -> str:
@@ -442,7 +443,7 @@ def _verify_signature(child: EKCertificate, parent: EKCertificate) -> bool:
         params = child.certificate.signature_algorithm_parameters
         algorithm = child.certificate.signature_hash_algorithm
         key = parent.public_key()
-    except (UnsupportedAlgorithm, TPMStructureError):
+    except (UnsupportedAlgorithm, MalformedInput):
         return False
     try:
         if isinstance(key, RSAPublicKey):
@@ -467,9 +468,9 @@ def _verify_signature(child: EKCertificate, parent: EKCertificate) -> bool:
 def check_validity(cert: EKCertificate, now: datetime) -> None:
     """Prove `now` lies within the certificate's validity period."""
     if now < cert.not_valid_before:
-        raise VerificationError(f"certificate {cert.describe()} is not yet valid")
+        raise NotProven(f"certificate {cert.describe()} is not yet valid")
     if now > cert.not_valid_after:
-        raise VerificationError(f"certificate {cert.describe()} has expired")
+        raise NotProven(f"certificate {cert.describe()} has expired")
 
 
 def _issuer_problem(parent: EKCertificate, cas_below: int, now: datetime) -> str | None:
@@ -488,7 +489,7 @@ def _issuer_problem(parent: EKCertificate, cas_below: int, now: datetime) -> str
         return f"issuer {parent.describe()} exceeds its path length"
     try:
         check_validity(parent, now)
-    except VerificationError as exc:
+    except NotProven as exc:
         return str(exc)
     return None
 
@@ -549,6 +550,4 @@ def verify_chain(
     if nearest is not None:
         return nearest
     reason = problems[0] if problems else "no trusted issuer signed it"
-    raise VerificationError(
-        f"certificate {leaf.describe()} does not chain to a trusted CA: {reason}"
-    )
+    raise NotProven(f"certificate {leaf.describe()} does not chain to a trusted CA: {reason}")

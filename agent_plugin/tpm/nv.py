@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from agent_plugin.tpm.session import TPMAccessError, tpm_step
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.tpm.constants import EK_TEMPLATES, EKTemplate
-from spire_tpm_attestor.tpm.errors import TPMStructureError
 
 EK_ALGORITHMS = tuple(dict.fromkeys(ek_type.algorithm for ek_type in EK_TEMPLATES))
 
@@ -40,7 +40,7 @@ class NVReader:
             return None
         try:
             return ekcert.certificate_der(data)
-        except TPMStructureError as error:
+        except MalformedInput as error:
             raise TPMAccessError(f"NV index {index:#010x} holds no certificate: {error}") from None
 
 
@@ -80,7 +80,7 @@ def load_certificate_file(path: str) -> bytes:
         ) from error
     try:
         return ekcert.certificate_der(content)
-    except TPMStructureError as error:
+    except MalformedInput as error:
         raise TPMAccessError(f"EK certificate file {path}: {error}") from None
 
 

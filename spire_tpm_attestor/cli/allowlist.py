@@ -31,6 +31,7 @@ from server_plugin.allowlist.directory import (
     read_entry_file,
 )
 from server_plugin.allowlist.document import render_document
+from spire_tpm_attestor.errors import MalformedInput
 
 LAYOUTS: dict[str, type[DirectorySource]] = {"flat": FlatDirectory, "bucketed": BucketedDirectory}
 PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.DOTALL)
@@ -49,7 +50,7 @@ def hashes_of_data(data: bytes, origin: str) -> list[str]:
         for hash_of in (hash_of_certificate, hash_of_public_key):
             try:
                 return [hash_of(data)]
-            except ValueError:
+            except (MalformedInput, ValueError):
                 continue
         raise InputError(f"{origin}: neither an EK certificate nor a public key (DER)")
     hashes = []
@@ -60,7 +61,7 @@ def hashes_of_data(data: bytes, origin: str) -> list[str]:
         hash_of = hash_of_certificate if label == "CERTIFICATE" else hash_of_public_key
         try:
             hashes.append(hash_of(block.group(0)))
-        except ValueError as exc:
+        except (MalformedInput, ValueError) as exc:
             raise InputError(f"{origin}: PEM {label}: {exc}") from None
     if not hashes:
         raise InputError(f"{origin}: no complete PEM block")

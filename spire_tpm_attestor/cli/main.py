@@ -24,6 +24,7 @@ from spire_tpm_attestor import __version__, ekcert
 from spire_tpm_attestor.cli.allowlist import add_allowlist_commands
 from spire_tpm_attestor.cli.devid import add_devid_commands
 from spire_tpm_attestor.cli.spire_config import PluginConfigFile
+from spire_tpm_attestor.errors import AttestorError
 from spire_tpm_attestor.runtime.config import ConfigProblems
 from spire_tpm_attestor.runtime.host import AttestationResult
 
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in problems.problems:
             print(f"configuration problem: {problem}", file=sys.stderr)
         return 2
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, AttestorError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

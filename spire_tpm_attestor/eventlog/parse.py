@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.eventlog.events import (
     PCR_COUNT,
     WINDOWS_TRAILER_PCR,
@@ -34,7 +35,6 @@ from spire_tpm_attestor.eventlog.events import (
     SpecID,
 )
 from spire_tpm_attestor.tpm.constants import TPM_ALG, alg_name
-from spire_tpm_attestor.tpm.errors import TPMStructureError
 
 SPEC_ID_SIGNATURE: Final = b"Spec ID Event03\x00"
 STARTUP_LOCALITY_SIGNATURE: Final = b"StartupLocality\x00"
@@ -62,7 +62,7 @@ _SPEC_ID_FIXED = struct.Struct("<16sIBBBBI")  # signature .. numberOfAlgorithms
 _ALG_SIZE = struct.Struct("<HH")
 
 
-class MalformedEventLog(TPMStructureError):
+class MalformedEventLog(MalformedInput):
     """The log does not parse; `offset` is the byte where the problem was found."""
 
     def __init__(self, offset: int, reason: str) -> None:

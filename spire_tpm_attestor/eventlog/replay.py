@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from spire_tpm_attestor.errors import NotProven
 from spire_tpm_attestor.eventlog.events import PCR_COUNT, Event, EventLog, EventType
 from spire_tpm_attestor.tpm.constants import TPM_ALG, pcr_label
-from spire_tpm_attestor.tpm.errors import VerificationError
 
 PCRKey = tuple[int, int]  # (bank: TPM_ALG id, PCR index), as the server keys quoted PCRs
 PCRValues = dict[int, dict[int, bytes]]  # bank -> PCR index -> value
@@ -31,7 +31,7 @@ HASH_FUNCTIONS: Final[dict[int, Callable[[bytes | memoryview], hashlib._Hash]]] 
 _DRTM_PCRS: Final = frozenset(range(17, 23))
 
 
-class ReplayMismatch(VerificationError):
+class ReplayMismatch(NotProven):
     """A quoted PCR differs from what the log replays to."""
 
     def __init__(self, bank: int, pcr: int, replayed: bytes, quoted: bytes) -> None:

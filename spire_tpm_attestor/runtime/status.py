@@ -2,12 +2,20 @@
 
 Handlers raise these; the runtime turns them into the status SPIRE sees, so the
 choice of code (which decides whether a SPIRE agent retries) is made where the
-failure is understood.
+failure is understood. Errors of the core (`spire_tpm_attestor.errors`) carry no status;
+`STATUS_OF_ERROR` below is the one place that maps each of their branches to one.
 """
 
 from __future__ import annotations
 
 import grpc
+
+from spire_tpm_attestor.errors import (
+    AttestorError,
+    MalformedInput,
+    NotProven,
+    SourceUnavailable,
+)
 
 
 class PluginError(Exception):
@@ -54,3 +62,20 @@ class DeadlineExceeded(PluginError):
     """The peer took too long (e.g. never answered a challenge): the agent retries."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+# The one table: each branch of the core's error tree and what SPIRE is told.
+STATUS_OF_ERROR: dict[type[AttestorError], type[PluginError]] = {
+    MalformedInput: InvalidArgument,  # the agent sent something that cannot be parsed
+    NotProven: PermissionDenied,  # definitive: the agent stops at once
+    SourceUnavailable: Unavailable,  # transient: the agent retries
+}
+
+
+def status_error(error: AttestorError, message: str) -> PluginError:
+    """The PluginError for `error`'s branch, saying `message`; INTERNAL outside the branches."""
+    for cls in type(error).__mro__:
+        status = STATUS_OF_ERROR.get(cls)
+        if status is not None:
+            return status(message)
+    return Internal(message)

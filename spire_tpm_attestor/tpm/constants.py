@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from spire_tpm_attestor.tpm.errors import TPMStructureError
+from spire_tpm_attestor.errors import MalformedInput
 
 
 class TPM_ALG(IntEnum):
@@ -160,7 +160,7 @@ def hash_algorithm(alg: int) -> hashes.HashAlgorithm:
     try:
         return HASH_ALGORITHMS[alg]()
     except KeyError:
-        raise TPMStructureError(f"unsupported hash algorithm {alg_name(alg)}") from None
+        raise MalformedInput(f"unsupported hash algorithm {alg_name(alg)}") from None
 
 
 def digest_size(alg: int) -> int:
@@ -173,7 +173,7 @@ def ecc_curve(curve: int) -> ec.EllipticCurve:
     try:
         return ECC_CURVES[curve]()
     except KeyError:
-        raise TPMStructureError(f"unsupported ECC curve 0x{curve:04x}") from None
+        raise MalformedInput(f"unsupported ECC curve 0x{curve:04x}") from None
 
 
 def pcr_label(hash_alg: int, index: int) -> str:

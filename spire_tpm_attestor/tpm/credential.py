@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 
+from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.tpm.constants import (
     HASH_ALGORITHMS,
     TPM_ALG,
@@ -26,7 +27,6 @@ from spire_tpm_attestor.tpm.constants import (
     digest_size,
     hash_algorithm,
 )
-from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import PublicArea
 
 try:
@@ -56,19 +56,19 @@ def check_ek_template(ek: PublicArea) -> None:
     symmetric definition (AES-CFB) and nameAlg can be used for credential activation."""
     for attribute in _EK_REQUIRED_ATTRIBUTES:
         if not ek.has(attribute):
-            raise VerificationError(f"EK public area: {attribute.name} is not set")
+            raise NotProven(f"EK public area: {attribute.name} is not set")
     if ek.has(TPMA_OBJECT.SIGN_ENCRYPT):
-        raise VerificationError("EK public area: SIGN_ENCRYPT is set")
+        raise NotProven("EK public area: SIGN_ENCRYPT is set")
     if ek.name_alg not in EK_NAME_ALGS:
-        raise VerificationError(f"EK public area: nameAlg {alg_name(ek.name_alg)} not allowed")
+        raise NotProven(f"EK public area: nameAlg {alg_name(ek.name_alg)} not allowed")
     symmetric = ek.symmetric
     if symmetric.alg != TPM_ALG.AES or symmetric.mode != TPM_ALG.CFB:
-        raise VerificationError(
+        raise NotProven(
             f"EK public area: symmetric {alg_name(symmetric.alg)}-{alg_name(symmetric.mode)}"
             " is not AES-CFB"
         )
     if symmetric.key_bits not in EK_SYMMETRIC_KEY_BITS:
-        raise VerificationError(f"EK public area: AES key size {symmetric.key_bits} not allowed")
+        raise NotProven(f"EK public area: AES key size {symmetric.key_bits} not allowed")
 
 
 def make_credential(ek: PublicArea, object_name: bytes, secret: bytes) -> tuple[bytes, bytes]:
@@ -102,10 +102,10 @@ def make_credential(ek: PublicArea, object_name: bytes, secret: bytes) -> tuple[
 
 def _check_name(name: bytes) -> None:
     if len(name) < 2:
-        raise TPMStructureError("object Name is too short")
+        raise MalformedInput("object Name is too short")
     (alg,) = struct.unpack(">H", name[:2])
     if alg not in HASH_ALGORITHMS or len(name) != 2 + digest_size(alg):
-        raise TPMStructureError(f"object Name of {len(name)} bytes with {alg_name(alg)}")
+        raise MalformedInput(f"object Name of {len(name)} bytes with {alg_name(alg)}")
 
 
 def _rsa_seed(key: RSAPublicKey, name_alg: int) -> tuple[bytes, bytes]:

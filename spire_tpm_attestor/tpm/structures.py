@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPubli
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.tpm.constants import (
     ECC_CURVES,
     TPM_ALG,
@@ -25,7 +26,6 @@ from spire_tpm_attestor.tpm.constants import (
     ecc_curve,
     hash_algorithm,
 )
-from spire_tpm_attestor.tpm.errors import TPMStructureError
 
 MAX_PUBLIC_SIZE = 1024  # a whole TPM2B_PUBLIC; RSA-4096 with a SHA-512 policy is ~620
 MAX_ATTEST_SIZE = 1024
@@ -53,7 +53,7 @@ class Reader:
     def take(self, n: int, field: str) -> bytes:
         end = self._pos + n
         if end > len(self._data):
-            raise TPMStructureError(f"{self._what}: truncated at {field}")
+            raise MalformedInput(f"{self._what}: truncated at {field}")
         chunk = self._data[self._pos : end]
         self._pos = end
         return chunk
@@ -77,18 +77,18 @@ class Reader:
         """A TPM2B: UINT16 size then that many bytes, with size ≤ limit."""
         size = self.u16(field)
         if size > limit:
-            raise TPMStructureError(f"{self._what}: {field} is {size} bytes, limit is {limit}")
+            raise MalformedInput(f"{self._what}: {field} is {size} bytes, limit is {limit}")
         return self.take(size, field)
 
     def finish(self) -> None:
         if self._pos != len(self._data):
             extra = len(self._data) - self._pos
-            raise TPMStructureError(f"{self._what}: {extra} trailing bytes")
+            raise MalformedInput(f"{self._what}: {extra} trailing bytes")
 
 
 def _check_size(data: bytes, what: str, limit: int) -> None:
     if len(data) > limit:
-        raise TPMStructureError(f"{what} is {len(data)} bytes, limit is {limit}")
+        raise MalformedInput(f"{what} is {len(data)} bytes, limit is {limit}")
 
 
 # --- TPMT_PUBLIC -----------------------------------------------------------------------
@@ -150,17 +150,17 @@ class PublicArea:
         return struct.pack(">H", self.name_alg) + digest.finalize()
 
     def public_key(self) -> RSAPublicKey | ec.EllipticCurvePublicKey:
-        """The key as a `cryptography` object; raises TPMStructureError if invalid."""
+        """The key as a `cryptography` object; raises MalformedInput if invalid."""
         if self.rsa is not None:
             return _rsa_public_key(self.rsa)
         if self.ecc is not None:
             return _ecc_public_key(self.ecc)
-        raise TPMStructureError(f"public area of type {alg_name(self.type)} has no key")
+        raise MalformedInput(f"public area of type {alg_name(self.type)} has no key")
 
 
 def _rsa_public_key(parms: RSAParameters) -> RSAPublicKey:
     if parms.key_bits % 8 or len(parms.modulus) != parms.key_bits // 8:
-        raise TPMStructureError(
+        raise MalformedInput(
             f"RSA modulus is {len(parms.modulus)} bytes for a {parms.key_bits}-bit key"
         )
     numbers = RSAPublicNumbers(
@@ -169,21 +169,21 @@ def _rsa_public_key(parms: RSAParameters) -> RSAPublicKey:
     try:
         return numbers.public_key()
     except ValueError as exc:
-        raise TPMStructureError(f"invalid RSA public key: {exc}") from None
+        raise MalformedInput(f"invalid RSA public key: {exc}") from None
 
 
 def _ecc_public_key(parms: ECCParameters) -> ec.EllipticCurvePublicKey:
     curve = ecc_curve(parms.curve)
     size = (curve.key_size + 7) // 8
     if not (0 < len(parms.x) <= size and 0 < len(parms.y) <= size):
-        raise TPMStructureError(f"ECC point does not fit curve {curve.name}")
+        raise MalformedInput(f"ECC point does not fit curve {curve.name}")
     numbers = ec.EllipticCurvePublicNumbers(
         int.from_bytes(parms.x, "big"), int.from_bytes(parms.y, "big"), curve
     )
     try:
         return numbers.public_key()
     except ValueError as exc:  # not on the curve
-        raise TPMStructureError(f"invalid ECC public key: {exc}") from None
+        raise MalformedInput(f"invalid ECC public key: {exc}") from None
 
 
 def public_key_equals(area: PublicArea, key: PublicKeyTypes) -> bool:
@@ -234,7 +234,7 @@ def _parse_tpmt_public(data: bytes) -> PublicArea:
         scheme = _read_scheme(r, "scheme")
         key_bits = r.u16("keyBits")
         if key_bits > MAX_RSA_KEY_BYTES * 8:
-            raise TPMStructureError(f"TPMT_PUBLIC: RSA keyBits {key_bits} is too large")
+            raise MalformedInput(f"TPMT_PUBLIC: RSA keyBits {key_bits} is too large")
         exponent = r.u32("exponent")
         modulus = r.tpm2b("unique.rsa", MAX_RSA_KEY_BYTES)
         rsa_parms = RSAParameters(key_bits, exponent, modulus)
@@ -247,7 +247,7 @@ def _parse_tpmt_public(data: bytes) -> PublicArea:
         y = r.tpm2b("unique.ecc.y", MAX_ECC_KEY_BYTES)
         ecc_parms = ECCParameters(curve, kdf, x, y)
     else:
-        raise TPMStructureError(f"TPMT_PUBLIC: unsupported key type {alg_name(key_type)}")
+        raise MalformedInput(f"TPMT_PUBLIC: unsupported key type {alg_name(key_type)}")
     r.finish()
     return PublicArea(
         type=key_type,
@@ -269,7 +269,7 @@ def parse_tpm2b_public(data: bytes) -> PublicArea:
     body = r.tpm2b("publicArea", MAX_PUBLIC_SIZE)
     r.finish()
     if not body:
-        raise TPMStructureError("TPM2B_PUBLIC: empty publicArea")
+        raise MalformedInput("TPM2B_PUBLIC: empty publicArea")
     return _parse_tpmt_public(body)
 
 
@@ -322,18 +322,18 @@ class Attest:
 def _read_pcr_selection(r: Reader) -> tuple[PCRSelection, ...]:
     count = r.u32("pcrSelect.count")
     if count > MAX_PCR_BANKS:
-        raise TPMStructureError(f"TPML_PCR_SELECTION: {count} banks, limit is {MAX_PCR_BANKS}")
+        raise MalformedInput(f"TPML_PCR_SELECTION: {count} banks, limit is {MAX_PCR_BANKS}")
     banks: list[PCRSelection] = []
     for _ in range(count):
         hash_alg = r.u16("pcrSelect.hash")
         size = r.u8("pcrSelect.sizeofSelect")
         if size > MAX_PCR_SELECT_SIZE:
-            raise TPMStructureError(f"TPML_PCR_SELECTION: sizeofSelect {size} is too large")
+            raise MalformedInput(f"TPML_PCR_SELECTION: sizeofSelect {size} is too large")
         bitmap = r.take(size, "pcrSelect.pcrSelect")
         indices = tuple(i for i in range(size * 8) if bitmap[i // 8] >> (i % 8) & 1)
         if any(bank.hash_alg == hash_alg for bank in banks):
             # A repeated bank would make "which value was quoted" ambiguous.
-            raise TPMStructureError(f"TPML_PCR_SELECTION: bank {alg_name(hash_alg)} repeated")
+            raise MalformedInput(f"TPML_PCR_SELECTION: bank {alg_name(hash_alg)} repeated")
         banks.append(PCRSelection(hash_alg, indices))
     return tuple(banks)
 
@@ -364,7 +364,7 @@ def parse_attest(data: bytes) -> Attest:
             qualified_name=r.tpm2b("certify.qualifiedName", MAX_NAME_SIZE),
         )
     else:
-        raise TPMStructureError(f"TPMS_ATTEST: unsupported type 0x{attest_type:04x}")
+        raise MalformedInput(f"TPMS_ATTEST: unsupported type 0x{attest_type:04x}")
     r.finish()
     return Attest(
         magic=magic,
@@ -404,16 +404,16 @@ def parse_signature(data: bytes) -> Signature:
         hash_alg = r.u16("hash")
         value = r.tpm2b("sig", MAX_RSA_KEY_BYTES)
         if not value:
-            raise TPMStructureError("TPMT_SIGNATURE: empty RSA signature")
+            raise MalformedInput("TPMT_SIGNATURE: empty RSA signature")
     elif sig_alg == TPM_ALG.ECDSA:
         hash_alg = r.u16("hash")
         # R and S may be shorter than the curve size; go through integers, never bytes.
         sig_r = int.from_bytes(r.tpm2b("signatureR", MAX_ECC_KEY_BYTES), "big")
         sig_s = int.from_bytes(r.tpm2b("signatureS", MAX_ECC_KEY_BYTES), "big")
         if not sig_r or not sig_s:
-            raise TPMStructureError("TPMT_SIGNATURE: zero ECDSA R or S")
+            raise MalformedInput("TPMT_SIGNATURE: zero ECDSA R or S")
         value = encode_dss_signature(sig_r, sig_s)
     else:
-        raise TPMStructureError(f"TPMT_SIGNATURE: unsupported sigAlg {alg_name(sig_alg)}")
+        raise MalformedInput(f"TPMT_SIGNATURE: unsupported sigAlg {alg_name(sig_alg)}")
     r.finish()
     return Signature(sig_alg, hash_alg, value)

@@ -3,7 +3,7 @@
 A restricted signing key only signs TPMS_ATTEST structures the TPM produced itself
 (they begin with TPM_GENERATED_VALUE), so an AK signature over such a structure is
 genuine TPM output. Each check below is a free function named for what it proves; the
-`verify_*` functions run them in order and raise VerificationError on the first failure.
+`verify_*` functions run them in order and raise NotProven on the first failure.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.tpm.constants import (
     TPM_ALG,
     TPM_ECC,
@@ -26,7 +27,6 @@ from spire_tpm_attestor.tpm.constants import (
     hash_algorithm,
     pcr_label,
 )
-from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import (
     Attest,
     CertifyInfo,
@@ -62,27 +62,27 @@ def check_ak_public(ak: PublicArea) -> None:
     restricted signing key with a pinned, strong signature scheme."""
     for attribute in _AK_REQUIRED_ATTRIBUTES:
         if not ak.has(attribute):
-            raise VerificationError(f"AK public area: {attribute.name} is not set")
+            raise NotProven(f"AK public area: {attribute.name} is not set")
     if ak.has(TPMA_OBJECT.DECRYPT):
-        raise VerificationError("AK public area: DECRYPT is set")
+        raise NotProven("AK public area: DECRYPT is set")
     if ak.name_alg != TPM_ALG.SHA256:
-        raise VerificationError(f"AK public area: nameAlg {alg_name(ak.name_alg)} is not SHA256")
+        raise NotProven(f"AK public area: nameAlg {alg_name(ak.name_alg)} is not SHA256")
     if ak.symmetric.alg != TPM_ALG.NULL:
-        raise VerificationError("AK public area: symmetric algorithm is not NULL")
+        raise NotProven("AK public area: symmetric algorithm is not NULL")
     if ak.rsa is not None:
         if ak.rsa.key_bits < AK_RSA_MIN_BITS:
-            raise VerificationError(f"AK public area: RSA key of {ak.rsa.key_bits} bits")
+            raise NotProven(f"AK public area: RSA key of {ak.rsa.key_bits} bits")
         if ak.rsa.exponent not in AK_RSA_EXPONENTS:
-            raise VerificationError(f"AK public area: RSA exponent {ak.rsa.exponent}")
+            raise NotProven(f"AK public area: RSA exponent {ak.rsa.exponent}")
         if ak.scheme.alg not in AK_RSA_SCHEMES or ak.scheme.hash != TPM_ALG.SHA256:
-            raise VerificationError(f"AK public area: RSA scheme {_scheme_name(ak)}")
+            raise NotProven(f"AK public area: RSA scheme {_scheme_name(ak)}")
     elif ak.ecc is not None:
         if ak.ecc.curve not in AK_ECC_CURVES:
-            raise VerificationError(f"AK public area: ECC curve 0x{ak.ecc.curve:04x}")
+            raise NotProven(f"AK public area: ECC curve 0x{ak.ecc.curve:04x}")
         if ak.scheme.alg != TPM_ALG.ECDSA or ak.scheme.hash not in AK_ECC_HASHES:
-            raise VerificationError(f"AK public area: ECC scheme {_scheme_name(ak)}")
+            raise NotProven(f"AK public area: ECC scheme {_scheme_name(ak)}")
         if ak.ecc.kdf.alg != TPM_ALG.NULL:
-            raise VerificationError("AK public area: ECC kdf is not NULL")
+            raise NotProven("AK public area: ECC kdf is not NULL")
     ak.public_key()  # the key itself must be valid (modulus size, point on the curve)
 
 
@@ -95,12 +95,12 @@ def check_signature_scheme(key_area: PublicArea, sig: Signature) -> None:
     allowed = AK_RSA_SCHEMES if key_area.rsa is not None else (TPM_ALG.ECDSA,)
     used = f"{alg_name(sig.sig_alg)}-{alg_name(sig.hash_alg)}"
     if sig.sig_alg not in allowed:
-        raise VerificationError(f"signature scheme {used} does not fit the key type")
+        raise NotProven(f"signature scheme {used} does not fit the key type")
     if sig.hash_alg not in SIGNATURE_HASHES:
-        raise VerificationError(f"signature hash {alg_name(sig.hash_alg)} not allowed")
+        raise NotProven(f"signature hash {alg_name(sig.hash_alg)} not allowed")
     pinned = key_area.scheme
     if pinned.alg != TPM_ALG.NULL and (pinned.alg, pinned.hash) != (sig.sig_alg, sig.hash_alg):
-        raise VerificationError(
+        raise NotProven(
             f"signature scheme {used} differs from the key's scheme {_scheme_name(key_area)}"
         )
 
@@ -116,7 +116,7 @@ def verify_signature(key_area: PublicArea, message: bytes, sig: Signature) -> No
         else:
             key.verify(sig.value, message, ec.ECDSA(algorithm))
     except InvalidSignature:
-        raise VerificationError("signature does not verify") from None
+        raise NotProven("signature does not verify") from None
 
 
 def _rsa_padding(sig_alg: int, algorithm: hashes.HashAlgorithm) -> padding.AsymmetricPadding:
@@ -129,14 +129,14 @@ def _rsa_padding(sig_alg: int, algorithm: hashes.HashAlgorithm) -> padding.Asymm
 def check_tpm_generated(attest: Attest) -> None:
     """Prove the structure claims TPM origin (only meaningful after an AK signature)."""
     if attest.magic != TPM_GENERATED_VALUE:
-        raise VerificationError(f"attestation magic 0x{attest.magic:08x} is not TPM_GENERATED")
+        raise NotProven(f"attestation magic 0x{attest.magic:08x} is not TPM_GENERATED")
 
 
 def check_quote_type(attest: Attest) -> QuoteInfo:
     """Prove the attestation is a quote and return its quote info."""
     # parse_attest fills `quote` exactly when the type is TPM_ST_ATTEST_QUOTE.
     if attest.quote is None:
-        raise VerificationError(f"attestation type 0x{attest.type:04x} is not a quote")
+        raise NotProven(f"attestation type 0x{attest.type:04x} is not a quote")
     return attest.quote
 
 
@@ -144,7 +144,7 @@ def check_certify_type(attest: Attest) -> CertifyInfo:
     """Prove the attestation is a certification and return its certify info."""
     # parse_attest fills `certify` exactly when the type is TPM_ST_ATTEST_CERTIFY.
     if attest.certify is None:
-        raise VerificationError(f"attestation type 0x{attest.type:04x} is not a certify")
+        raise NotProven(f"attestation type 0x{attest.type:04x} is not a certify")
     return attest.certify
 
 
@@ -153,7 +153,7 @@ def check_nonce(attest: Attest, nonce: bytes) -> None:
     if len(nonce) < MIN_NONCE_SIZE:
         raise ValueError(f"nonce must be at least {MIN_NONCE_SIZE} bytes")
     if not hmac.compare_digest(attest.extra_data, nonce):
-        raise VerificationError("attestation extraData does not match the nonce")
+        raise NotProven("attestation extraData does not match the nonce")
 
 
 def _quoted_pcrs(selection: Iterable[PCRSelection]) -> set[tuple[int, int]]:
@@ -167,13 +167,13 @@ def check_pcr_values_match_selection(
     quoted = _quoted_pcrs(selection)
     missing = sorted(quoted - pcr_values.keys())
     if missing:
-        raise VerificationError(f"quoted PCR {pcr_label(*missing[0])} has no value")
+        raise NotProven(f"quoted PCR {pcr_label(*missing[0])} has no value")
     unquoted = sorted(pcr_values.keys() - quoted)
     if unquoted:
-        raise VerificationError(f"PCR {pcr_label(*unquoted[0])} is not covered by the quote")
+        raise NotProven(f"PCR {pcr_label(*unquoted[0])} is not covered by the quote")
     for (hash_alg, index), value in pcr_values.items():
         if len(value) != digest_size(hash_alg):
-            raise TPMStructureError(f"PCR {pcr_label(hash_alg, index)} value is {len(value)} bytes")
+            raise MalformedInput(f"PCR {pcr_label(hash_alg, index)} value is {len(value)} bytes")
 
 
 def check_selection_covers(
@@ -182,7 +182,7 @@ def check_selection_covers(
     """Prove the quote covers every (bank, index) the server asked for."""
     absent = sorted(set(required) - _quoted_pcrs(selection))
     if absent:
-        raise VerificationError(f"requested PCR {pcr_label(*absent[0])} was not quoted")
+        raise NotProven(f"requested PCR {pcr_label(*absent[0])} was not quoted")
 
 
 def pcr_digest(hash_alg: int, values_in_order: Iterable[bytes]) -> bytes:
@@ -203,13 +203,13 @@ def check_pcr_digest(quote: QuoteInfo, hash_alg: int, pcr_values: PCRValues) -> 
         pcr_values[(bank.hash_alg, index)] for bank in quote.pcr_selection for index in bank.indices
     )
     if not hmac.compare_digest(pcr_digest(hash_alg, values), quote.pcr_digest):
-        raise VerificationError("PCR values do not match the quoted pcrDigest")
+        raise NotProven("PCR values do not match the quoted pcrDigest")
 
 
 def check_certified_name(certify: CertifyInfo, certified: PublicArea) -> None:
     """Prove the certified object is the one whose public area we hold."""
     if not hmac.compare_digest(certify.name, certified.name()):
-        raise VerificationError("certified Name does not match the certified public area")
+        raise NotProven("certified Name does not match the certified public area")
 
 
 def _verify_attest(ak: PublicArea, attest_bytes: bytes, sig_bytes: bytes) -> tuple[Attest, int]:

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from spire_tpm_attestor import wire
+from spire_tpm_attestor.errors import NotProven
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.host import AttestationFailed
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
-from spire_tpm_attestor.tpm.errors import VerificationError
 from spire_tpm_attestor.tpm.structures import parse_signature, parse_tpm2b_public
 from spire_tpm_attestor.tpm.verify import verify_signature
 from tests.integration.platform_setup import (
@@ -282,7 +282,7 @@ def test_agent_never_signs_the_server_nonce_alone(devid_node: DevIDNode, devid: 
         verify_signature(area, server_nonce + response.agent_nonce, signature)
         # What a server could try to get signed: its own nonce, or a digest of it.
         for chosen_by_server in (server_nonce, hashlib.sha256(server_nonce).digest()):
-            with pytest.raises(VerificationError):
+            with pytest.raises(NotProven):
                 verify_signature(area, chosen_by_server, signature)
     assert len(agent_nonces) == len(exchanges)  # fresh every time
 

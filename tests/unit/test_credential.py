@@ -14,9 +14,9 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT, hash_algorithm
 from spire_tpm_attestor.tpm.credential import check_ek_template, make_credential
-from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.unit.software_tpm import IntegrityError, activate, software_ek
 from tests.unit.tpm_builders import vector
@@ -88,11 +88,11 @@ def test_secret_and_name_limits(rsa_private: rsa.RSAPrivateKey) -> None:
         make_credential(ek, AK_NAME, bytes(33))
     with pytest.raises(ValueError, match="1 to 32 bytes"):
         make_credential(ek, AK_NAME, b"")
-    with pytest.raises(TPMStructureError, match="Name"):
+    with pytest.raises(MalformedInput, match="Name"):
         make_credential(ek, AK_NAME[:-1], bytes(32))
-    with pytest.raises(TPMStructureError, match="Name"):
+    with pytest.raises(MalformedInput, match="Name"):
         make_credential(ek, b"\x00", bytes(32))
-    with pytest.raises(TPMStructureError, match="Name"):
+    with pytest.raises(MalformedInput, match="Name"):
         make_credential(ek, b"\x00\x12" + AK_NAME[2:], bytes(32))
 
 
@@ -117,24 +117,24 @@ def test_swtpm_eks_are_ek_shaped(kind: str) -> None:
 def test_ek_template_requires_attribute(attribute: TPMA_OBJECT) -> None:
     ek = parse_tpm2b_public(bytes.fromhex(EKS["rsa2048"]["ek_public"]))
     broken = replace(ek, attributes=ek.attributes & ~attribute)
-    with pytest.raises(VerificationError, match=f"{attribute.name} is not set"):
+    with pytest.raises(NotProven, match=f"{attribute.name} is not set"):
         check_ek_template(broken)
     # make_credential refuses to wrap to such a key.
-    with pytest.raises(VerificationError, match=f"{attribute.name} is not set"):
+    with pytest.raises(NotProven, match=f"{attribute.name} is not set"):
         make_credential(broken, AK_NAME, bytes(32))
 
 
 def test_ek_template_rejects_signing_keys_and_bad_parameters() -> None:
     ek = parse_tpm2b_public(bytes.fromhex(EKS["ecc256"]["ek_public"]))
-    with pytest.raises(VerificationError, match="SIGN_ENCRYPT is set"):
+    with pytest.raises(NotProven, match="SIGN_ENCRYPT is set"):
         check_ek_template(replace(ek, attributes=ek.attributes | TPMA_OBJECT.SIGN_ENCRYPT))
-    with pytest.raises(VerificationError, match="nameAlg SHA1"):
+    with pytest.raises(NotProven, match="nameAlg SHA1"):
         check_ek_template(replace(ek, name_alg=TPM_ALG.SHA1))
-    with pytest.raises(VerificationError, match="NULL-NULL is not AES-CFB"):
+    with pytest.raises(NotProven, match="NULL-NULL is not AES-CFB"):
         check_ek_template(
             replace(ek, symmetric=replace(ek.symmetric, alg=TPM_ALG.NULL, mode=TPM_ALG.NULL))
         )
-    with pytest.raises(VerificationError, match="AES-CBC is not AES-CFB"):
+    with pytest.raises(NotProven, match="AES-CBC is not AES-CFB"):
         check_ek_template(replace(ek, symmetric=replace(ek.symmetric, mode=TPM_ALG.CBC)))
-    with pytest.raises(VerificationError, match="AES key size 64"):
+    with pytest.raises(NotProven, match="AES key size 64"):
         check_ek_template(replace(ek, symmetric=replace(ek.symmetric, key_bits=64)))

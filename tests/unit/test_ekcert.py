@@ -24,7 +24,7 @@ from spire_tpm_attestor.ekcert import (
     load_certificate,
     verify_chain,
 )
-from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
+from spire_tpm_attestor.errors import MalformedInput, NotProven, SourceUnavailable
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.unit.tpm_builders import VECTORS, vector
 from tests.unit.x509_builders import (
@@ -100,11 +100,11 @@ def test_swtpm_ek_certificates_match_their_eks() -> None:
 def test_ek_certificate_with_another_key_is_rejected() -> None:
     ecc_ek = parse_tpm2b_public(bytes.fromhex(EKS["ecc256"]["ek_public"]))
     p384_ek = parse_tpm2b_public(bytes.fromhex(EKS["ecc384"]["ek_public"]))
-    with pytest.raises(VerificationError, match="does not match the TPM public area"):
+    with pytest.raises(NotProven, match="does not match the TPM public area"):
         check_certificate_matches_public_area(load_certificate(SWTPM_RSA_CERT), ecc_ek)
-    with pytest.raises(VerificationError, match="does not match"):
+    with pytest.raises(NotProven, match="does not match"):
         check_certificate_matches_public_area(load_certificate(SWTPM_P384_CERT), ecc_ek)
-    with pytest.raises(VerificationError, match="does not match"):
+    with pytest.raises(NotProven, match="does not match"):
         check_certificate_matches_public_area(load_certificate(SWTPM_RSA_CERT), p384_ek)
 
 
@@ -141,7 +141,7 @@ def test_swtpm_chain_verifies(cert_der: bytes) -> None:
 
 def test_swtpm_chain_without_intermediate_fails() -> None:
     leaf = load_certificate(SWTPM_RSA_CERT)
-    with pytest.raises(VerificationError, match="does not chain to a trusted CA"):
+    with pytest.raises(NotProven, match="does not chain to a trusted CA"):
         verify_chain(leaf, [], [load_certificate(SWTPM_ROOT)], LATER)
 
 
@@ -162,19 +162,19 @@ def test_pem_and_nv_forms() -> None:
 
 
 def test_load_errors() -> None:
-    with pytest.raises(TPMStructureError, match="expected one certificate, found 2"):
+    with pytest.raises(MalformedInput, match="expected one certificate, found 2"):
         load_certificate(SWTPM_ROOT + SWTPM_INTERMEDIATE)
-    with pytest.raises(TPMStructureError, match="neither PEM nor a DER SEQUENCE"):
+    with pytest.raises(MalformedInput, match="neither PEM nor a DER SEQUENCE"):
         load_certificate(b"\x04\x03abc")
-    with pytest.raises(TPMStructureError, match="runs past the end"):
+    with pytest.raises(MalformedInput, match="runs past the end"):
         load_certificate(SWTPM_RSA_CERT[:-1])
-    with pytest.raises(TPMStructureError, match="truncated TCG NV header"):
+    with pytest.raises(MalformedInput, match="truncated TCG NV header"):
         load_certificate(b"\x10\x01\x00\x01")
-    with pytest.raises(TPMStructureError, match="limit is 65536"):
+    with pytest.raises(MalformedInput, match="limit is 65536"):
         load_certificate(bytes(65537))
-    with pytest.raises(TPMStructureError, match="bad base64"):
+    with pytest.raises(MalformedInput, match="bad base64"):
         load_certificate(b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n")
-    with pytest.raises(TPMStructureError, match="no CERTIFICATE block"):
+    with pytest.raises(MalformedInput, match="no CERTIFICATE block"):
         load_certificate(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
 
 
@@ -184,13 +184,13 @@ def test_unparseable_fields_are_rejected(root: Issued) -> None:
     def garbage_validity(fields: list[Node]) -> None:
         fields[4] = Node(0x30, [Node(0x02, b"\x01")])
 
-    with pytest.raises(TPMStructureError, match="cannot be parsed"):
+    with pytest.raises(MalformedInput, match="cannot be parsed"):
         load_certificate(resign(cert, root, garbage_validity))
 
     def swap_inner_algorithm(fields: list[Node]) -> None:
         fields[2] = Node(0x30, [oid_node("1.2.840.10045.4.3.3")])  # ecdsa-with-SHA384
 
-    with pytest.raises(TPMStructureError, match="inner and outer signature algorithms"):
+    with pytest.raises(MalformedInput, match="inner and outer signature algorithms"):
         load_certificate(resign(cert, root, swap_inner_algorithm))
 
 
@@ -215,7 +215,7 @@ def test_lenient_der_with_encoded_critical_false_verifies(root: Issued) -> None:
     assert verify_chain(cert, [], [load(root)], NOW)[-1].der == der(root.cert)
     # The signature is checked over the original bytes: one flipped bit breaks it.
     tampered = broken.replace(b"SLB9670", b"SLB9671")
-    with pytest.raises(VerificationError, match="does not chain"):
+    with pytest.raises(NotProven, match="does not chain"):
         verify_chain(load_certificate(tampered), [], [load(root)], NOW)
 
 
@@ -306,7 +306,7 @@ def test_remembered_signatures_never_vouch_for_a_changed_certificate(root: Issue
     serial = genuine.serial_number.to_bytes(20, "big").lstrip(b"\x00")
     assert der.count(serial) == 1
     forged = der.replace(serial, bytes([serial[0] ^ 0x01]) + serial[1:])
-    with pytest.raises(VerificationError, match="does not chain"):
+    with pytest.raises(NotProven, match="does not chain"):
         verify_chain(load_certificate(forged), [], [load(root)], NOW)
     assert verify_chain(load(genuine), [], [load(root)], NOW)  # and the genuine one still does
 
@@ -318,31 +318,31 @@ def test_unusable_root_falls_back_to_the_nearest_anchor() -> None:
     leaf = load(make_ek_cert(ek_key(), middle))
     chain = verify_chain(leaf, [], [load(old_root), load(middle)], NOW)
     assert [c.der for c in chain] == [leaf.der, der(middle.cert)]
-    with pytest.raises(VerificationError, match=r"'CN=Expired root'.* has expired"):
+    with pytest.raises(NotProven, match=r"'CN=Expired root'.* has expired"):
         verify_chain(leaf, [load(middle)], [load(old_root)], NOW)
 
 
 def test_chain_from_another_ca(root: Issued) -> None:
     other = make_ca("Test EK Root")  # same name, different key
     leaf = load(make_ek_cert(ek_key(), other))
-    with pytest.raises(VerificationError, match="no trusted issuer signed it"):
+    with pytest.raises(NotProven, match="no trusted issuer signed it"):
         verify_chain(leaf, [], [load(root)], NOW)
 
 
 def test_non_ca_parent(root: Issued) -> None:
     not_a_ca = make_ca("Leafy", root, ca=False)
     leaf = load(make_ek_cert(ek_key(), not_a_ca))
-    with pytest.raises(VerificationError, match="is not a CA"):
+    with pytest.raises(NotProven, match="is not a CA"):
         verify_chain(leaf, [load(not_a_ca)], [load(root)], NOW)
     # The same certificate configured as an anchor is still not allowed to issue.
-    with pytest.raises(VerificationError, match="is not a CA"):
+    with pytest.raises(NotProven, match="is not a CA"):
         verify_chain(leaf, [], [load(not_a_ca)], NOW)
 
 
 def test_parent_without_key_cert_sign(root: Issued) -> None:
     no_sign = make_ca("No certsign", root, key_cert_sign=False)
     leaf = load(make_ek_cert(ek_key(), no_sign))
-    with pytest.raises(VerificationError, match="may not sign certificates"):
+    with pytest.raises(NotProven, match="may not sign certificates"):
         verify_chain(leaf, [load(no_sign)], [load(root)], NOW)
 
 
@@ -352,21 +352,21 @@ def test_path_length_constraint() -> None:
     direct = load(make_ek_cert(ek_key(), strict_root))
     verify_chain(direct, [], [load(strict_root)], NOW)
     through_middle = load(make_ek_cert(ek_key(), middle))
-    with pytest.raises(VerificationError, match="exceeds its path length"):
+    with pytest.raises(NotProven, match="exceeds its path length"):
         verify_chain(through_middle, [load(middle)], [load(strict_root)], NOW)
 
 
 def test_expired_and_not_yet_valid(root: Issued) -> None:
     day = datetime.timedelta(days=1)
     expired = load(make_ek_cert(ek_key(), root, not_before=NOW - 3 * day, not_after=NOW - day))
-    with pytest.raises(VerificationError, match="has expired"):
+    with pytest.raises(NotProven, match="has expired"):
         verify_chain(expired, [], [load(root)], NOW)
     future = load(make_ek_cert(ek_key(), root, not_before=NOW + day, not_after=NOW + 3 * day))
-    with pytest.raises(VerificationError, match="is not yet valid"):
+    with pytest.raises(NotProven, match="is not yet valid"):
         verify_chain(future, [], [load(root)], NOW)
     old_ca = make_ca("Old intermediate", root, not_before=NOW - 9 * day, not_after=NOW - day)
     leaf = load(make_ek_cert(ek_key(), old_ca))
-    with pytest.raises(VerificationError, match=r"'CN=Old intermediate'.* has expired"):
+    with pytest.raises(NotProven, match=r"'CN=Old intermediate'.* has expired"):
         verify_chain(leaf, [load(old_ca)], [load(root)], NOW)
     with pytest.raises(ValueError, match="timezone-aware"):
         verify_chain(leaf, [], [load(root)], NOW.replace(tzinfo=None))
@@ -379,7 +379,7 @@ def test_chain_depth_is_bounded() -> None:
     leaf = load(make_ek_cert(ek_key(), cas[-1]))
     intermediates = [load(ca) for ca in cas[1:]]
     # leaf + 8 intermediates + root = 10 certificates, more than MAX_CHAIN_DEPTH.
-    with pytest.raises(VerificationError, match="does not chain"):
+    with pytest.raises(NotProven, match="does not chain"):
         verify_chain(leaf, intermediates, [load(cas[0])], NOW)
     assert len(verify_chain(leaf, intermediates, [load(cas[2])], NOW)) == 8
 
@@ -390,7 +390,7 @@ def test_cross_signed_intermediates_terminate(root: Issued) -> None:
     b = make_ca("B", a)
     a_by_b = Issued(make_ca("A", b).cert, a.key)
     leaf = load(make_ek_cert(ek_key(), b))
-    with pytest.raises(VerificationError, match="does not chain"):
+    with pytest.raises(NotProven, match="does not chain"):
         verify_chain(leaf, [load(b), load(a_by_b), load(a)], [load(root)], NOW)
 
 
@@ -427,7 +427,7 @@ def test_search_expands_each_certificate_once(
         return real_signed_by(child, parent)
 
     monkeypatch.setattr(ekcert, "_signed_by", counting)
-    with pytest.raises(VerificationError, match="does not chain"):
+    with pytest.raises(NotProven, match="does not chain"):
         verify_chain(leaf, mesh, [load(root)], NOW)
     pool = len(mesh) + 1
     assert calls <= (pool + 1) * pool
@@ -459,9 +459,9 @@ def test_load_ca_bundle_file_and_errors(tmp_path: Path) -> None:
     bad.mkdir()
     (bad / "ok.pem").write_bytes(SWTPM_ROOT)
     (bad / "notes.txt").write_bytes(b"hello")
-    with pytest.raises(TPMStructureError, match=r"notes\.txt"):
+    with pytest.raises(MalformedInput, match=r"notes\.txt"):
         load_ca_bundle(bad)
-    with pytest.raises(TPMStructureError, match="missing"):
+    with pytest.raises(SourceUnavailable, match="missing"):
         load_ca_bundle(tmp_path / "missing")
 
 
@@ -470,5 +470,5 @@ def test_public_key_of_unsupported_spki(root: Issued) -> None:
         fields[6].children[0].value = [oid_node("1.2.3.4")]
 
     cert = load_certificate(resign(make_ek_cert(ek_key(), root), root, unknown_algorithm))
-    with pytest.raises(TPMStructureError, match="unsupported certificate public key"):
+    with pytest.raises(MalformedInput, match="unsupported certificate public key"):
         cert.public_key()

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.eventlog import (
     EventType,
     Limits,
@@ -19,7 +20,6 @@ from spire_tpm_attestor.eventlog import (
     restrict,
     selectors,
 )
-from spire_tpm_attestor.tpm.errors import TPMStructureError
 from tests.eventlog_builder import (
     EV_EFI_ACTION,
     EV_EVENT_TAG,
@@ -255,7 +255,7 @@ def test_malformed(data: bytes, offset: int | None, words: str) -> None:
     with pytest.raises(MalformedEventLog, match=words) as raised:
         parse(data)
     error = raised.value
-    assert isinstance(error, TPMStructureError)  # the malformed-input branch of the tree
+    assert isinstance(error, MalformedInput)  # the malformed-input branch of the tree
     expected = len(_agile_header()) if offset is None else offset
     assert error.offset >= expected - 2  # digests errors name the digest's own offset
     assert f"offset {error.offset}" in str(error)

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from spire_tpm_attestor.errors import NotProven
 from spire_tpm_attestor.eventlog import (
     ReplayMismatch,
     compare,
@@ -15,7 +16,6 @@ from spire_tpm_attestor.eventlog import (
     selectors,
     verify,
 )
-from spire_tpm_attestor.tpm.errors import VerificationError
 from tests.eventlog_builder import (
     EV_POST_CODE,
     SHA1,
@@ -96,7 +96,7 @@ def test_edited_log_fails_naming_the_first_differing_pcr(edit: str) -> None:
     with pytest.raises(ReplayMismatch) as raised:
         verify(log, built.quoted((SHA256,)))
     mismatch = raised.value
-    assert isinstance(mismatch, VerificationError)
+    assert isinstance(mismatch, NotProven)
     assert (mismatch.bank, mismatch.pcr) == (SHA256, expected_pcr)
     assert mismatch.quoted == built.pcr_value(SHA256, expected_pcr)
     assert f"PCR sha256:{expected_pcr}" in str(mismatch)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.tpm.constants import (
     TPM_ALG,
     TPM_ECC,
@@ -15,7 +16,6 @@ from spire_tpm_attestor.tpm.constants import (
     TPM_ST,
     TPMA_OBJECT,
 )
-from spire_tpm_attestor.tpm.errors import TPMStructureError
 from spire_tpm_attestor.tpm.structures import (
     PCRSelection,
     Reader,
@@ -111,47 +111,47 @@ def test_public_key_equals() -> None:
 def test_every_truncation_is_rejected(kind: str) -> None:
     data = bytes.fromhex(EKS[kind]["ek_public"])
     for cut in range(len(data)):
-        with pytest.raises(TPMStructureError):
+        with pytest.raises(MalformedInput):
             parse_tpm2b_public(data[:cut])
 
 
 def test_trailing_bytes_are_rejected() -> None:
     data = bytes.fromhex(AK_RSA["ak_public"])
-    with pytest.raises(TPMStructureError, match="trailing"):
+    with pytest.raises(MalformedInput, match="trailing"):
         parse_tpm2b_public(data + b"\x00")
     # Extra bytes inside the TPM2B but after the TPMT_PUBLIC.
     inner = data[2:] + b"\x00"
-    with pytest.raises(TPMStructureError, match="trailing"):
+    with pytest.raises(MalformedInput, match="trailing"):
         parse_tpm2b_public(tpm2b(inner))
 
 
 def test_oversized_fields_are_rejected() -> None:
     key = rsa.generate_private_key(65537, 2048).public_key()
-    with pytest.raises(TPMStructureError, match="authPolicy"):
+    with pytest.raises(MalformedInput, match="authPolicy"):
         parse_tpm2b_public(marshal_public(key, auth_policy=bytes(65)))
     body = bytes.fromhex(AK_RSA["ak_public"])[2:]
     # Claim a 513-byte modulus (keyBits stays 2048; the size limit must fire first).
     big = body[: -2 - 256] + tpm2b(bytes(513))
-    with pytest.raises(TPMStructureError, match=r"unique\.rsa is 513 bytes"):
+    with pytest.raises(MalformedInput, match=r"unique\.rsa is 513 bytes"):
         parse_tpm2b_public(tpm2b(big))
-    with pytest.raises(TPMStructureError, match="limit is 1024"):
+    with pytest.raises(MalformedInput, match="limit is 1024"):
         parse_tpm2b_public(tpm2b(bytes(1023)))
     # keyBits beyond RSA-4096.
     too_many_bits = body.replace(
         b"\x08\x00\x00\x00\x00\x00\x01\x00", b"\x20\x08\x00\x00\x00\x00\x01\x00"
     )
-    with pytest.raises(TPMStructureError, match="keyBits"):
+    with pytest.raises(MalformedInput, match="keyBits"):
         parse_tpm2b_public(tpm2b(too_many_bits))
     ecc_body = bytes.fromhex(AK_ECC["ak_public"])[2:]
-    with pytest.raises(TPMStructureError, match=r"unique\.ecc\.x"):
+    with pytest.raises(MalformedInput, match=r"unique\.ecc\.x"):
         parse_tpm2b_public(tpm2b(ecc_body[:-68] + tpm2b(bytes(67)) + tpm2b(bytes(32))))
 
 
 def test_unsupported_key_type_is_rejected() -> None:
     keyed_hash = struct.pack(">HHI", TPM_ALG.KEYEDHASH, TPM_ALG.SHA256, 0) + tpm2b(b"")
-    with pytest.raises(TPMStructureError, match="KEYEDHASH"):
+    with pytest.raises(MalformedInput, match="KEYEDHASH"):
         parse_tpm2b_public(tpm2b(keyed_hash + struct.pack(">H", TPM_ALG.NULL) + tpm2b(b"")))
-    with pytest.raises(TPMStructureError, match="empty"):
+    with pytest.raises(MalformedInput, match="empty"):
         parse_tpm2b_public(b"\x00\x00")
 
 
@@ -159,17 +159,17 @@ def test_public_key_rejects_invalid_keys() -> None:
     ak = parse_tpm2b_public(bytes.fromhex(AK_RSA["ak_public"]))
     assert ak.rsa is not None
     short = replace(ak, rsa=replace(ak.rsa, modulus=ak.rsa.modulus[1:]))
-    with pytest.raises(TPMStructureError, match="modulus is 255 bytes"):
+    with pytest.raises(MalformedInput, match="modulus is 255 bytes"):
         short.public_key()
     ecc_ak = parse_tpm2b_public(bytes.fromhex(AK_ECC["ak_public"]))
     assert ecc_ak.ecc is not None
     off_curve = replace(ecc_ak, ecc=replace(ecc_ak.ecc, y=bytes(31) + b"\x01"))
-    with pytest.raises(TPMStructureError, match="invalid ECC public key"):
+    with pytest.raises(MalformedInput, match="invalid ECC public key"):
         off_curve.public_key()
     unknown_curve = replace(ecc_ak, ecc=replace(ecc_ak.ecc, curve=TPM_ECC.BN_P256))
-    with pytest.raises(TPMStructureError, match="curve"):
+    with pytest.raises(MalformedInput, match="curve"):
         unknown_curve.public_key()
-    with pytest.raises(TPMStructureError, match="hash algorithm"):
+    with pytest.raises(MalformedInput, match="hash algorithm"):
         replace(ak, name_alg=TPM_ALG.SM3_256).name()
 
 
@@ -213,30 +213,30 @@ def test_parse_swtpm_certify() -> None:
 def test_attest_truncations_and_trailing_bytes() -> None:
     data = bytes.fromhex(AK_RSA["quote"]["attest"])
     for cut in range(len(data)):
-        with pytest.raises(TPMStructureError):
+        with pytest.raises(MalformedInput):
             parse_attest(data[:cut])
-    with pytest.raises(TPMStructureError, match="trailing"):
+    with pytest.raises(MalformedInput, match="trailing"):
         parse_attest(data + b"\x00")
-    with pytest.raises(TPMStructureError, match="limit is 1024"):
+    with pytest.raises(MalformedInput, match="limit is 1024"):
         parse_attest(bytes(1025))
 
 
 def test_attest_rejects_unsupported_types_and_bad_selections() -> None:
     nonce = bytes(32)
-    with pytest.raises(TPMStructureError, match="unsupported type 0x801a"):
+    with pytest.raises(MalformedInput, match="unsupported type 0x801a"):
         parse_attest(marshal_attest(extra_data=nonce, attest_type=TPM_ST.ATTEST_CREATION))
     repeated = marshal_selection([(TPM_ALG.SHA256, [0]), (TPM_ALG.SHA256, [1])])
-    with pytest.raises(TPMStructureError, match="repeated"):
+    with pytest.raises(MalformedInput, match="repeated"):
         parse_attest(marshal_attest(extra_data=nonce, selection=repeated))
     too_many = struct.pack(">I", 17) + b"\x00\x0b\x03\x01\x00\x00" * 17
-    with pytest.raises(TPMStructureError, match="17 banks"):
+    with pytest.raises(MalformedInput, match="17 banks"):
         parse_attest(marshal_attest(extra_data=nonce, selection=too_many))
     wide = struct.pack(">IHB", 1, TPM_ALG.SHA256, 9) + bytes(9)
-    with pytest.raises(TPMStructureError, match="sizeofSelect 9"):
+    with pytest.raises(MalformedInput, match="sizeofSelect 9"):
         parse_attest(marshal_attest(extra_data=nonce, selection=wide))
-    with pytest.raises(TPMStructureError, match="extraData is 67 bytes"):
+    with pytest.raises(MalformedInput, match="extraData is 67 bytes"):
         parse_attest(marshal_attest(extra_data=bytes(67)))
-    with pytest.raises(TPMStructureError, match="pcrDigest is 65 bytes"):
+    with pytest.raises(MalformedInput, match="pcrDigest is 65 bytes"):
         parse_attest(marshal_attest(extra_data=nonce, pcr_digest=bytes(65)))
 
 
@@ -260,20 +260,20 @@ def test_parse_swtpm_signatures() -> None:
 def test_signature_malformed_inputs() -> None:
     data = bytes.fromhex(AK_ECC["quote"]["signature"])
     for cut in range(len(data)):
-        with pytest.raises(TPMStructureError):
+        with pytest.raises(MalformedInput):
             parse_signature(data[:cut])
-    with pytest.raises(TPMStructureError, match="trailing"):
+    with pytest.raises(MalformedInput, match="trailing"):
         parse_signature(data + b"\x00")
-    with pytest.raises(TPMStructureError, match="NULL"):
+    with pytest.raises(MalformedInput, match="NULL"):
         parse_signature(struct.pack(">H", TPM_ALG.NULL))
-    with pytest.raises(TPMStructureError, match="HMAC"):
+    with pytest.raises(MalformedInput, match="HMAC"):
         parse_signature(struct.pack(">HH", TPM_ALG.HMAC, TPM_ALG.SHA256) + bytes(32))
     zero_r = struct.pack(">HH", TPM_ALG.ECDSA, TPM_ALG.SHA256) + tpm2b(bytes(32)) + tpm2b(b"\x01")
-    with pytest.raises(TPMStructureError, match="zero"):
+    with pytest.raises(MalformedInput, match="zero"):
         parse_signature(zero_r)
-    with pytest.raises(TPMStructureError, match="empty"):
+    with pytest.raises(MalformedInput, match="empty"):
         parse_signature(struct.pack(">HH", TPM_ALG.RSASSA, TPM_ALG.SHA256) + tpm2b(b""))
-    with pytest.raises(TPMStructureError, match="sig is 513 bytes"):
+    with pytest.raises(MalformedInput, match="sig is 513 bytes"):
         parse_signature(struct.pack(">HH", TPM_ALG.RSASSA, TPM_ALG.SHA256) + tpm2b(bytes(513)))
 
 
@@ -293,9 +293,9 @@ def test_reader_is_bounded() -> None:
     assert (r.u8("a"), r.u16("b"), r.u32("c")) == (1, 0x0203, 0x04050607)
     assert r.u64("d") == 0x08090A0B0C0D0E0F
     assert r.tpm2b("e", 2) == b"\xaa\xbb"
-    with pytest.raises(TPMStructureError, match="test: 1 trailing bytes"):
+    with pytest.raises(MalformedInput, match="test: 1 trailing bytes"):
         r.finish()
-    with pytest.raises(TPMStructureError, match="test: truncated at f"):
+    with pytest.raises(MalformedInput, match="test: truncated at f"):
         r.u16("f")
-    with pytest.raises(TPMStructureError, match="g is 2 bytes, limit is 1"):
+    with pytest.raises(MalformedInput, match="g is 2 bytes, limit is 1"):
         Reader(b"\x00\x02ab", "test").tpm2b("g", 1)

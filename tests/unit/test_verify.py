@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPM_ECC, TPMA_OBJECT
-from spire_tpm_attestor.tpm.errors import TPMStructureError, VerificationError
 from spire_tpm_attestor.tpm.structures import (
     PublicArea,
     Signature,
@@ -102,7 +102,7 @@ def test_pcr_digest_matches_the_tpm() -> None:
 
 def test_quote_wrong_nonce() -> None:
     ak, attest, sig, _, values = quote_args("rsa")
-    with pytest.raises(VerificationError, match="extraData does not match"):
+    with pytest.raises(NotProven, match="extraData does not match"):
         verify_quote(ak, attest, sig, bytes(32), values)
     with pytest.raises(ValueError, match="at least 16"):
         verify_quote(ak, attest, sig, b"", values)
@@ -111,7 +111,7 @@ def test_quote_wrong_nonce() -> None:
 def test_quote_tampered_pcr_value() -> None:
     ak, attest, sig, nonce, values = quote_args("ecc")
     values[(TPM_ALG.SHA256, 16)] = bytes(32)
-    with pytest.raises(VerificationError, match="do not match the quoted pcrDigest"):
+    with pytest.raises(NotProven, match="do not match the quoted pcrDigest"):
         verify_quote(ak, attest, sig, nonce, values)
 
 
@@ -119,46 +119,46 @@ def test_quote_missing_extra_and_malformed_pcr_values() -> None:
     ak, attest, sig, nonce, values = quote_args("rsa")
     missing = dict(values)
     del missing[(TPM_ALG.SHA1, 16)]
-    with pytest.raises(VerificationError, match="quoted PCR sha1:16 has no value"):
+    with pytest.raises(NotProven, match="quoted PCR sha1:16 has no value"):
         verify_quote(ak, attest, sig, nonce, missing)
     extra = {**values, (TPM_ALG.SHA256, 8): bytes(32)}
-    with pytest.raises(VerificationError, match="PCR sha256:8 is not covered"):
+    with pytest.raises(NotProven, match="PCR sha256:8 is not covered"):
         verify_quote(ak, attest, sig, nonce, extra)
     short = {**values, (TPM_ALG.SHA256, 0): bytes(20)}
-    with pytest.raises(TPMStructureError, match="sha256:0 value is 20 bytes"):
+    with pytest.raises(MalformedInput, match="sha256:0 value is 20 bytes"):
         verify_quote(ak, attest, sig, nonce, short)
 
 
 def test_quote_must_cover_required_pcrs() -> None:
     ak, attest, sig, nonce, values = quote_args("rsa")
-    with pytest.raises(VerificationError, match="requested PCR sha256:8 was not quoted"):
+    with pytest.raises(NotProven, match="requested PCR sha256:8 was not quoted"):
         verify_quote(ak, attest, sig, nonce, values, required=[(TPM_ALG.SHA256, 8)])
 
 
 def test_quote_wrong_signature() -> None:
     ak, attest, sig, nonce, values = quote_args("rsa")
     flipped = sig[:-1] + bytes([sig[-1] ^ 1])
-    with pytest.raises(VerificationError, match="signature does not verify"):
+    with pytest.raises(NotProven, match="signature does not verify"):
         verify_quote(ak, attest, flipped, nonce, values)
     # Any change to the signed bytes, here the clock (offset 76), breaks the signature.
     tampered = bytearray(attest)
     tampered[80] ^= 1
-    with pytest.raises(VerificationError, match="signature does not verify"):
+    with pytest.raises(NotProven, match="signature does not verify"):
         verify_quote(ak, bytes(tampered), sig, nonce, values)
 
 
 def test_quote_by_another_ak() -> None:
     _, attest, sig, nonce, values = quote_args("rsa")
     other = software_ak(rsa.generate_private_key(65537, 2048))
-    with pytest.raises(VerificationError, match="signature does not verify"):
+    with pytest.raises(NotProven, match="signature does not verify"):
         verify_quote(other, attest, sig, nonce, values)
-    with pytest.raises(VerificationError, match="does not fit the key type"):
+    with pytest.raises(NotProven, match="does not fit the key type"):
         verify_quote(ak_area("ecc"), attest, sig, nonce, values)
 
 
 def test_certify_is_not_a_quote() -> None:
     ak, attest, sig, nonce, _ = certify_args("rsa")
-    with pytest.raises(VerificationError, match="0x8017 is not a quote"):
+    with pytest.raises(NotProven, match="0x8017 is not a quote"):
         verify_quote(ak, attest, sig, nonce, {})
 
 
@@ -175,7 +175,7 @@ def test_quote_wrong_magic(forger: ec.EllipticCurvePrivateKey) -> None:
     attest = marshal_attest(extra_data=nonce, magic=0xFF544346, pcr_digest=sha256(b""))
     sig = tpm_sign(forger, attest, TPM_ALG.ECDSA)
     ak = software_ak(forger)
-    with pytest.raises(VerificationError, match="magic 0xff544346 is not TPM_GENERATED"):
+    with pytest.raises(NotProven, match="magic 0xff544346 is not TPM_GENERATED"):
         verify_quote(ak, attest, sig, nonce, {})
     good = marshal_attest(extra_data=nonce, pcr_digest=sha256(b""))
     verify_quote(ak, good, tpm_sign(forger, good, TPM_ALG.ECDSA), nonce, {})
@@ -189,7 +189,7 @@ def test_quote_digest_uses_signature_hash(forger: ec.EllipticCurvePrivateKey) ->
     sha1_digest = hashlib.sha1(value).digest()
     attest = marshal_attest(extra_data=nonce, selection=selection, pcr_digest=sha1_digest)
     ak = software_ak(forger)
-    with pytest.raises(VerificationError, match="pcrDigest"):
+    with pytest.raises(NotProven, match="pcrDigest"):
         verify_quote(ak, attest, tpm_sign(forger, attest, TPM_ALG.ECDSA), nonce, {(4, 3): value})
 
 
@@ -205,7 +205,7 @@ def test_quote_digest_follows_attested_bank_order(forger: ec.EllipticCurvePrivat
     swapped = marshal_attest(
         extra_data=nonce, selection=selection, pcr_digest=sha256(b"\x01" * 32 + b"\x02" * 20)
     )
-    with pytest.raises(VerificationError, match="pcrDigest"):
+    with pytest.raises(NotProven, match="pcrDigest"):
         verify_quote(ak, swapped, tpm_sign(forger, swapped, TPM_ALG.ECDSA), nonce, values)
 
 
@@ -214,9 +214,9 @@ def test_quote_requires_a_genuine_ak(forger: ec.EllipticCurvePrivateKey) -> None
     attest = marshal_attest(extra_data=nonce, pcr_digest=sha256(b""))
     sig = tpm_sign(forger, attest, TPM_ALG.ECDSA)
     unrestricted = software_ak(forger, attributes=0x00040472)
-    with pytest.raises(VerificationError, match="RESTRICTED is not set"):
+    with pytest.raises(NotProven, match="RESTRICTED is not set"):
         verify_quote(unrestricted, attest, sig, nonce, {})
-    with pytest.raises(VerificationError, match="RESTRICTED is not set"):
+    with pytest.raises(NotProven, match="RESTRICTED is not set"):
         verify_certify(unrestricted, attest, sig, nonce, unrestricted)
 
 
@@ -232,14 +232,14 @@ def test_swtpm_certify_verifies(kind: str) -> None:
 
 def test_certify_negatives() -> None:
     ak, attest, sig, nonce, certified = certify_args("ecc")
-    with pytest.raises(VerificationError, match="certified Name does not match"):
+    with pytest.raises(NotProven, match="certified Name does not match"):
         verify_certify(ak, attest, sig, nonce, ak)
-    with pytest.raises(VerificationError, match="extraData does not match"):
+    with pytest.raises(NotProven, match="extraData does not match"):
         verify_certify(ak, attest, sig, bytes(32), certified)
-    with pytest.raises(VerificationError, match="signature does not verify"):
+    with pytest.raises(NotProven, match="signature does not verify"):
         verify_certify(ak, attest, sig[:-1] + bytes([sig[-1] ^ 0x40]), nonce, certified)
     q_ak, q_attest, q_sig, q_nonce, _ = quote_args("ecc")
-    with pytest.raises(VerificationError, match="0x8018 is not a certify"):
+    with pytest.raises(NotProven, match="0x8018 is not a certify"):
         verify_certify(q_ak, q_attest, q_sig, q_nonce, certified)
 
 
@@ -252,19 +252,19 @@ def test_swtpm_devid_signature(kind: str) -> None:
     message = bytes.fromhex(AKS[kind]["devid_signature"]["message"])
     sig = parse_signature(bytes.fromhex(AKS[kind]["devid_signature"]["signature"]))
     verify_signature(devid, message, sig)
-    with pytest.raises(VerificationError, match="does not verify"):
+    with pytest.raises(NotProven, match="does not verify"):
         verify_signature(devid, message[1:], sig)
 
 
 def test_signature_scheme_must_match_the_pinned_scheme() -> None:
     rsa_ak = ak_area("rsa")  # pins RSASSA-SHA256
-    with pytest.raises(VerificationError, match="differs from the key's scheme RSASSA-SHA256"):
+    with pytest.raises(NotProven, match="differs from the key's scheme RSASSA-SHA256"):
         check_signature_scheme(rsa_ak, Signature(TPM_ALG.RSAPSS, TPM_ALG.SHA256, b""))
-    with pytest.raises(VerificationError, match="differs"):
+    with pytest.raises(NotProven, match="differs"):
         check_signature_scheme(rsa_ak, Signature(TPM_ALG.RSASSA, TPM_ALG.SHA384, b""))
-    with pytest.raises(VerificationError, match="does not fit the key type"):
+    with pytest.raises(NotProven, match="does not fit the key type"):
         check_signature_scheme(rsa_ak, Signature(TPM_ALG.ECDSA, TPM_ALG.SHA256, b""))
-    with pytest.raises(VerificationError, match="hash SHA1 not allowed"):
+    with pytest.raises(NotProven, match="hash SHA1 not allowed"):
         check_signature_scheme(rsa_ak, Signature(TPM_ALG.RSASSA, TPM_ALG.SHA1, b""))
 
 
@@ -276,7 +276,7 @@ def test_unpinned_key_accepts_sane_schemes_only() -> None:
             sig = parse_signature(tpm_sign(private, b"message", sig_alg, hash_alg))
             verify_signature(unpinned, b"message", sig)
     sha1 = parse_signature(tpm_sign(private, b"message", TPM_ALG.RSASSA, TPM_ALG.SHA1))
-    with pytest.raises(VerificationError, match="SHA1 not allowed"):
+    with pytest.raises(NotProven, match="SHA1 not allowed"):
         verify_signature(unpinned, b"message", sha1)
 
 
@@ -300,13 +300,13 @@ def test_swtpm_aks_are_genuine(kind: str) -> None:
 )
 def test_ak_missing_attribute(attribute: TPMA_OBJECT) -> None:
     ak = ak_area("rsa")
-    with pytest.raises(VerificationError, match=f"AK public area: {attribute.name} is not set"):
+    with pytest.raises(NotProven, match=f"AK public area: {attribute.name} is not set"):
         check_ak_public(replace(ak, attributes=ak.attributes & ~attribute))
 
 
 def test_ak_with_decrypt() -> None:
     ak = ak_area("ecc")
-    with pytest.raises(VerificationError, match="DECRYPT is set"):
+    with pytest.raises(NotProven, match="DECRYPT is set"):
         check_ak_public(replace(ak, attributes=ak.attributes | TPMA_OBJECT.DECRYPT))
 
 
@@ -315,7 +315,7 @@ def test_ak_parameters() -> None:
     assert ak.rsa is not None
 
     def rejected(area: PublicArea, match: str) -> None:
-        with pytest.raises(VerificationError, match=match):
+        with pytest.raises(NotProven, match=match):
             check_ak_public(area)
 
     rejected(replace(ak, name_alg=TPM_ALG.SHA1), "nameAlg SHA1")
@@ -338,5 +338,5 @@ def test_ak_parameters() -> None:
 def test_ak_with_invalid_key_material() -> None:
     ak = ak_area("ecc")
     assert ak.ecc is not None
-    with pytest.raises(TPMStructureError, match="invalid ECC public key"):
+    with pytest.raises(MalformedInput, match="invalid ECC public key"):
         check_ak_public(replace(ak, ecc=replace(ak.ecc, x=bytes(32))))
