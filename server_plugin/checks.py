@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.runtime.status import (
     InvalidArgument,
@@ -76,7 +77,7 @@ def verify_ak_public(data: bytes) -> PublicArea:
 def ek_hash_of(ek: PublicArea) -> str:
     """The EK hash that names this TPM: SHA-256 of the EK's DER SubjectPublicKeyInfo."""
     try:
-        return ekcert.ek_hash(ek.public_key())
+        return ek_hash(ek.public_key())
     except (MalformedInput, ValueError) as exc:
         raise malformed("ek_public", f"EK public key is invalid: {exc}") from None
 

@@ -378,21 +378,13 @@ def load_ca_bundle(path: str | os.PathLike[str]) -> list[EKCertificate]:
     return certificates
 
 
-# --- binding and identity -------------------------------------------------------------
+# --- binding -------------------------------------------------------------------------
 
 
 def check_certificate_matches_public_area(cert: EKCertificate, area: PublicArea) -> None:
     """Prove the certificate certifies the very key in the TPM public area."""
     if not public_key_equals(area, cert.public_key()):
         raise NotProven("certificate key does not match the TPM public area")
-
-
-def ek_hash(public_key: PublicKeyTypes) -> str:
-    """Lowercase hex SHA-256 of the DER SubjectPublicKeyInfo (spiffe/spire-tpm-plugin)."""
-    spki = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(spki).hexdigest()
 
 
 # --- chain verification ---------------------------------------------------------------

@@ -44,13 +44,13 @@ class InputError(ValueError):
 
 def hashes_of_data(data: bytes, origin: str) -> list[str]:
     """EK hashes of the certificates and public keys in `data` (PEM blocks, or one DER)."""
-    from spire_tpm_attestor.cli.main import hash_of_certificate, hash_of_public_key
+    from spire_tpm_attestor.ek_hash import hash_of_certificate, hash_of_public_key
 
     if b"-----BEGIN" not in data:
         for hash_of in (hash_of_certificate, hash_of_public_key):
             try:
                 return [hash_of(data)]
-            except (MalformedInput, ValueError):
+            except MalformedInput:
                 continue
         raise InputError(f"{origin}: neither an EK certificate nor a public key (DER)")
     hashes = []
@@ -61,7 +61,7 @@ def hashes_of_data(data: bytes, origin: str) -> list[str]:
         hash_of = hash_of_certificate if label == "CERTIFICATE" else hash_of_public_key
         try:
             hashes.append(hash_of(block.group(0)))
-        except (MalformedInput, ValueError) as exc:
+        except MalformedInput as exc:
             raise InputError(f"{origin}: PEM {label}: {exc}") from None
     if not hashes:
         raise InputError(f"{origin}: no complete PEM block")

@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
 
-from spire_tpm_attestor import __version__, ekcert
+from spire_tpm_attestor import __version__
 from spire_tpm_attestor.cli.allowlist import add_allowlist_commands
 from spire_tpm_attestor.cli.devid import add_devid_commands
 from spire_tpm_attestor.cli.spire_config import PluginConfigFile
+from spire_tpm_attestor.ek_hash import ek_hash, hash_of_certificate, hash_of_public_key
 from spire_tpm_attestor.errors import AttestorError
 from spire_tpm_attestor.runtime.config import ConfigProblems
 from spire_tpm_attestor.runtime.host import AttestationResult
@@ -32,15 +32,6 @@ from spire_tpm_attestor.runtime.host import AttestationResult
 def cmd_version(args: argparse.Namespace) -> int:
     print(f"spire-tpm-attestor {__version__}")
     return 0
-
-
-def hash_of_certificate(data: bytes) -> str:
-    return ekcert.ek_hash(ekcert.load_certificate(data).public_key())
-
-
-def hash_of_public_key(data: bytes) -> str:
-    key = load_pem_public_key(data) if b"-----BEGIN" in data else load_der_public_key(data)
-    return ekcert.ek_hash(key)
 
 
 def hash_of_tpm(agent_config: PluginConfigFile) -> str:
@@ -52,7 +43,7 @@ def hash_of_tpm(agent_config: PluginConfigFile) -> str:
     config = build_agent_config(agent_config.plugin_data, CoreConfig(agent_config.trust_domain))
     with TPMSession.open(config.tcti) as tpm:
         ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
-    return ekcert.ek_hash(parse_tpm2b_public(ek.public).public_key())
+    return ek_hash(parse_tpm2b_public(ek.public).public_key())
 
 
 def cmd_hash(args: argparse.Namespace) -> int:

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.cli.main import print_result
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.runtime.host import (
     AGENT_HOST_SERVICES,
     SERVER_HOST_SERVICES,
@@ -37,7 +37,7 @@ def main() -> int:
         work = Path(workdir)
         ca = TestCA.create(work / "ek-ca")
         certificates = provision_ek_certificates(tpm.tcti, ca, algorithms=("rsa2048",))
-        pub_hash = ekcert.ek_hash(certificates["rsa2048"].public_key())
+        pub_hash = ek_hash(certificates["rsa2048"].public_key())
         hashes = work / "hashes"
         hashes.mkdir()
         (hashes / pub_hash).write_text(json.dumps({"name": "demo-node", "labels": {"env": "demo"}}))

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from server_plugin import attestation
 from server_plugin.config import ServerConfig, build_server_config
-from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor import wire
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
 from spire_tpm_attestor.runtime.config import CoreConfig
@@ -246,7 +247,7 @@ def _cases(work: Path, captured: dict[str, Captured], ec_ca: TestCA, rsa_ca: Tes
     for algorithm, capture in captured.items():
         key = parse_tpm2b_public(capture.ek_public).public_key()
         entry = {"name": f"bench-{algorithm}", "labels": {"rack": "r1"}}
-        (hashes / ekcert.ek_hash(key)).write_text(json.dumps(entry))
+        (hashes / ek_hash(key)).write_text(json.dumps(entry))
     core = CoreConfig(TRUST_DOMAIN)
     configs = {
         "allowlist": build_server_config(_hcl(ek_policy="allowlist", hash_path=str(hashes)), core),

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from cryptography import x509
 
-from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.runtime.host import (
@@ -85,7 +85,7 @@ def provisioned_hash(swtpm: SWTPM, ca: TestCA, algorithm: str) -> str:
     certificate: x509.Certificate = provision_ek_certificates(
         swtpm.tcti, ca, algorithms=(algorithm,)
     )[algorithm]
-    return ekcert.ek_hash(certificate.public_key())
+    return ek_hash(certificate.public_key())
 
 
 def expect_rejection(

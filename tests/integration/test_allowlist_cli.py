@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from server_plugin.allowlist import AllowlistEntry
 from server_plugin.allowlist.document import parse_document
 from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
-from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
@@ -61,7 +61,7 @@ def test_add_list_remove_export_round_trip(
     directory = tmp_path / "allow"
     directory.mkdir()
     where = ["--directory", str(directory), "--layout", layout]
-    hashes = [ekcert.ek_hash(key) for key in keys]
+    hashes = [ek_hash(key) for key in keys]
     (tmp_path / "k0.pem").write_bytes(spki_pem(keys[0]))
 
     assert ok("add", *where, "--name", "n0", "--label", "rack=r1", str(tmp_path / "k0.pem")) == [
@@ -104,7 +104,7 @@ def test_stdin_takes_many_certificates_and_public_keys(
     certificates = [ek_ca.issue_ek_certificate(key) for key in keys[:2]]
     pem = b"".join(c.public_bytes(Encoding.PEM) for c in certificates) + spki_pem(keys[2])
     added = ok("add", "--directory", str(directory), stdin=pem)
-    assert added == [ekcert.ek_hash(key) for key in keys]
+    assert added == [ek_hash(key) for key in keys]
     # A DER certificate file and a file name on stdin work too.
     der = tmp_path / "ek.der"
     der.write_bytes(certificates[0].public_bytes(Encoding.DER))

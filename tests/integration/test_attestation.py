@@ -11,7 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor import wire
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.host import (
     PluginProcess,
@@ -179,7 +180,7 @@ def test_ek_certificate_for_another_key_is_denied_even_when_the_ek_is_allowliste
     provision_ek_certificates(bare_swtpm.tcti, ek_ca, algorithms=("rsa2048",), foreign_key=True)
     agent.configure(hcl(tcti=bare_swtpm.tcti, ek_algorithm="rsa2048"))
     ek = parse_tpm2b_public(payload_from_agent(agent).ek_public)
-    pub_hash = ekcert.ek_hash(ek.public_key())
+    pub_hash = ek_hash(ek.public_key())
     (hashes / pub_hash).write_text("")
     server.configure(
         hcl(ek_policy=policy, ek_ca_path=str(ek_ca.bundle_path), hash_path=str(hashes))

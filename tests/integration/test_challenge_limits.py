@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor import wire
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
@@ -34,7 +35,7 @@ def payload_and_hash(agent: PluginProcess) -> tuple[bytes, str]:
     finally:
         node.close()
     ek = parse_tpm2b_public(wire.decode_payload(payload).ek_public)
-    return payload, ekcert.ek_hash(ek.public_key())
+    return payload, ek_hash(ek.public_key())
 
 
 def thread_count(plugin: PluginProcess) -> int:
@@ -122,7 +123,7 @@ def test_an_ek_deny_listed_while_the_agent_answers_is_rejected(
     try:
         payload = node.payload()
         ek = parse_tpm2b_public(wire.decode_payload(payload).ek_public)
-        pub_hash = ekcert.ek_hash(ek.public_key())
+        pub_hash = ek_hash(ek.public_key())
         answer = node.answer(spire.send_payload(payload).challenge)
         (revoked / pub_hash).write_text("")  # revoked after its challenge went out
         seen = len(audit_lines(server))

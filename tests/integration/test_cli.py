@@ -10,7 +10,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from spire_tpm_attestor import __version__, ekcert
+from spire_tpm_attestor import __version__
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
 
@@ -37,7 +38,7 @@ def test_version() -> None:
 def test_hash_agrees_across_certificate_public_key_and_tpm(
     bare_swtpm: SWTPM, ek_certificate: x509.Certificate, tmp_path: Path
 ) -> None:
-    expected = ekcert.ek_hash(ek_certificate.public_key())
+    expected = ek_hash(ek_certificate.public_key())
     (tmp_path / "ek.pem").write_bytes(ek_certificate.public_bytes(Encoding.PEM))
     (tmp_path / "ek.der").write_bytes(ek_certificate.public_bytes(Encoding.DER))
     public = ek_certificate.public_key()
@@ -78,7 +79,7 @@ def test_check_with_plugin_data_files(
     allowlist: Path,
     tmp_path: Path,
 ) -> None:
-    pub_hash = ekcert.ek_hash(ek_certificate.public_key())
+    pub_hash = ek_hash(ek_certificate.public_key())
     (allowlist / pub_hash).write_text('{"name": "node-1"}')
     (tmp_path / "agent.hcl").write_text(f'tcti = "{bare_swtpm.tcti}"\n')
     (tmp_path / "server.hcl").write_text(
@@ -123,7 +124,7 @@ def test_check_with_whole_spire_config_files(
     (tmp_path / "agent.conf").write_text(agent_conf)
     result = check(tmp_path / "agent.conf", tmp_path / "server.conf")
     assert result.returncode == 0, result.stderr
-    pub_hash = ekcert.ek_hash(ek_certificate.public_key())
+    pub_hash = ek_hash(ek_certificate.public_key())
     assert f"spiffe_id: spiffe://example.org/spire/agent/tpm/{pub_hash}" in result.stdout
     assert "  ek:model:swtpm" in result.stdout
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 from tests.integration.platform_setup import provision_devid
@@ -246,7 +246,7 @@ def test_spire_agent_attests_through_both_plugins(
     bare_swtpm: SWTPM,
     ek_certificate: x509.Certificate,
 ) -> None:
-    pub_hash = ekcert.ek_hash(ek_certificate.public_key())
+    pub_hash = ek_hash(ek_certificate.public_key())
     server = start_server(spire_bin, workdir, ek_ca, policy="cert")
     agent = start_agent(spire_bin, workdir, server, bare_swtpm.tcti)
     agent_id = f"spiffe://example.org/spire/agent/tpm/{pub_hash}"

@@ -16,10 +16,10 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.ekcert import (
     EKCertificate,
     check_certificate_matches_public_area,
-    ek_hash,
     load_ca_bundle,
     load_certificate,
     verify_chain,
