@@ -14,10 +14,10 @@ from pathlib import Path
 import tpm2_pytss as tss
 from tpm2_pytss.tsskey import TSSPrivKey
 
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.errors import AttestorError, MalformedInput
 from spire_tpm_attestor.tpm.constants import PERSISTENT_FIRST, PERSISTENT_LAST
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public, public_key_equals
+from spire_tpm_attestor.x509 import load_ca_bundle
 
 MAX_KEY_FILE = 64 * 1024
 MAX_CHAIN = 8
@@ -81,7 +81,7 @@ def load_devid_key(
     else:
         raise DevIDFileError("the DevID key is missing: give a TSS2 PEM key or both blobs")
     try:
-        chain = ekcert.load_ca_bundle(cert_path)
+        chain = load_ca_bundle(cert_path)
     except (OSError, ValueError, AttestorError) as exc:
         raise DevIDFileError(f"DevID certificate: {exc}") from None
     if not chain or len(chain) > MAX_CHAIN:

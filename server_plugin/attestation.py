@@ -41,13 +41,14 @@ from server_plugin.platform_checks import (
     verify_devid_signature,
     verify_pcr_quote,
 )
-from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor import wire
 from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.identity import TemplateError, agent_spiffe_id, selector_safe
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
 from spire_tpm_attestor.tpm.credential import make_credential
 from spire_tpm_attestor.tpm.structures import PublicArea
+from spire_tpm_attestor.x509 import Certificate
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def establish_devid(config: ServerConfig, payload: attestation_pb2.Payload) -> V
 def establish_ek_trust(
     config: ServerConfig,
     pub_hash: str,
-    certificate: ekcert.EKCertificate | None,
+    certificate: Certificate | None,
     intermediates: Sequence[bytes],
 ) -> tuple[VerifiedEKCertificate | None, AllowlistEntry | None]:
     """Apply `ek_policy` to the EK certificate chain and the allowlist."""

@@ -15,18 +15,18 @@ import logging
 import os
 from collections.abc import Sequence
 
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.errors import AttestorError
 from spire_tpm_attestor.runtime.config import ConfigProblems
+from spire_tpm_attestor.x509 import Certificate, load_ca_bundle
 
 log = logging.getLogger(__name__)
 
-Certificates = list[ekcert.EKCertificate]
+Certificates = list[Certificate]
 _LOAD_ERRORS = (OSError, ValueError, AttestorError)
 
 
 def _files(path: str) -> list[str]:
-    """The files ekcert.load_ca_bundle reads for `path` (hidden entries and
+    """The files load_ca_bundle reads for `path` (hidden entries and
     subdirectories skipped, as Kubernetes mounts keep `..data` there)."""
     if not os.path.isdir(path):
         return [path]
@@ -62,7 +62,7 @@ class CABundle:
         problems: list[str] = []
         for path in self.paths:
             try:
-                files = {file: ekcert.load_ca_bundle(file) for file in _files(path)}
+                files = {file: load_ca_bundle(file) for file in _files(path)}
             except _LOAD_ERRORS as exc:
                 problems.append(f"{self.option}: {exc}")
                 continue
@@ -88,7 +88,7 @@ class CABundle:
             found = 0
             for file in files:
                 try:
-                    certificates = ekcert.load_ca_bundle(file)
+                    certificates = load_ca_bundle(file)
                 except _LOAD_ERRORS as exc:
                     if not os.path.exists(file):
                         continue  # removed while we listed it

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.runtime.status import (
@@ -26,6 +25,12 @@ from spire_tpm_attestor.runtime.status import (
 from spire_tpm_attestor.tpm.credential import check_ek_template
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
 from spire_tpm_attestor.tpm.verify import check_ak_public
+from spire_tpm_attestor.x509 import (
+    Certificate,
+    check_certificate_matches_public_area,
+    load_certificate,
+    verify_chain,
+)
 
 
 class Rejected(Exception):
@@ -82,17 +87,17 @@ def ek_hash_of(ek: PublicArea) -> str:
         raise malformed("ek_public", f"EK public key is invalid: {exc}") from None
 
 
-def load_ek_certificate(data: bytes) -> ekcert.EKCertificate:
+def load_ek_certificate(data: bytes) -> Certificate:
     try:
-        return ekcert.load_certificate(data)
+        return load_certificate(data)
     except (MalformedInput, ValueError) as exc:
         raise malformed("ek_certificate", f"EK certificate cannot be parsed: {exc}") from None
 
 
-def verify_eks_match(certificate: ekcert.EKCertificate, ek: PublicArea) -> None:
+def verify_eks_match(certificate: Certificate, ek: PublicArea) -> None:
     """The EK certificate certifies the very key that the challenge is encrypted to."""
     try:
-        ekcert.check_certificate_matches_public_area(certificate, ek)
+        check_certificate_matches_public_area(certificate, ek)
     except NotProven:
         raise denied("ek_cert_key", "EK certificate key differs from the EK public area") from None
     except (MalformedInput, ValueError) as exc:
@@ -101,22 +106,22 @@ def verify_eks_match(certificate: ekcert.EKCertificate, ek: PublicArea) -> None:
 
 @dataclass(frozen=True)
 class VerifiedEKCertificate:
-    certificate: ekcert.EKCertificate
+    certificate: Certificate
     anchor_fingerprint: str
 
 
 def verify_ek_chain(
-    certificate: ekcert.EKCertificate,
+    certificate: Certificate,
     intermediates: Sequence[bytes],
-    bundle: Sequence[ekcert.EKCertificate],
+    bundle: Sequence[Certificate],
 ) -> VerifiedEKCertificate:
     """The EK certificate chains to a configured manufacturer/organisation CA."""
     try:
-        extra = [ekcert.load_certificate(der) for der in intermediates]
+        extra = [load_certificate(der) for der in intermediates]
     except (MalformedInput, ValueError) as exc:
         raise malformed("ek_intermediates", f"EK intermediate cannot be parsed: {exc}") from None
     try:
-        chain = ekcert.verify_chain(certificate, extra, bundle, datetime.now(UTC))
+        chain = verify_chain(certificate, extra, bundle, datetime.now(UTC))
     except (NotProven, MalformedInput, ValueError) as exc:
         raise denied(
             "ek_cert_chain", f"EK certificate does not chain to ek_ca_path: {exc}"

@@ -14,7 +14,6 @@ from server_plugin.platform_config import (
     read_pcr_options,
 )
 from server_plugin.reload import Reloading
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.identity import (
     DEFAULT_AGENT_PATH_TEMPLATE,
     DEFAULT_PLUGIN_NAME,
@@ -26,6 +25,7 @@ from spire_tpm_attestor.runtime.config import (
     CoreConfig,
     read_config,
 )
+from spire_tpm_attestor.x509 import Certificate
 
 EK_POLICIES = ("cert", "allowlist", "cert_or_allowlist", "cert_and_allowlist")
 DEFAULT_CHALLENGE_TIMEOUT = 60.0
@@ -40,7 +40,7 @@ class ServerConfig:
     trust_domain: str
     plugin_name: str
     ek_policy: str
-    ek_ca: Reloading[list[ekcert.EKCertificate]] | None
+    ek_ca: Reloading[list[Certificate]] | None
     allowlist: list[AllowlistSource]
     denylist: list[AllowlistSource]
     agent_path_template: AgentPathTemplate
@@ -51,7 +51,7 @@ class ServerConfig:
     max_pending_challenges: int = DEFAULT_MAX_PENDING_CHALLENGES
 
     @property
-    def ek_ca_bundle(self) -> list[ekcert.EKCertificate]:
+    def ek_ca_bundle(self) -> list[Certificate]:
         """The EK CA certificates as last (re)loaded from ek_ca_path."""
         return self.ek_ca.value if self.ek_ca is not None else []
 
@@ -78,7 +78,7 @@ def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
 
 def reloading_ca_bundle(
     reader: ConfigReader, option: str, paths: list[str]
-) -> Reloading[list[ekcert.EKCertificate]] | None:
+) -> Reloading[list[Certificate]] | None:
     """The CA bundle in `paths`, reloaded when they change; None (and problems) if unusable.
 
     A path that is missing or holds no certificates is a problem here; removed later, it

@@ -16,7 +16,7 @@ from cryptography import x509
 
 from server_plugin.checks import Rejected, denied, malformed
 from server_plugin.pcr_policy import PCRKey, PCRPolicy, pcr_label
-from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor import wire
 from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT, alg_name
@@ -27,6 +27,7 @@ from spire_tpm_attestor.tpm.structures import (
     public_key_equals,
 )
 from spire_tpm_attestor.tpm.verify import verify_certify, verify_quote, verify_signature
+from spire_tpm_attestor.x509 import Certificate, load_certificate, verify_chain
 
 # A DevID is a TPM-generated, non-migratable signing key (TCG "TPM 2.0 Keys for Device
 # Identity and Attestation"). The attributes alone are only a claim: TPM2_LoadExternal
@@ -103,7 +104,7 @@ def pcr_selectors(values: dict[PCRKey, bytes]) -> list[str]:
 class VerifiedDevID:
     """A DevID certificate that chains to devid_ca_path and certifies `public`."""
 
-    certificate: ekcert.EKCertificate
+    certificate: Certificate
     public: PublicArea
 
     def facts(self) -> dict[str, str | None]:
@@ -124,12 +125,10 @@ class VerifiedDevID:
         ]
 
 
-def verify_devid_chain(
-    certificates: Sequence[bytes], bundle: Sequence[ekcert.EKCertificate]
-) -> ekcert.EKCertificate:
+def verify_devid_chain(certificates: Sequence[bytes], bundle: Sequence[Certificate]) -> Certificate:
     """The DevID leaf (first) chains, through the others, to a CA of devid_ca_path."""
     try:
-        leaf, *intermediates = [ekcert.load_certificate(der) for der in certificates]
+        leaf, *intermediates = [load_certificate(der) for der in certificates]
     except (MalformedInput, ValueError) as exc:
         raise malformed(
             "devid_certificates", f"DevID certificate cannot be parsed: {exc}"
@@ -143,7 +142,7 @@ def verify_devid_chain(
     if usage is not None and not usage.digital_signature:
         raise denied("devid_cert_chain", "the DevID certificate does not allow digitalSignature")
     try:
-        ekcert.verify_chain(leaf, intermediates, bundle, datetime.now(UTC))
+        verify_chain(leaf, intermediates, bundle, datetime.now(UTC))
     except (NotProven, MalformedInput, ValueError) as exc:
         raise denied(
             "devid_cert_chain", f"DevID certificate does not chain to devid_ca_path: {exc}"
@@ -151,7 +150,7 @@ def verify_devid_chain(
     return leaf
 
 
-def verify_devid_public(data: bytes, certificate: ekcert.EKCertificate) -> PublicArea:
+def verify_devid_public(data: bytes, certificate: Certificate) -> PublicArea:
     """The DevID public area is a TPM-resident signing key, and the certificate's key."""
     try:
         area = parse_tpm2b_public(data)

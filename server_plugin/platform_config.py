@@ -19,9 +19,9 @@ from server_plugin.pcr_policy import (
     parse_pcr_selection,
 )
 from server_plugin.reload import Reloading
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.identity import AgentPathTemplate
 from spire_tpm_attestor.runtime.config import ConfigReader
+from spire_tpm_attestor.x509 import Certificate
 
 DEVID_TEMPLATE_FIELDS = ("DevIDSubjectCN", "DevIDSerialNumber", "DevIDFingerprint")
 
@@ -47,7 +47,7 @@ class PCROptions:
 class DevIDOptions:
     """The DevID CA bundle, and whether every agent must prove a DevID."""
 
-    bundle: Reloading[list[ekcert.EKCertificate]] | None
+    bundle: Reloading[list[Certificate]] | None
     required: bool
 
     def close(self) -> None:
@@ -85,7 +85,7 @@ def read_pcr_options(reader: ConfigReader) -> PCROptions:
 def read_devid_options(
     reader: ConfigReader,
     template: AgentPathTemplate,
-    bundle: Reloading[list[ekcert.EKCertificate]] | None,
+    bundle: Reloading[list[Certificate]] | None,
 ) -> DevIDOptions:
     """`require_devid`, checked against the DevID CA `bundle` read from devid_ca_path."""
     required = reader.boolean("require_devid", False)

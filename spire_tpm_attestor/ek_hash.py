@@ -12,8 +12,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.errors import MalformedInput
+from spire_tpm_attestor.x509 import load_certificate
 
 
 def ek_hash(public_key: PublicKeyTypes) -> str:
@@ -26,7 +26,7 @@ def ek_hash(public_key: PublicKeyTypes) -> str:
 
 def hash_of_certificate(data: bytes) -> str:
     """The EK hash of the key in an EK certificate (PEM, DER or an NV read)."""
-    return ek_hash(ekcert.load_certificate(data).public_key())
+    return ek_hash(load_certificate(data).public_key())
 
 
 def hash_of_public_key(data: bytes) -> str:

@@ -11,9 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from agent_plugin.tpm.session import TPMAccessError, tpm_step
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.tpm.constants import EK_TEMPLATES, EKTemplate
+from spire_tpm_attestor.x509 import certificate_der
 
 EK_ALGORITHMS = tuple(dict.fromkeys(ek_type.algorithm for ek_type in EK_TEMPLATES))
 
@@ -39,7 +39,7 @@ class NVReader:
         except tss_utils.NoSuchIndex:
             return None
         try:
-            return ekcert.certificate_der(data)
+            return certificate_der(data)
         except MalformedInput as error:
             raise TPMAccessError(f"NV index {index:#010x} holds no certificate: {error}") from None
 
@@ -79,7 +79,7 @@ def load_certificate_file(path: str) -> bytes:
             f"cannot read the EK certificate file {path}: {error.strerror}"
         ) from error
     try:
-        return ekcert.certificate_der(content)
+        return certificate_der(content)
     except MalformedInput as error:
         raise TPMAccessError(f"EK certificate file {path}: {error}") from None
 

@@ -20,7 +20,6 @@ from agent_plugin.tpm import (  # noqa: E402 - needs tpm2-pytss, checked just ab
     TPMSession,
     flush_all_transients,
 )
-from spire_tpm_attestor.ekcert import certificate_der  # noqa: E402
 from spire_tpm_attestor.testing.ca import TestCA  # noqa: E402
 from spire_tpm_attestor.testing.swtpm import (  # noqa: E402
     SWTPM,
@@ -30,6 +29,7 @@ from spire_tpm_attestor.testing.swtpm import (  # noqa: E402
 from spire_tpm_attestor.tpm.credential import make_credential  # noqa: E402
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public  # noqa: E402
 from spire_tpm_attestor.tpm.verify import check_ak_public, verify_quote  # noqa: E402
+from spire_tpm_attestor.x509 import certificate_der  # noqa: E402
 from tests.integration.tpm_state import leftover_handles  # noqa: E402
 
 SECRET = bytes(range(32))

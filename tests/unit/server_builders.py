@@ -23,13 +23,13 @@ from server_plugin.config import ServerConfig
 from server_plugin.pcr_policy import PCRKey, PCRPolicy
 from server_plugin.platform_config import DevIDOptions, PCROptions
 from server_plugin.reload import Reloading
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.identity import DEFAULT_AGENT_PATH_TEMPLATE, AgentPathTemplate
 from spire_tpm_attestor.runtime.status import PluginError
 from spire_tpm_attestor.testing.ca import TestCA as TestCA  # the tests' one import of it
+from spire_tpm_attestor.x509 import Certificate, load_ca_bundle
 
 T = TypeVar("T")
-Bundle = list[ekcert.EKCertificate]
+Bundle = list[Certificate]
 
 
 class Fixed(Generic[T]):
@@ -75,7 +75,7 @@ def broken(reason: str = "the source is unreachable") -> MemoryAllowlist:
 
 def bundle(ca: TestCA) -> Bundle:
     """The CA's root: what ek_ca_path / devid_ca_path would hold."""
-    return ekcert.load_ca_bundle(ca.root_path)
+    return load_ca_bundle(ca.root_path)
 
 
 def der(certificate: x509.Certificate) -> bytes:

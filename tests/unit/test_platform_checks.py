@@ -23,12 +23,13 @@ from server_plugin.platform_checks import (
     verify_devid_signature,
     verify_pcr_quote,
 )
-from spire_tpm_attestor import ekcert, wire
+from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.status import InvalidArgument, PermissionDenied
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPM_ST, TPMA_OBJECT
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
+from spire_tpm_attestor.x509 import Certificate, load_ca_bundle, load_certificate
 from tests.unit.tpm_builders import (
     DEVID_ATTRIBUTES,
     marshal_attest,
@@ -139,8 +140,8 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return TestCA.create(tmp_path_factory.mktemp("devid-ca"), name="Unit DevID")
 
 
-def bundle(ca: TestCA) -> list[ekcert.EKCertificate]:
-    return ekcert.load_ca_bundle(ca.root_path)
+def bundle(ca: TestCA) -> list[Certificate]:
+    return load_ca_bundle(ca.root_path)
 
 
 def der(certificate: x509.Certificate) -> bytes:
@@ -207,7 +208,7 @@ def test_devid_chain_rejections(ca: TestCA) -> None:
     ids=["no-fixedTPM", "no-fixedParent", "no-sensitiveDataOrigin", "no-sign", "decrypt"],
 )
 def test_devid_key_attributes_are_each_required(ca: TestCA, attributes: int, words: str) -> None:
-    certificate = ekcert.load_certificate(
+    certificate = load_certificate(
         der(ca.issue_devid_certificate(DEVID_KEY.public_key(), "node-7"))
     )
     verify_devid_public(  # the one change from a good key is what is refused
@@ -219,7 +220,7 @@ def test_devid_key_attributes_are_each_required(ca: TestCA, attributes: int, wor
 
 
 def test_devid_public_rejections(ca: TestCA) -> None:
-    certificate = ekcert.load_certificate(
+    certificate = load_certificate(
         der(ca.issue_devid_certificate(DEVID_KEY.public_key(), "node-7"))
     )
     verify_devid_public(DEVID_PUBLIC, certificate)

@@ -16,8 +16,8 @@ from server_plugin.allowlist import AllowlistError
 from server_plugin.allowlist.file import DocumentFile
 from server_plugin.ca_bundle import CABundle
 from server_plugin.reload import WATCHES, Reloading
-from spire_tpm_attestor.ekcert import EKCertificate
 from spire_tpm_attestor.runtime.config import ConfigProblems
+from spire_tpm_attestor.x509 import Certificate
 from tests.unit.x509_builders import make_ca
 
 SETTLE = 0.05
@@ -165,11 +165,11 @@ def test_close_stops_watching_and_shared_watches_survive(tmp_path: Path) -> None
 # --- CA bundles: removing trust material takes it away ------------------------------
 
 
-def ca_names(value: Reloading[list[EKCertificate]]) -> list[str]:
+def ca_names(value: Reloading[list[Certificate]]) -> list[str]:
     return sorted(cert.subject_common_name or "" for cert in value.value)
 
 
-def ca_bundle(closing: list[Reloading[Any]], paths: list[Path]) -> Reloading[list[EKCertificate]]:
+def ca_bundle(closing: list[Reloading[Any]], paths: list[Path]) -> Reloading[list[Certificate]]:
     value = Reloading(
         "ek_ca_path",
         [str(p) for p in paths],

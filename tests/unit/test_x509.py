@@ -15,17 +15,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
-from spire_tpm_attestor import ekcert
 from spire_tpm_attestor.ek_hash import ek_hash
-from spire_tpm_attestor.ekcert import (
-    EKCertificate,
+from spire_tpm_attestor.errors import MalformedInput, NotProven, SourceUnavailable
+from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
+from spire_tpm_attestor.x509 import (
+    Certificate,
+    chain,
     check_certificate_matches_public_area,
     load_ca_bundle,
     load_certificate,
     verify_chain,
 )
-from spire_tpm_attestor.errors import MalformedInput, NotProven, SourceUnavailable
-from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.unit.tpm_builders import VECTORS, vector
 from tests.unit.x509_builders import (
     NOW,
@@ -66,7 +66,7 @@ def ek_key() -> ec.EllipticCurvePublicKey:
     return ec.generate_private_key(ec.SECP256R1()).public_key()
 
 
-def load(cert: x509.Certificate | Issued) -> EKCertificate:
+def load(cert: x509.Certificate | Issued) -> Certificate:
     return load_certificate(der(cert.cert if isinstance(cert, Issued) else cert))
 
 
@@ -219,7 +219,7 @@ def test_lenient_der_with_encoded_critical_false_verifies(root: Issued) -> None:
         verify_chain(load_certificate(tampered), [], [load(root)], NOW)
 
 
-def _lenient_and_verified(broken: bytes, root: Issued) -> EKCertificate:
+def _lenient_and_verified(broken: bytes, root: Issued) -> Certificate:
     with pytest.raises(ValueError):
         x509.load_der_x509_certificate(broken)  # the premise: cryptography refuses it
     cert = load_certificate(broken)
@@ -419,14 +419,14 @@ def test_search_expands_each_certificate_once(
     ]
     leaf = load(make_ek_cert(ek_key(), cas[0]))
     calls = 0
-    real_signed_by = ekcert._signed_by
+    real_signed_by = chain._signed_by
 
-    def counting(child: EKCertificate, parent: EKCertificate) -> bool:
+    def counting(child: Certificate, parent: Certificate) -> bool:
         nonlocal calls
         calls += 1
         return real_signed_by(child, parent)
 
-    monkeypatch.setattr(ekcert, "_signed_by", counting)
+    monkeypatch.setattr(chain, "_signed_by", counting)
     with pytest.raises(NotProven, match="does not chain"):
         verify_chain(leaf, mesh, [load(root)], NOW)
     pool = len(mesh) + 1

@@ -1,0 +1,180 @@
+"""Certificate chain verification by signature, for EK and DevID certificates.
+
+Parents are found by checking signatures over the original TBS bytes, never by
+comparing encoded issuer names (equal names are encoded differently in practice).
+Signature outcomes are cached, keyed by both certificates' whole DER.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+
+from spire_tpm_attestor.errors import MalformedInput, NotProven
+from spire_tpm_attestor.x509.certificate import Certificate
+
+MAX_CHAIN_DEPTH = 8  # certificates from leaf to anchor inclusive
+_CHAIN_HASHES = (hashes.SHA1, hashes.SHA224, hashes.SHA256, hashes.SHA384, hashes.SHA512)
+
+
+class _SignatureResults:
+    """The outcome of recent signature checks, keyed by both certificates' whole DER.
+
+    Chains share their upper links (intermediate by root, the root by itself) and nodes
+    re-attest with the same EK certificate, so most checks repeat; the key holds every
+    signed byte, so a certificate that differs in any byte is checked afresh.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._results: OrderedDict[tuple[bytes, bytes], bool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[bytes, bytes]) -> bool | None:
+        with self._lock:
+            result = self._results.get(key)
+            if result is not None:
+                self._results.move_to_end(key)
+            return result
+
+    def put(self, key: tuple[bytes, bytes], result: bool) -> None:
+        with self._lock:
+            self._results[key] = result
+            if len(self._results) > self._size:
+                self._results.popitem(last=False)
+
+
+_signature_results = _SignatureResults(size=4096)
+
+
+def _signed_by(child: Certificate, parent: Certificate) -> bool:
+    """Whether `parent`'s key made `child`'s signature over its original TBS bytes."""
+    key = (child.der, parent.der)
+    result = _signature_results.get(key)
+    if result is None:
+        result = _verify_signature(child, parent)
+        _signature_results.put(key, result)
+    return result
+
+
+def _verify_signature(child: Certificate, parent: Certificate) -> bool:
+    try:
+        params = child.certificate.signature_algorithm_parameters
+        algorithm = child.certificate.signature_hash_algorithm
+        key = parent.public_key()
+    except (UnsupportedAlgorithm, MalformedInput):
+        return False
+    try:
+        if isinstance(key, RSAPublicKey):
+            if not isinstance(params, padding.PKCS1v15 | padding.PSS) or not isinstance(
+                algorithm, _CHAIN_HASHES
+            ):
+                return False
+            key.verify(child.signature, child.tbs_bytes, params, algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            if not isinstance(params, ec.ECDSA) or not isinstance(algorithm, _CHAIN_HASHES):
+                return False
+            key.verify(child.signature, child.tbs_bytes, params)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(child.signature, child.tbs_bytes)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def check_validity(cert: Certificate, now: datetime) -> None:
+    """Prove `now` lies within the certificate's validity period."""
+    if now < cert.not_valid_before:
+        raise NotProven(f"certificate {cert.describe()} is not yet valid")
+    if now > cert.not_valid_after:
+        raise NotProven(f"certificate {cert.describe()} has expired")
+
+
+def _issuer_problem(parent: Certificate, cas_below: int, now: datetime) -> str | None:
+    """Why `parent`, which signed the certificate below it, cannot act as its issuer."""
+    if not parent.is_ca:
+        return f"issuer {parent.describe()} is not a CA"
+    extensions = parent.certificate.extensions
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.key_cert_sign:
+            return f"issuer {parent.describe()} may not sign certificates"
+    except x509.ExtensionNotFound:
+        pass
+    path_length = extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    if path_length is not None and cas_below > path_length:
+        return f"issuer {parent.describe()} exceeds its path length"
+    try:
+        check_validity(parent, now)
+    except NotProven as exc:
+        return str(exc)
+    return None
+
+
+def _candidates(child: Certificate, pool: Sequence[Certificate]) -> list[Certificate]:
+    # Try certificates whose subject equals the issuer first; the signature decides.
+    return sorted(pool, key=lambda cert: cert.subject != child.issuer)
+
+
+def _self_signed(cert: Certificate) -> bool:
+    return cert.subject == cert.issuer and _signed_by(cert, cert)
+
+
+def verify_chain(
+    leaf: Certificate,
+    intermediates: Sequence[Certificate],
+    bundle: Sequence[Certificate],
+    now: datetime,
+) -> list[Certificate]:
+    """Verify `leaf` chains to a certificate of `bundle`, possibly through intermediates.
+
+    Parents are found by signature over every candidate, never by encoded issuer name
+    (equal names are encoded differently in practice). Every parent must be a CA allowed
+    to sign certificates, every certificate valid at `now` (timezone-aware), and the
+    chain at most MAX_CHAIN_DEPTH long. Returns [leaf, intermediates..., anchor]. The
+    anchor is a self-signed root of `bundle` whenever one is reachable, so it does not
+    depend on whether an intermediate was configured in the bundle or sent by the agent;
+    otherwise it is the nearest bundle certificate.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    check_validity(leaf, now)
+    trusted = {cert.der for cert in bundle}
+    pool = list({cert.der: cert for cert in [*bundle, *intermediates]}.values())
+    queue: deque[list[Certificate]] = deque([[leaf]])
+    expanded = {leaf.der}
+    nearest: list[Certificate] | None = None
+    problems: list[str] = []
+    # Breadth first with each certificate expanded once: the shortest chain wins, and
+    # cross-signed certificates cannot make the search explode.
+    while queue:
+        path = queue.popleft()
+        for parent in _candidates(path[-1], pool):
+            if parent.der in expanded or not _signed_by(path[-1], parent):
+                continue
+            problem = _issuer_problem(parent, len(path) - 1, now)
+            if problem is not None:
+                problems.append(problem)
+                continue
+            chain = [*path, parent]
+            if parent.der in trusted:
+                if _self_signed(parent):
+                    return chain
+                nearest = nearest or chain
+            if len(chain) < MAX_CHAIN_DEPTH:
+                expanded.add(parent.der)
+                queue.append(chain)
+    if nearest is not None:
+        return nearest
+    reason = problems[0] if problems else "no trusted issuer signed it"
+    raise NotProven(f"certificate {leaf.describe()} does not chain to a trusted CA: {reason}")
