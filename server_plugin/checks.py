@@ -22,9 +22,8 @@ from spire_tpm_attestor.runtime.status import (
     PluginError,
     Unavailable,
 )
-from spire_tpm_attestor.tpm.credential import check_ek_template
+from spire_tpm_attestor.tpm.keys import check_ak_public, check_ek_template
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
-from spire_tpm_attestor.tpm.verify import check_ak_public
 from spire_tpm_attestor.x509 import (
     Certificate,
     check_certificate_matches_public_area,

@@ -18,15 +18,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 
-from spire_tpm_attestor.errors import MalformedInput, NotProven
+from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.tpm.constants import (
     HASH_ALGORITHMS,
-    TPM_ALG,
-    TPMA_OBJECT,
     alg_name,
     digest_size,
     hash_algorithm,
 )
+from spire_tpm_attestor.tpm.keys import check_ek_template
 from spire_tpm_attestor.tpm.structures import PublicArea
 
 try:
@@ -39,36 +38,6 @@ IDENTITY_LABEL = b"IDENTITY\x00"
 # KDFa labels go to KBKDF without the NUL: KBKDF inserts the 0x00 separator itself.
 _STORAGE_LABEL = b"STORAGE"
 _INTEGRITY_LABEL = b"INTEGRITY"
-
-EK_NAME_ALGS = (TPM_ALG.SHA256, TPM_ALG.SHA384, TPM_ALG.SHA512)
-EK_SYMMETRIC_KEY_BITS = (128, 192, 256)
-_EK_REQUIRED_ATTRIBUTES = (
-    TPMA_OBJECT.FIXED_TPM,
-    TPMA_OBJECT.FIXED_PARENT,
-    TPMA_OBJECT.SENSITIVE_DATA_ORIGIN,
-    TPMA_OBJECT.RESTRICTED,
-    TPMA_OBJECT.DECRYPT,
-)
-
-
-def check_ek_template(ek: PublicArea) -> None:
-    """Require an EK-shaped public area: a TPM-resident restricted decryption key whose
-    symmetric definition (AES-CFB) and nameAlg can be used for credential activation."""
-    for attribute in _EK_REQUIRED_ATTRIBUTES:
-        if not ek.has(attribute):
-            raise NotProven(f"EK public area: {attribute.name} is not set")
-    if ek.has(TPMA_OBJECT.SIGN_ENCRYPT):
-        raise NotProven("EK public area: SIGN_ENCRYPT is set")
-    if ek.name_alg not in EK_NAME_ALGS:
-        raise NotProven(f"EK public area: nameAlg {alg_name(ek.name_alg)} not allowed")
-    symmetric = ek.symmetric
-    if symmetric.alg != TPM_ALG.AES or symmetric.mode != TPM_ALG.CFB:
-        raise NotProven(
-            f"EK public area: symmetric {alg_name(symmetric.alg)}-{alg_name(symmetric.mode)}"
-            " is not AES-CFB"
-        )
-    if symmetric.key_bits not in EK_SYMMETRIC_KEY_BITS:
-        raise NotProven(f"EK public area: AES key size {symmetric.key_bits} not allowed")
 
 
 def make_credential(ek: PublicArea, object_name: bytes, secret: bytes) -> tuple[bytes, bytes]:

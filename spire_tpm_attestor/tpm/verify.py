@@ -1,9 +1,10 @@
-"""Verification of AK evidence: AK attributes, signatures, quotes and certifications.
+"""Verification of AK evidence: signatures, quotes and certifications.
 
 A restricted signing key only signs TPMS_ATTEST structures the TPM produced itself
 (they begin with TPM_GENERATED_VALUE), so an AK signature over such a structure is
-genuine TPM output. Each check below is a free function named for what it proves; the
-`verify_*` functions run them in order and raise NotProven on the first failure.
+genuine TPM output; `tpm.keys.check_ak_public` decides what counts as an AK. Each check
+below is a free function named for what it proves; the `verify_*` functions run them in
+order and raise NotProven on the first failure.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.tpm.constants import (
     TPM_ALG,
-    TPM_ECC,
     TPM_GENERATED_VALUE,
-    TPMA_OBJECT,
     alg_name,
     digest_size,
     hash_algorithm,
     pcr_label,
 )
+from spire_tpm_attestor.tpm.keys import AK_RSA_SCHEMES, check_ak_public, scheme_name
 from spire_tpm_attestor.tpm.structures import (
     Attest,
     CertifyInfo,
@@ -42,52 +42,7 @@ PCRValues = Mapping[tuple[int, int], bytes]
 """PCR values reported by the agent, keyed by (bank hash algorithm, PCR index)."""
 
 MIN_NONCE_SIZE = 16
-AK_RSA_MIN_BITS = 2048
-AK_RSA_EXPONENTS = (0, 65537)  # 0 is the TPM's spelling of 65537
-AK_RSA_SCHEMES = (TPM_ALG.RSASSA, TPM_ALG.RSAPSS)
-AK_ECC_CURVES = (TPM_ECC.NIST_P256, TPM_ECC.NIST_P384)
-AK_ECC_HASHES = (TPM_ALG.SHA256, TPM_ALG.SHA384)
 SIGNATURE_HASHES = (TPM_ALG.SHA256, TPM_ALG.SHA384, TPM_ALG.SHA512)
-_AK_REQUIRED_ATTRIBUTES = (
-    TPMA_OBJECT.FIXED_TPM,
-    TPMA_OBJECT.FIXED_PARENT,
-    TPMA_OBJECT.SENSITIVE_DATA_ORIGIN,
-    TPMA_OBJECT.RESTRICTED,
-    TPMA_OBJECT.SIGN_ENCRYPT,
-)
-
-
-def check_ak_public(ak: PublicArea) -> None:
-    """Prove the public area describes a genuine AK: a TPM-generated, non-duplicable,
-    restricted signing key with a pinned, strong signature scheme."""
-    for attribute in _AK_REQUIRED_ATTRIBUTES:
-        if not ak.has(attribute):
-            raise NotProven(f"AK public area: {attribute.name} is not set")
-    if ak.has(TPMA_OBJECT.DECRYPT):
-        raise NotProven("AK public area: DECRYPT is set")
-    if ak.name_alg != TPM_ALG.SHA256:
-        raise NotProven(f"AK public area: nameAlg {alg_name(ak.name_alg)} is not SHA256")
-    if ak.symmetric.alg != TPM_ALG.NULL:
-        raise NotProven("AK public area: symmetric algorithm is not NULL")
-    if ak.rsa is not None:
-        if ak.rsa.key_bits < AK_RSA_MIN_BITS:
-            raise NotProven(f"AK public area: RSA key of {ak.rsa.key_bits} bits")
-        if ak.rsa.exponent not in AK_RSA_EXPONENTS:
-            raise NotProven(f"AK public area: RSA exponent {ak.rsa.exponent}")
-        if ak.scheme.alg not in AK_RSA_SCHEMES or ak.scheme.hash != TPM_ALG.SHA256:
-            raise NotProven(f"AK public area: RSA scheme {_scheme_name(ak)}")
-    elif ak.ecc is not None:
-        if ak.ecc.curve not in AK_ECC_CURVES:
-            raise NotProven(f"AK public area: ECC curve 0x{ak.ecc.curve:04x}")
-        if ak.scheme.alg != TPM_ALG.ECDSA or ak.scheme.hash not in AK_ECC_HASHES:
-            raise NotProven(f"AK public area: ECC scheme {_scheme_name(ak)}")
-        if ak.ecc.kdf.alg != TPM_ALG.NULL:
-            raise NotProven("AK public area: ECC kdf is not NULL")
-    ak.public_key()  # the key itself must be valid (modulus size, point on the curve)
-
-
-def _scheme_name(area: PublicArea) -> str:
-    return f"{alg_name(area.scheme.alg)}-{alg_name(area.scheme.hash)}"
 
 
 def check_signature_scheme(key_area: PublicArea, sig: Signature) -> None:
@@ -101,7 +56,7 @@ def check_signature_scheme(key_area: PublicArea, sig: Signature) -> None:
     pinned = key_area.scheme
     if pinned.alg != TPM_ALG.NULL and (pinned.alg, pinned.hash) != (sig.sig_alg, sig.hash_alg):
         raise NotProven(
-            f"signature scheme {used} differs from the key's scheme {_scheme_name(key_area)}"
+            f"signature scheme {used} differs from the key's scheme {scheme_name(key_area)}"
         )
 
 

@@ -27,8 +27,9 @@ from spire_tpm_attestor.testing.swtpm import (  # noqa: E402
     write_ek_certificate_nv,
 )
 from spire_tpm_attestor.tpm.credential import make_credential  # noqa: E402
+from spire_tpm_attestor.tpm.keys import check_ak_public  # noqa: E402
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public  # noqa: E402
-from spire_tpm_attestor.tpm.verify import check_ak_public, verify_quote  # noqa: E402
+from spire_tpm_attestor.tpm.verify import verify_quote  # noqa: E402
 from spire_tpm_attestor.x509 import certificate_der  # noqa: E402
 from tests.integration.tpm_state import leftover_handles  # noqa: E402
 

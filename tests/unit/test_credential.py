@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT, hash_algorithm
-from spire_tpm_attestor.tpm.credential import check_ek_template, make_credential
+from spire_tpm_attestor.tpm.credential import make_credential
+from spire_tpm_attestor.tpm.keys import check_ek_template
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.unit.software_tpm import IntegrityError, activate, software_ek
 from tests.unit.tpm_builders import vector

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPM_ECC, TPMA_OBJECT
+from spire_tpm_attestor.tpm.keys import check_ak_public
 from spire_tpm_attestor.tpm.structures import (
     PublicArea,
     Signature,
@@ -19,7 +20,6 @@ from spire_tpm_attestor.tpm.structures import (
 )
 from spire_tpm_attestor.tpm.verify import (
     PCRValues,
-    check_ak_public,
     check_signature_scheme,
     pcr_digest,
     verify_certify,
