@@ -3,7 +3,7 @@
 payload -> `check_payload` (EK, AK, EK trust, DevID certificate) -> `issue_challenge`
 (secret, nonce, PCR selection) -> response -> `verify_response` (secret, quote, PCR
 policy, DevID residency and signature) -> `agent_attributes`. Each step uses the named
-checks in `server_plugin.checks` and `server_plugin.platform_checks`; nothing here talks
+checks in `server_plugin.checks` and `server_plugin.evidence_checks`; nothing here talks
 gRPC.
 """
 
@@ -30,8 +30,7 @@ from server_plugin.checks import (
     verify_eks_match,
 )
 from server_plugin.config import ServerConfig
-from server_plugin.pcr_policy import PCRKey, PCRPolicy, bank_selections
-from server_plugin.platform_checks import (
+from server_plugin.evidence_checks import (
     VerifiedDevID,
     check_pcr_policy,
     pcr_selectors,
@@ -41,6 +40,7 @@ from server_plugin.platform_checks import (
     verify_devid_signature,
     verify_pcr_quote,
 )
+from server_plugin.pcr_policy import PCRKey, PCRPolicy, bank_selections
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.identity import TemplateError, agent_spiffe_id, selector_safe

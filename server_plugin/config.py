@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from server_plugin.allowlist import AllowlistSource
 from server_plugin.allowlist.config import read_allowlist_sources
 from server_plugin.ca_bundle import CABundle
-from server_plugin.platform_config import (
+from server_plugin.evidence_config import (
     DevIDOptions,
     PCROptions,
     read_devid_options,

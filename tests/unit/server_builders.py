@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
 from server_plugin.checks import Rejected
 from server_plugin.config import ServerConfig
+from server_plugin.evidence_config import DevIDOptions, PCROptions
 from server_plugin.pcr_policy import PCRKey, PCRPolicy
-from server_plugin.platform_config import DevIDOptions, PCROptions
 from server_plugin.reload import Reloading
 from spire_tpm_attestor.identity import DEFAULT_AGENT_PATH_TEMPLATE, AgentPathTemplate
 from spire_tpm_attestor.runtime.status import PluginError

@@ -125,7 +125,7 @@ def problems(ca: TestCA, **options: object) -> list[str]:
     return raised.value.problems
 
 
-def test_platform_options(configs: list[ServerConfig], ca: TestCA, tmp_path: Path) -> None:
+def test_evidence_options(configs: list[ServerConfig], ca: TestCA, tmp_path: Path) -> None:
     config = build(configs, ca)
     assert config.pcr.selection == frozenset() and config.pcr.policy() is None
     assert config.devid.bundle is None and not config.devid.required
@@ -159,6 +159,6 @@ def test_platform_options(configs: list[ServerConfig], ca: TestCA, tmp_path: Pat
         ({"devid_ca_path": "/nonexistent/ca"}, "devid_ca_path: "),
     ],
 )
-def test_platform_option_problems(ca: TestCA, options: dict[str, object], words: str) -> None:
+def test_evidence_option_problems(ca: TestCA, options: dict[str, object], words: str) -> None:
     found = problems(ca, **options)
     assert any(words in problem for problem in found), found

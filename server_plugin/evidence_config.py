@@ -1,4 +1,5 @@
-"""Server options for platform state (PCRs) and device identity (DevID).
+"""Server options for the evidence beyond EK and AK: platform state (PCRs) and device
+identity (DevID).
 
 `read_pcr_options` and `read_devid_options` take their options from the plugin data;
 `ServerConfig` holds what they return. Files (the PCR policy, the DevID CA bundle) are

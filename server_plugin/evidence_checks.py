@@ -1,4 +1,5 @@
-"""The server's checks of platform state (PCR quotes) and device identity (DevID).
+"""The server's checks of the evidence beyond EK and AK: platform state (PCR quotes)
+and device identity (DevID).
 
 Like `server_plugin.checks`: each check is a free function named for what it proves,
 returning what it established or raising `Rejected` that names it. Malformed evidence

@@ -1,4 +1,5 @@
-"""The server's PCR and DevID checks with software fakes: each rejection, and its status."""
+"""The server's evidence checks (PCR quotes and DevID) with software fakes: each rejection,
+and its status."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from server_plugin.checks import Rejected
-from server_plugin.pcr_policy import parse_pcr_policy
-from server_plugin.platform_checks import (
+from server_plugin.evidence_checks import (
     VerifiedDevID,
     check_pcr_policy,
     pcr_selectors,
@@ -23,6 +23,7 @@ from server_plugin.platform_checks import (
     verify_devid_signature,
     verify_pcr_quote,
 )
+from server_plugin.pcr_policy import parse_pcr_policy
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.status import InvalidArgument, PermissionDenied
