@@ -13,8 +13,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cryptography import x509
-
 from server_plugin.checks import Rejected, denied, malformed
 from server_plugin.pcr_policy import PCRKey, PCRPolicy, pcr_label
 from spire_tpm_attestor import wire
@@ -136,10 +134,7 @@ def verify_devid_chain(certificates: Sequence[bytes], bundle: Sequence[Certifica
         ) from None
     if leaf.is_ca:
         raise denied("devid_cert_chain", "the DevID certificate is a CA certificate")
-    try:
-        usage = leaf.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        usage = None
+    usage = leaf.key_usage
     if usage is not None and not usage.digital_signature:
         raise denied("devid_cert_chain", "the DevID certificate does not allow digitalSignature")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import struct
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hmac
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -53,10 +54,13 @@ def make_credential(ek: PublicArea, object_name: bytes, secret: bytes) -> tuple[
     if not 0 < len(secret) <= digest_size(name_alg):
         raise ValueError(f"secret must be 1 to {digest_size(name_alg)} bytes")
     key = ek.public_key()
-    if isinstance(key, RSAPublicKey):
-        seed, encrypted_seed = _rsa_seed(key, name_alg)
-    else:
-        seed, encrypted_seed = _ecc_seed(key, name_alg)
+    try:
+        if isinstance(key, RSAPublicKey):
+            seed, encrypted_seed = _rsa_seed(key, name_alg)
+        else:
+            seed, encrypted_seed = _ecc_seed(key, name_alg)
+    except (ValueError, UnsupportedAlgorithm) as exc:  # e.g. an RSA key too small for OAEP
+        raise MalformedInput(str(exc)) from None
 
     sym_key = _kdfa(name_alg, seed, _STORAGE_LABEL, object_name, ek.symmetric.key_bits)
     encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()

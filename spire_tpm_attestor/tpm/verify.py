@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterable, Mapping
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -70,7 +70,7 @@ def verify_signature(key_area: PublicArea, message: bytes, sig: Signature) -> No
             key.verify(sig.value, message, _rsa_padding(sig.sig_alg, algorithm), algorithm)
         else:
             key.verify(sig.value, message, ec.ECDSA(algorithm))
-    except InvalidSignature:
+    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
         raise NotProven("signature does not verify") from None
 
 

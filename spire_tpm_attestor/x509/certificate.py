@@ -35,6 +35,16 @@ _TCG_NV_HEADER = b"\x10\x01\x00"
 # DER of OID 1.2.840.113549.1.1.7 (id-RSAES-OAEP), used in some EK certificates' SPKI.
 _OID_RSAES_OAEP = bytes.fromhex("06092a864886f70d010107")
 
+# What `cryptography` raises for a certificate it cannot read; none of it leaves here.
+_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.InvalidVersion,
+    x509.UnsupportedGeneralNameType,
+)
+
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL
 )
@@ -107,6 +117,14 @@ class Certificate:
         return self._tcg_attribute(OID_TCG_VERSION)
 
     @property
+    def key_usage(self) -> x509.KeyUsage | None:
+        """The KeyUsage extension, or None when the certificate has none."""
+        try:
+            return self.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            return None
+
+    @property
     def is_ca(self) -> bool:
         try:
             constraints = self.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
@@ -116,12 +134,15 @@ class Certificate:
 
     def public_key(self) -> PublicKeyTypes:
         """The subject key, including RSA keys in an id-RSAES-OAEP SubjectPublicKeyInfo."""
-        algorithm, bit_string = der.children(der.read_element(self.spki)[1])
-        if der.children(der.read_element(algorithm)[1])[0] == _OID_RSAES_OAEP:
-            return _rsa_key_from_bit_string(bit_string)
+        spki = der.children(der.read_element(self.spki)[1])
+        algorithm = der.children(der.read_element(spki[0])[1]) if len(spki) == 2 else []
+        if not algorithm:
+            raise MalformedInput("SubjectPublicKeyInfo: not an algorithm and a key")
+        if algorithm[0] == _OID_RSAES_OAEP:
+            return _rsa_key_from_bit_string(spki[1])
         try:
             return serialization.load_der_public_key(self.spki)
-        except (ValueError, UnsupportedAlgorithm) as exc:
+        except _PARSE_ERRORS as exc:
             raise MalformedInput(f"unsupported certificate public key: {exc}") from None
 
     def _tcg_attribute(self, oid: x509.ObjectIdentifier) -> str | None:
@@ -214,11 +235,11 @@ def from_der(encoded: bytes) -> Certificate:
     lenient = False
     try:
         certificate = _parse_x509(encoded)
-    except (ValueError, x509.DuplicateExtension):
+    except _PARSE_ERRORS:
         lenient = True
         try:
             certificate = _parse_x509(der.canonical(encoded))
-        except (ValueError, x509.DuplicateExtension) as exc:
+        except _PARSE_ERRORS as exc:
             raise MalformedInput(f"certificate cannot be parsed: {exc}") from None
     return Certificate(
         der=encoded,

@@ -70,8 +70,8 @@ def _verify_signature(child: Certificate, parent: Certificate) -> bool:
         params = child.certificate.signature_algorithm_parameters
         algorithm = child.certificate.signature_hash_algorithm
         key = parent.public_key()
-    except (UnsupportedAlgorithm, MalformedInput):
-        return False
+    except (UnsupportedAlgorithm, ValueError, MalformedInput):
+        return False  # a signature that cannot be checked does not make a parent
     try:
         if isinstance(key, RSAPublicKey):
             if not isinstance(params, padding.PKCS1v15 | padding.PSS) or not isinstance(
@@ -87,7 +87,7 @@ def _verify_signature(child: Certificate, parent: Certificate) -> bool:
             key.verify(child.signature, child.tbs_bytes)
         else:
             return False
-    except InvalidSignature:
+    except (InvalidSignature, ValueError, UnsupportedAlgorithm):
         return False
     return True
 
@@ -104,13 +104,10 @@ def _issuer_problem(parent: Certificate, cas_below: int, now: datetime) -> str |
     """Why `parent`, which signed the certificate below it, cannot act as its issuer."""
     if not parent.is_ca:
         return f"issuer {parent.describe()} is not a CA"
+    usage = parent.key_usage
+    if usage is not None and not usage.key_cert_sign:
+        return f"issuer {parent.describe()} may not sign certificates"
     extensions = parent.certificate.extensions
-    try:
-        usage = extensions.get_extension_for_class(x509.KeyUsage).value
-        if not usage.key_cert_sign:
-            return f"issuer {parent.describe()} may not sign certificates"
-    except x509.ExtensionNotFound:
-        pass
     path_length = extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
     if path_length is not None and cas_below > path_length:
         return f"issuer {parent.describe()} exceeds its path length"

@@ -97,6 +97,13 @@ def test_secret_and_name_limits(rsa_private: rsa.RSAPrivateKey) -> None:
         make_credential(ek, b"\x00\x12" + AK_NAME[2:], bytes(32))
 
 
+def test_an_ek_too_small_for_oaep_is_malformed_input() -> None:
+    """cryptography's ValueError (no room for OAEP-SHA512 in 1024 bits) does not leak."""
+    small = software_ek(rsa.generate_private_key(65537, 1024), name_alg=TPM_ALG.SHA512)
+    with pytest.raises(MalformedInput):
+        make_credential(small, AK_NAME, bytes(32))
+
+
 # --- check_ek_template -----------------------------------------------------------------
 
 

@@ -194,6 +194,17 @@ def test_unparseable_fields_are_rejected(root: Issued) -> None:
         load_certificate(resign(cert, root, swap_inner_algorithm))
 
 
+def test_cryptography_errors_do_not_leak(root: Issued) -> None:
+    """cryptography raises InvalidVersion (not a ValueError) for an unknown version."""
+    cert = make_ek_cert(ek_key(), root)
+
+    def version_9(fields: list[Node]) -> None:
+        fields[0] = Node(0xA0, [Node(0x02, b"\x08")])
+
+    with pytest.raises(MalformedInput, match="cannot be parsed"):
+        load_certificate(resign(cert, root, version_9))
+
+
 # --- DER that cryptography refuses -------------------------------------------------------
 
 
