@@ -17,6 +17,7 @@ from server_plugin.allowlist import AllowlistEntry
 from server_plugin.checks import (
     Rejected,
     VerifiedEKCertificate,
+    check,
     check_denylist,
     denied,
     ek_hash_of,
@@ -42,7 +43,6 @@ from server_plugin.evidence_checks import (
 )
 from server_plugin.pcr_policy import PCRKey, PCRPolicy, bank_selections
 from spire_tpm_attestor import wire
-from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.identity import TemplateError, agent_spiffe_id, selector_safe
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
@@ -176,12 +176,8 @@ def issue_challenge(config: ServerConfig, evidence: Evidence) -> tuple[bytes, Pe
     PCRs to quote (`pcr_selection` and every PCR the policy names)."""
     secret = os.urandom(wire.SECRET_SIZE)
     nonce = os.urandom(wire.NONCE_SIZE)
-    try:
+    with check("make_credential", "cannot encrypt a challenge to this EK"):
         credential_blob, encrypted_secret = make_credential(evidence.ek, evidence.ak.name(), secret)
-    except (MalformedInput, ValueError) as exc:
-        raise malformed(
-            "make_credential", f"cannot encrypt a challenge to this EK: {exc}"
-        ) from None
     policy = config.pcr.policy()
     requested = config.pcr.selection | (policy.pcrs() if policy else frozenset())
     challenge = attestation_pb2.Challenge(

@@ -2,31 +2,35 @@
 
 A check returns what it established or raises `Rejected` naming itself, so the
 Attest stream stays a thin state machine and the audit log can say exactly which
-check failed.
+check failed. The core's errors become rejections in one place, `check`: the branch
+of the error tree picks the status (through the one table in
+`spire_tpm_attestor.runtime.status`), the check's name and message frame it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
 from spire_tpm_attestor.ek_hash import ek_hash
-from spire_tpm_attestor.errors import MalformedInput, NotProven
+from spire_tpm_attestor.errors import AttestorError, MalformedInput, NotProven
 from spire_tpm_attestor.runtime.status import (
     InvalidArgument,
     PermissionDenied,
     PluginError,
     Unavailable,
+    status_of,
 )
 from spire_tpm_attestor.tpm.keys import check_ak_public, check_ek_template
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
 from spire_tpm_attestor.x509 import (
     Certificate,
-    check_certificate_matches_public_area,
+    certificate_matches_public_area,
     load_certificate,
     verify_chain,
 )
@@ -50,57 +54,74 @@ def denied(check: str, message: str) -> Rejected:
     return Rejected(check, PermissionDenied(message))
 
 
+@contextmanager
+def check(
+    name: str,
+    message: str,
+    *,
+    if_malformed: str | None = None,
+    every_failure: type[AttestorError] | None = None,
+) -> Iterator[None]:
+    """Turn an error of the core raised inside into `Rejected` naming check `name`.
+
+    The status comes from the error's branch (MalformedInput -> INVALID_ARGUMENT,
+    NotProven -> PERMISSION_DENIED, SourceUnavailable -> UNAVAILABLE); the message is
+    `message: <error>`, or `if_malformed: <error>` for MalformedInput when given.
+    `every_failure` files every error under one branch, for checks that judge their
+    input as a whole (an AK whose key is not a valid point is no genuine AK).
+    """
+    try:
+        yield
+    except AttestorError as exc:
+        prefix = if_malformed if if_malformed and isinstance(exc, MalformedInput) else message
+        status = status_of(every_failure or type(exc))
+        raise Rejected(name, status(f"{prefix}: {exc}")) from None
+
+
+def proof(name: str, what: str) -> AbstractContextManager[None]:
+    """`check` for evidence: unparseable is malformed, not verifying is not proven."""
+    return check(name, f"{what} does not verify", if_malformed=f"{what} is malformed")
+
+
 def parse_public_area(data: bytes, field: str, label: str) -> PublicArea:
     """A TPM2B_PUBLIC from the agent, parsed strictly; malformed input is INVALID_ARGUMENT."""
-    try:
+    with check(field, f"{label} public area"):
         return parse_tpm2b_public(data)
-    except MalformedInput as exc:
-        raise malformed(field, f"{label} public area: {exc}") from None
 
 
 def parse_ek_public(data: bytes) -> PublicArea:
     """The EK public area is well formed and shaped like a TCG EK (restricted decrypt key)."""
     area = parse_public_area(data, "ek_public", "EK")
-    try:
+    with check("ek_template", "EK public area is not an endorsement key", every_failure=NotProven):
         check_ek_template(area)
-    except (MalformedInput, NotProven) as exc:
-        raise denied("ek_template", f"EK public area is not an endorsement key: {exc}") from None
     return area
 
 
 def verify_ak_public(data: bytes) -> PublicArea:
     """The AK is a genuine TPM attestation key: fixed, TPM-generated, restricted signing."""
     area = parse_public_area(data, "ak_public", "AK")
-    try:
+    with check("ak_attributes", "AK rejected", every_failure=NotProven):
         check_ak_public(area)
-    except (MalformedInput, NotProven) as exc:
-        raise denied("ak_attributes", f"AK rejected: {exc}") from None
     return area
 
 
 def ek_hash_of(ek: PublicArea) -> str:
     """The EK hash that names this TPM: SHA-256 of the EK's DER SubjectPublicKeyInfo."""
-    try:
+    with check("ek_public", "EK public key is invalid"):
         return ek_hash(ek.public_key())
-    except (MalformedInput, ValueError) as exc:
-        raise malformed("ek_public", f"EK public key is invalid: {exc}") from None
 
 
 def load_ek_certificate(data: bytes) -> Certificate:
-    try:
+    with check("ek_certificate", "EK certificate cannot be parsed"):
         return load_certificate(data)
-    except (MalformedInput, ValueError) as exc:
-        raise malformed("ek_certificate", f"EK certificate cannot be parsed: {exc}") from None
 
 
 def verify_eks_match(certificate: Certificate, ek: PublicArea) -> None:
     """The EK certificate certifies the very key that the challenge is encrypted to."""
-    try:
-        check_certificate_matches_public_area(certificate, ek)
-    except NotProven:
-        raise denied("ek_cert_key", "EK certificate key differs from the EK public area") from None
-    except (MalformedInput, ValueError) as exc:
-        raise malformed("ek_certificate", f"EK certificate key cannot be read: {exc}") from None
+    with check("ek_certificate", "EK certificate key cannot be read"):
+        same = certificate_matches_public_area(certificate, ek)
+    if not same:
+        raise denied("ek_cert_key", "EK certificate key differs from the EK public area")
 
 
 @dataclass(frozen=True)
@@ -115,16 +136,12 @@ def verify_ek_chain(
     bundle: Sequence[Certificate],
 ) -> VerifiedEKCertificate:
     """The EK certificate chains to a configured manufacturer/organisation CA."""
-    try:
+    with check("ek_intermediates", "EK intermediate cannot be parsed"):
         extra = [load_certificate(der) for der in intermediates]
-    except (MalformedInput, ValueError) as exc:
-        raise malformed("ek_intermediates", f"EK intermediate cannot be parsed: {exc}") from None
-    try:
+    with check(
+        "ek_cert_chain", "EK certificate does not chain to ek_ca_path", every_failure=NotProven
+    ):
         chain = verify_chain(certificate, extra, bundle, datetime.now(UTC))
-    except (NotProven, MalformedInput, ValueError) as exc:
-        raise denied(
-            "ek_cert_chain", f"EK certificate does not chain to ek_ca_path: {exc}"
-        ) from None
     anchor = chain[-1]
     return VerifiedEKCertificate(certificate, hashlib.sha256(anchor.der).hexdigest())
 

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from server_plugin.checks import Rejected, denied, malformed
+from server_plugin.checks import check, denied, malformed, proof
 from server_plugin.pcr_policy import PCRKey, PCRPolicy, pcr_label
 from spire_tpm_attestor import wire
-from spire_tpm_attestor.errors import MalformedInput, NotProven
+from spire_tpm_attestor.errors import NotProven
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT, alg_name
 from spire_tpm_attestor.tpm.structures import (
@@ -40,13 +40,6 @@ _DEVID_REQUIRED_ATTRIBUTES = (
     TPMA_OBJECT.SENSITIVE_DATA_ORIGIN,
     TPMA_OBJECT.SIGN_ENCRYPT,
 )
-
-
-def _proof_failed(check: str, what: str, exc: Exception) -> Rejected:
-    """Unparseable evidence is malformed; evidence that does not verify is denied."""
-    if isinstance(exc, MalformedInput):
-        return malformed(check, f"{what} is malformed: {exc}")
-    return denied(check, f"{what} does not verify: {exc}")
 
 
 # --- PCRs -----------------------------------------------------------------------------
@@ -76,12 +69,10 @@ def verify_pcr_quote(
     if not response.quote or not response.quote_signature:
         raise denied("pcr_quote", "the server asked for a PCR quote and the agent sent none")
     values = reported_pcr_values(response.pcr_values)
-    try:
+    with proof("pcr_quote", "PCR quote"):
         verify_quote(
             ak, response.quote, response.quote_signature, nonce, values, required=requested
         )
-    except (MalformedInput, NotProven) as exc:
-        raise _proof_failed("pcr_quote", "PCR quote", exc) from None
     return {key: values[key] for key in requested}
 
 
@@ -126,32 +117,28 @@ class VerifiedDevID:
 
 def verify_devid_chain(certificates: Sequence[bytes], bundle: Sequence[Certificate]) -> Certificate:
     """The DevID leaf (first) chains, through the others, to a CA of devid_ca_path."""
-    try:
+    if not certificates:
+        raise malformed("devid_certificates", "DevID certificate cannot be parsed: none was sent")
+    with check("devid_certificates", "DevID certificate cannot be parsed"):
         leaf, *intermediates = [load_certificate(der) for der in certificates]
-    except (MalformedInput, ValueError) as exc:
-        raise malformed(
-            "devid_certificates", f"DevID certificate cannot be parsed: {exc}"
-        ) from None
     if leaf.is_ca:
         raise denied("devid_cert_chain", "the DevID certificate is a CA certificate")
     usage = leaf.key_usage
     if usage is not None and not usage.digital_signature:
         raise denied("devid_cert_chain", "the DevID certificate does not allow digitalSignature")
-    try:
+    with check(
+        "devid_cert_chain",
+        "DevID certificate does not chain to devid_ca_path",
+        every_failure=NotProven,
+    ):
         verify_chain(leaf, intermediates, bundle, datetime.now(UTC))
-    except (NotProven, MalformedInput, ValueError) as exc:
-        raise denied(
-            "devid_cert_chain", f"DevID certificate does not chain to devid_ca_path: {exc}"
-        ) from None
     return leaf
 
 
 def verify_devid_public(data: bytes, certificate: Certificate) -> PublicArea:
     """The DevID public area is a TPM-resident signing key, and the certificate's key."""
-    try:
+    with check("devid_public", "DevID public area"):
         area = parse_tpm2b_public(data)
-    except MalformedInput as exc:
-        raise malformed("devid_public", f"DevID public area: {exc}") from None
     for attribute in _DEVID_REQUIRED_ATTRIBUTES:
         if not area.has(attribute):
             raise denied(
@@ -160,10 +147,8 @@ def verify_devid_public(data: bytes, certificate: Certificate) -> PublicArea:
             )
     if area.has(TPMA_OBJECT.DECRYPT):
         raise denied("devid_key_attributes", "DevID key is also a decryption key")
-    try:
+    with check("devid_public", "DevID key cannot be read"):
         same = public_key_equals(area, certificate.public_key())
-    except (MalformedInput, ValueError) as exc:
-        raise malformed("devid_public", f"DevID key cannot be read: {exc}") from None
     if not same:
         raise denied("devid_cert_key", "DevID certificate key differs from the DevID public area")
     return area
@@ -176,10 +161,8 @@ def verify_devid_residency(
     the DevID key is loaded in its TPM."""
     if not response.devid_certify or not response.devid_certify_signature:
         raise denied("devid_residency", "the agent sent a DevID but no TPM2_Certify of it")
-    try:
+    with proof("devid_residency", "DevID certification"):
         verify_certify(ak, response.devid_certify, response.devid_certify_signature, nonce, devid)
-    except (MalformedInput, NotProven) as exc:
-        raise _proof_failed("devid_residency", "DevID certification", exc) from None
 
 
 def verify_devid_signature(
@@ -188,10 +171,8 @@ def verify_devid_signature(
     """The DevID key signed SHA-256(our nonce || the agent's own fresh nonce)."""
     if not response.devid_signature or not response.agent_nonce:
         raise denied("devid_signature", "the agent sent a DevID but no DevID signature")
-    try:
+    with proof("devid_signature", "DevID signature"):
         signature = parse_signature(response.devid_signature)
         if signature.hash_alg != TPM_ALG.SHA256:
             raise NotProven(f"signed with {alg_name(signature.hash_alg)}, not SHA256")
         verify_signature(devid, wire.devid_signed_data(nonce, response.agent_nonce), signature)
-    except (MalformedInput, NotProven) as exc:
-        raise _proof_failed("devid_signature", "DevID signature", exc) from None

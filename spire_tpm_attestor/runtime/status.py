@@ -72,10 +72,15 @@ STATUS_OF_ERROR: dict[type[AttestorError], type[PluginError]] = {
 }
 
 
-def status_error(error: AttestorError, message: str) -> PluginError:
-    """The PluginError for `error`'s branch, saying `message`; INTERNAL outside the branches."""
-    for cls in type(error).__mro__:
+def status_of(kind: type[AttestorError]) -> type[PluginError]:
+    """The status for an error class: its branch's, or INTERNAL outside the branches."""
+    for cls in kind.__mro__:
         status = STATUS_OF_ERROR.get(cls)
         if status is not None:
-            return status(message)
-    return Internal(message)
+            return status
+    return Internal
+
+
+def status_error(error: AttestorError, message: str) -> PluginError:
+    """The PluginError for `error`'s branch, saying `message`."""
+    return status_of(type(error))(message)

@@ -13,11 +13,15 @@ bare ValueError leaves this package for bad input.
 from spire_tpm_attestor.x509.bundle import load_ca_bundle
 from spire_tpm_attestor.x509.certificate import Certificate, certificate_der, load_certificate
 from spire_tpm_attestor.x509.chain import check_validity, verify_chain
-from spire_tpm_attestor.x509.ek import check_certificate_matches_public_area
+from spire_tpm_attestor.x509.ek import (
+    certificate_matches_public_area,
+    check_certificate_matches_public_area,
+)
 
 __all__ = [
     "Certificate",
     "certificate_der",
+    "certificate_matches_public_area",
     "check_certificate_matches_public_area",
     "check_validity",
     "load_ca_bundle",
