@@ -20,6 +20,7 @@ from agent_plugin.tpm import (  # noqa: E402 - needs tpm2-pytss, checked just ab
     TPMSession,
     flush_all_transients,
 )
+from spire_tpm_attestor.errors import MalformedInput  # noqa: E402
 from spire_tpm_attestor.testing.ca import TestCA  # noqa: E402
 from spire_tpm_attestor.testing.swtpm import (  # noqa: E402
     SWTPM,
@@ -89,7 +90,7 @@ def test_certificate_der_strips_padding_and_header(ek_ca: TestCA) -> None:
     ],
 )
 def test_certificate_der_rejects_non_certificates(data: bytes, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(MalformedInput, match=reason):
         certificate_der(data)
 
 
