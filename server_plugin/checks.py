@@ -16,14 +16,13 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
+from server_plugin.allowlist import AllowlistEntry, AllowlistSource
 from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.errors import AttestorError, MalformedInput, NotProven
 from spire_tpm_attestor.runtime.status import (
     InvalidArgument,
     PermissionDenied,
     PluginError,
-    Unavailable,
     status_of,
 )
 from spire_tpm_attestor.tpm.keys import check_ak_public, check_ek_template
@@ -147,14 +146,12 @@ def verify_ek_chain(
 
 
 def _look_up(
-    sources: Sequence[AllowlistSource], pub_hash: str, check: str, what: str
+    sources: Sequence[AllowlistSource], pub_hash: str, check_name: str, what: str
 ) -> AllowlistEntry | None:
     """The first source, in order, that knows this EK hash; a lookup error rejects."""
     for source in sources:
-        try:
+        with check(check_name, f"{what} lookup failed"):
             entry = source.lookup(pub_hash)
-        except AllowlistError as exc:
-            raise Rejected(check, Unavailable(f"{what} lookup failed: {exc}")) from None
         if entry is not None:
             return entry
     return None

@@ -21,13 +21,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from spire_tpm_attestor.errors import SourceUnavailable
+
 log = logging.getLogger(__name__)
 
 # \Z, not $: a name ending in a newline is not an EK hash.
 EK_HASH = re.compile(r"^[0-9a-f]{64}\Z")
 
 
-class AllowlistError(Exception):
+class AllowlistError(SourceUnavailable):
     """A lookup could not give a reliable answer (I/O error, malformed entry...)."""
 
 
