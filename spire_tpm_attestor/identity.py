@@ -1,4 +1,4 @@
-"""SPIFFE IDs and selectors from attested facts (DESIGN.md §4)."""
+"""SPIFFE IDs and selectors from attested facts (README: "SPIFFE IDs and selectors")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Our attestation messages on the wire (DESIGN.md §3): decode with every limit checked.
+"""Our attestation messages on the wire (docs/protocol.md): decode with every limit checked.
 
 The agent and server exchange protobuf messages inside SPIRE's opaque byte fields.
 Decoding rejects unknown versions and oversized fields before anything else looks

@@ -40,7 +40,7 @@ from spire_tpm_attestor.pb import (
 AGENT_SERVICE = "spire.plugin.agent.nodeattestor.v1.NodeAttestor"
 SERVER_SERVICE = "spire.plugin.server.nodeattestor.v1.NodeAttestor"
 CONFIG_SERVICE = "spire.service.common.config.v1.Config"
-# What spire-server passes in InitRequest (protocol reference §3.4).
+# What spire-server passes in InitRequest (docs/protocol.md, "Services served").
 SERVER_HOST_SERVICES = (
     "spire.hostservice.server.identityprovider.v1.IdentityProvider",
     "spire.hostservice.server.agentstore.v1.AgentStore",

@@ -1,4 +1,4 @@
-"""The server plugin runs where tpm2-pytss and libtss2 are absent (DESIGN.md §1)."""
+"""The server plugin runs where tpm2-pytss and libtss2 are absent (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -283,7 +283,7 @@ def test_rsaes_oaep_spki(root: Issued, rsa_key: rsa.RSAPrivateKey) -> None:
 
 
 def test_issuer_name_encoding_differs_from_ca_subject() -> None:
-    """§4.5 pitfall: equal names, different string types; parents are matched by signature."""
+    """Equal names in different string types: parents are matched by signature, not bytes."""
     root = make_ca(
         "ca",
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Vendor EK CA")]),
