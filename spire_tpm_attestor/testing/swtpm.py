@@ -239,7 +239,7 @@ def _write_nv(esapi: Any, index: int, data: bytes) -> None:
             raise
     else:
         esapi.nv_undefine_space(existing, auth_handle=ESYS_TR.RH_PLATFORM)
-    # The attributes TPM manufacturers give EK certificate indices (TCG EK Credential Profile, NV index attributes).
+    # The attributes TPM manufacturers give EK certificate indices (TCG EK Credential Profile).
     attributes = (
         TPMA_NV.PPWRITE
         | TPMA_NV.WRITEDEFINE
