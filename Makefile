@@ -10,7 +10,7 @@ SPIRE_VERSION ?= v1.14.5
 SPIRE_BIN ?= $(HOME)/.cache/spire-tpm-attestor/spire/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto test demo bench bench-process bench-process-profile lint spire clean
+.PHONY: install system-packages proto docs test demo bench bench-process bench-process-profile lint spire clean
 
 install: $(STAMP)
 
@@ -77,6 +77,10 @@ bench-process: install
 bench-process-profile: install
 	$(PY) -m pip install -q py-spy
 	$(PY) -m tests.bench.procbench --profile $(PROCBENCH_ARGS)
+
+# The README's option tables, from the options' declarations (Option, in each config.py).
+docs: install
+	$(PY) -m tests.readme_options
 
 lint: install
 	$(VENV)/bin/ruff check .

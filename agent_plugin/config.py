@@ -5,11 +5,93 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent_plugin.devid import DevIDFileError, DevIDKey, load_devid_key
-from spire_tpm_attestor.runtime.config import ConfigReader, CoreConfig, read_config
+from spire_tpm_attestor.runtime.config import (
+    ConfigReader,
+    CoreConfig,
+    Option,
+    declare,
+    read_config,
+)
 from spire_tpm_attestor.tpm.constants import PERSISTENT_FIRST, PERSISTENT_LAST
 
 EK_ALGORITHMS = ("rsa2048", "ecc256", "ecc384")
 AK_ALGORITHMS = ("rsa", "ecc")
+DEFAULT_AK_ALGORITHM = "rsa"
+
+AGENT_OPTIONS = declare(
+    Option(
+        "tcti",
+        "string",
+        "how to reach the TPM: `device:/dev/...`, `swtpm:host=H,port=P`, `mssim:host=H,port=P`",
+        default_text="`device:/dev/tpmrm0`, then `device:/dev/tpm0`",
+    ),
+    Option(
+        "ek_algorithm",
+        "string",
+        "`rsa2048` (L-1), `ecc256` (L-2) or `ecc384` (H-3)",
+        default_text="the type whose EK certificate is in NV, RSA first",
+    ),
+    Option(
+        "ek_handle",
+        "string",
+        'persistent handle of an existing EK, e.g. `"0x81010001"`',
+        default_text="none: the EK is created from the TCG default template",
+    ),
+    Option(
+        "ek_cert_path",
+        "string",
+        "EK certificate file (PEM or DER), used when the TPM has none in NV",
+    ),
+    Option(
+        "ak_algorithm",
+        "string",
+        "`rsa` (RSA 2048, RSASSA-SHA256) or `ecc` (P-256, ECDSA-SHA256)",
+        default=DEFAULT_AK_ALGORITHM,
+    ),
+    Option(
+        "ak_handle",
+        "string",
+        "persistent handle of an AK to reuse",
+        default_text="none: a fresh AK per attestation",
+    ),
+    Option(
+        "devid_cert_path",
+        "string",
+        "the DevID certificate (PEM): leaf first, then any intermediates",
+        default_text="none: no DevID",
+    ),
+    Option(
+        "devid_key_path",
+        "string",
+        "the DevID key as a TSS2 PEM private key (`-----BEGIN TSS2 PRIVATE KEY-----`); "
+        "its parent is the standard SRK or the persistent key it names",
+    ),
+    Option(
+        "devid_public_path",
+        "string",
+        "instead of `devid_key_path`, with `devid_private_path`: the key's TPM2B_PUBLIC "
+        "blob (as `tpm2_create -u` writes it)",
+    ),
+    Option(
+        "devid_private_path",
+        "string",
+        "instead of `devid_key_path`, with `devid_public_path`: the key's TPM2B_PRIVATE "
+        "blob (as `tpm2_create -r` writes it)",
+    ),
+    Option(
+        "devid_parent_handle",
+        "string",
+        'persistent parent of the blobs, e.g. `"0x81000001"`',
+        default_text="the standard SRK",
+    ),
+    Option(
+        "allow_unencrypted_sessions",
+        "boolean",
+        "attest with a TPM that offers no AES-128-CFB parameter encryption (see the threat "
+        "model); without it such a TPM is refused",
+        default=False,
+    ),
+)
 
 
 def parse_handle(text: str) -> int:
@@ -74,15 +156,15 @@ def _build(reader: ConfigReader, core: CoreConfig) -> AgentConfig:
     return AgentConfig(
         trust_domain=core.trust_domain,
         tcti=reader.string("tcti"),
-        ek_algorithm=reader.choice("ek_algorithm", EK_ALGORITHMS, None),
+        ek_algorithm=reader.choice("ek_algorithm", EK_ALGORITHMS),
         ek_handle=reader.parsed("ek_handle", parse_handle),
         ek_cert_path=reader.string("ek_cert_path"),
-        ak_algorithm=reader.choice("ak_algorithm", AK_ALGORITHMS, "rsa") or "rsa",
+        ak_algorithm=reader.choice("ak_algorithm", AK_ALGORITHMS) or DEFAULT_AK_ALGORITHM,
         ak_handle=reader.parsed("ak_handle", parse_handle),
         devid=_read_devid(reader),
-        allow_unencrypted_sessions=reader.boolean("allow_unencrypted_sessions", False),
+        allow_unencrypted_sessions=reader.boolean("allow_unencrypted_sessions"),
     )
 
 
 def build_agent_config(hcl_text: str, core: CoreConfig) -> AgentConfig:
-    return read_config(hcl_text, core, _build)
+    return read_config(hcl_text, core, AGENT_OPTIONS, _build)

@@ -23,6 +23,8 @@ from spire_tpm_attestor.runtime.config import (
     ConfigProblems,
     ConfigReader,
     CoreConfig,
+    Option,
+    declare,
     read_config,
 )
 from spire_tpm_attestor.x509 import Certificate
@@ -33,6 +35,97 @@ DEFAULT_MAX_PENDING_CHALLENGES = 128
 # Each attestation in progress holds one of the runtime's worker threads; keep headroom
 # for Configure, Shutdown and go-plugin's own streams.
 MAX_PENDING_CHALLENGES_LIMIT = 192
+
+SERVER_OPTIONS = declare(
+    Option(
+        "ek_policy",
+        "string",
+        ", ".join(f"`{policy}`" for policy in EK_POLICIES),
+        default_text="`cert_or_allowlist` when both are configured, else the one configured",
+    ),
+    Option(
+        "ek_ca_path",
+        "strings",
+        "a file or directory of PEM/DER CA certificates (roots and intermediates), or a list "
+        "of them; reloaded when they change",
+    ),
+    Option(
+        "hash_path",
+        "string",
+        "flat-directory allowlist: one file per EK hash (see below); consulted first",
+    ),
+    Option(
+        "allowlist",
+        "blocks",
+        "more allowlist sources (bucketed directory, JSON document file, HTTP(S) endpoint), "
+        "consulted in the order written; see [Allowlists at fleet scale]"
+        "(#allowlists-at-fleet-scale)",
+    ),
+    Option(
+        "denylist",
+        "blocks",
+        "deny lists, of the same kinds; a listed EK is refused under every policy",
+    ),
+    Option(
+        "agent_path_template",
+        "string",
+        "the agent ID path below `/spire/agent/`",
+        default=DEFAULT_AGENT_PATH_TEMPLATE,
+    ),
+    Option(
+        "plugin_name",
+        "string",
+        "the name given to the plugin in server.conf (SPIRE does not tell plugins their "
+        "name); used for `.PluginName`",
+        default=DEFAULT_PLUGIN_NAME,
+    ),
+    Option(
+        "can_reattest",
+        "boolean",
+        "whether agents re-attest instead of renewing (safe when TPM access is root-only)",
+        default=True,
+    ),
+    Option(
+        "pcr_selection",
+        "block",
+        "PCRs to quote, by bank: `pcr_selection { sha256 = [0, 1, 2, 3, 4, 5, 6, 7] }`",
+        default_text="none: no quote",
+    ),
+    Option("pcr_policy", "block", "allowed PCR values (see below); its PCRs are quoted too"),
+    Option(
+        "pcr_policy_path",
+        "string",
+        "the same policy in an HCL or JSON file, reloaded when it changes; excludes `pcr_policy`",
+    ),
+    Option(
+        "devid_ca_path",
+        "strings",
+        "a file or directory of DevID CA certificates, or a list of them; reloaded when "
+        "they change",
+        default_text="none: DevIDs are ignored",
+    ),
+    Option(
+        "require_devid",
+        "boolean",
+        "admit only agents that prove a DevID (needs `devid_ca_path`)",
+        default=False,
+    ),
+    Option(
+        "challenge_timeout",
+        "duration",
+        "how long a stream may wait for the payload, then for the answer to its challenge; "
+        "past it the stream ends with `DEADLINE_EXCEEDED` (audit check `challenge_timeout`)",
+        default=DEFAULT_CHALLENGE_TIMEOUT,
+    ),
+    Option(
+        "max_pending_challenges",
+        "integer",
+        f"attestations in progress at once (1..{MAX_PENDING_CHALLENGES_LIMIT}); each holds a "
+        "worker thread, so beyond this a stream is refused at once with `UNAVAILABLE` "
+        '"too many attestations in progress"',
+        default=DEFAULT_MAX_PENDING_CHALLENGES,
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +190,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
     ca_paths = reader.string_list("ek_ca_path")
     ek_ca = reloading_ca_bundle(reader, "ek_ca_path", ca_paths)
     sources, denylist = read_allowlist_sources(reader)
-    policy = reader.choice("ek_policy", EK_POLICIES, None)
+    policy = reader.choice("ek_policy", EK_POLICIES)
     if policy is None:
         if not ca_paths and not sources:
             reader.problem("configure ek_ca_path (EK CA certificates), an allowlist, or both")
@@ -106,9 +199,9 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         reader.problem(f"ek_policy {policy!r} needs ek_ca_path (EK CA certificates)")
     if "allowlist" in policy and not sources:
         reader.problem(f"ek_policy {policy!r} needs an allowlist (hash_path or allowlist blocks)")
-    template_text = reader.string("agent_path_template", DEFAULT_AGENT_PATH_TEMPLATE)
+    template_text = reader.string("agent_path_template") or DEFAULT_AGENT_PATH_TEMPLATE
     try:
-        template = AgentPathTemplate.parse(template_text or DEFAULT_AGENT_PATH_TEMPLATE)
+        template = AgentPathTemplate.parse(template_text)
     except ValueError as exc:
         reader.problem(f"agent_path_template: {exc}")
         template = AgentPathTemplate(DEFAULT_AGENT_PATH_TEMPLATE)
@@ -116,31 +209,25 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         reader.problem("agent_path_template uses .Name, which needs an allowlist")
     return ServerConfig(
         trust_domain=core.trust_domain,
-        plugin_name=reader.string("plugin_name", DEFAULT_PLUGIN_NAME) or DEFAULT_PLUGIN_NAME,
+        plugin_name=reader.string("plugin_name") or DEFAULT_PLUGIN_NAME,
         ek_policy=policy,
         ek_ca=ek_ca,
         allowlist=sources,
         denylist=denylist,
         agent_path_template=template,
-        can_reattest=reader.boolean("can_reattest", True),
+        can_reattest=reader.boolean("can_reattest"),
         pcr=read_pcr_options(reader),
         devid=read_devid_options(
             reader,
             template,
             reloading_ca_bundle(reader, "devid_ca_path", reader.string_list("devid_ca_path")),
         ),
-        challenge_timeout=reader.duration(
-            "challenge_timeout", DEFAULT_CHALLENGE_TIMEOUT, minimum=0.001
-        ),
+        challenge_timeout=reader.duration("challenge_timeout", minimum=0.001),
         max_pending_challenges=reader.integer(
-            "max_pending_challenges",
-            DEFAULT_MAX_PENDING_CHALLENGES,
-            1,
-            MAX_PENDING_CHALLENGES_LIMIT,
-        )
-        or DEFAULT_MAX_PENDING_CHALLENGES,
+            "max_pending_challenges", 1, MAX_PENDING_CHALLENGES_LIMIT
+        ),
     )
 
 
 def build_server_config(hcl_text: str, core: CoreConfig) -> ServerConfig:
-    return read_config(hcl_text, core, _build)
+    return read_config(hcl_text, core, SERVER_OPTIONS, _build)

@@ -89,7 +89,7 @@ def read_devid_options(
     bundle: Reloading[list[Certificate]] | None,
 ) -> DevIDOptions:
     """`require_devid`, checked against the DevID CA `bundle` read from devid_ca_path."""
-    required = reader.boolean("require_devid", False)
+    required = reader.boolean("require_devid")
     if required and not reader.has("devid_ca_path"):
         reader.problem("require_devid needs devid_ca_path (DevID CA certificates)")
     needs_devid = sorted(template.fields() & set(DEVID_TEMPLATE_FIELDS))

@@ -26,7 +26,7 @@ from server_plugin.allowlist.directory import (
 from server_plugin.allowlist.document import DocumentError
 from server_plugin.allowlist.file import DocumentFile
 from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
-from spire_tpm_attestor.runtime.config import ConfigReader
+from spire_tpm_attestor.runtime.config import ConfigReader, Option, Options, declare
 
 SOURCE_TYPES = ("directory", "bucketed_directory", "file", "http")
 DIRECTORY_TYPES: dict[str, type[DirectorySource]] = {
@@ -34,6 +34,90 @@ DIRECTORY_TYPES: dict[str, type[DirectorySource]] = {
     "bucketed_directory": BucketedDirectory,
 }
 DEFAULTS = HTTPSettings(url="")
+
+# What every allowlist/denylist block holds first; its type decides the rest.
+SOURCE_OPTIONS = declare(
+    Option(
+        "type",
+        "string",
+        ", ".join(f"`{kind}`" for kind in SOURCE_TYPES),
+        default_text="required",
+    ),
+)
+PATH_OPTIONS = declare(
+    Option("path", "string", "the directory, or the document file", default_text="required"),
+)
+HTTP_OPTIONS = declare(
+    Option(
+        "url",
+        "string",
+        "`https://...`; `http://` only with `insecure_http`",
+        default_text="required",
+    ),
+    Option(
+        "insecure_http",
+        "boolean",
+        "allow a plain `http://` url (no TLS options or token then), e.g. a sidecar on "
+        "loopback: anyone on the path could otherwise rewrite the list, mapping their EK to "
+        "any name and labels or taking an EK off a deny list",
+        default=False,
+    ),
+    Option(
+        "ca_path",
+        "string",
+        "PEM CA certificates that sign the server's certificate",
+        default_text="the system trust store",
+    ),
+    Option(
+        "client_certificate_path",
+        "string",
+        "a client certificate (PEM), with `client_key_path`, for servers that require one",
+    ),
+    Option("client_key_path", "string", "the key of `client_certificate_path` (PEM)"),
+    Option(
+        "bearer_token_path",
+        "string",
+        "a file holding a token sent as `Authorization: Bearer <token>`",
+    ),
+    Option(
+        "refresh_interval",
+        "duration",
+        "time between fetches, ±10% jitter so servers do not fetch in step; after a failed "
+        "fetch, retried within `30s`",
+        default=DEFAULTS.refresh_interval,
+    ),
+    Option(
+        "max_staleness",
+        "duration",
+        "how long the last good copy is used while the endpoint fails; then lookups fail "
+        "closed with `UNAVAILABLE`; at least `refresh_interval`",
+        default=DEFAULTS.max_staleness,
+    ),
+    Option(
+        "connect_timeout",
+        "duration",
+        "TCP and TLS connection",
+        default=DEFAULTS.connect_timeout,
+    ),
+    Option(
+        "read_timeout",
+        "duration",
+        "longest wait for the next bytes of the response",
+        default=DEFAULTS.read_timeout,
+    ),
+    Option(
+        "max_body_bytes",
+        "integer",
+        "larger bodies (after decompression) are refused",
+        default=DEFAULTS.max_body_bytes,
+    ),
+)
+OPTIONS_BY_TYPE: dict[str, Options] = {
+    "directory": PATH_OPTIONS,
+    "bucketed_directory": PATH_OPTIONS,
+    "file": PATH_OPTIONS,
+    "http": HTTP_OPTIONS,
+}
 
 
 def read_allowlist_sources(
@@ -53,12 +137,13 @@ def read_allowlist_sources(
 
 def _sources(reader: ConfigReader, kind: str) -> list[AllowlistSource]:
     sources: list[AllowlistSource] = []
-    for label, block in reader.labeled_blocks(kind):
-        source_type = block.choice("type", SOURCE_TYPES, None)
+    for label, block in reader.labeled_blocks(kind, SOURCE_OPTIONS):
+        source_type = block.choice("type", SOURCE_TYPES)
         if source_type is None:
             if not block.has("type"):
                 block.problem(f"{block.key('type')}: required, one of {', '.join(SOURCE_TYPES)}")
             continue  # the other options cannot be judged without the type
+        block = block.declaring(OPTIONS_BY_TYPE[source_type])
         name = f'{kind} "{label}"'
         source = (
             _http_source(block, name)
@@ -96,14 +181,13 @@ def _http_source(block: ConfigReader, name: str) -> AllowlistSource | None:
         client_certificate_path=block.string("client_certificate_path"),
         client_key_path=block.string("client_key_path"),
         bearer_token_path=block.string("bearer_token_path"),
-        refresh_interval=block.duration("refresh_interval", DEFAULTS.refresh_interval, 0.01),
-        max_staleness=block.duration("max_staleness", DEFAULTS.max_staleness, 0.01),
-        connect_timeout=block.duration("connect_timeout", DEFAULTS.connect_timeout, 0.01),
-        read_timeout=block.duration("read_timeout", DEFAULTS.read_timeout, 0.01),
-        max_body_bytes=block.integer("max_body_bytes", DEFAULTS.max_body_bytes, 1)
-        or DEFAULTS.max_body_bytes,
+        refresh_interval=block.duration("refresh_interval", minimum=0.01),
+        max_staleness=block.duration("max_staleness", minimum=0.01),
+        connect_timeout=block.duration("connect_timeout", minimum=0.01),
+        read_timeout=block.duration("read_timeout", minimum=0.01),
+        max_body_bytes=block.integer("max_body_bytes", minimum=1),
     )
-    insecure_http = block.boolean("insecure_http", False)
+    insecure_http = block.boolean("insecure_http")
     problems = (
         _http_problems(settings, insecure_http)
         if url is not None

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import hcl
 from hcl.parser import HclParser
@@ -92,14 +92,86 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
-class ConfigReader:
-    """Takes typed options out of one HCL object, recording problems under `prefix`."""
+OPTION_TYPES = ("string", "boolean", "integer", "duration", "strings", "block", "blocks")
+OptionDefault = str | bool | int | float | None
 
-    def __init__(self, data: dict[str, Any], problems: list[str], prefix: str = "") -> None:
+
+@dataclass(frozen=True)
+class Option:
+    """One configuration option, declared once.
+
+    The reader takes an option only by its declaration (so it reads the declared type
+    and returns the declared default), the unknown-key check knows the declared names,
+    and the README's option tables are generated from the declarations (`make docs`).
+    `type` is one of OPTION_TYPES: "strings" is a string or a list of strings, "block"
+    a `name { ... }` block, "blocks" labeled blocks `name "label" { ... }`.
+    """
+
+    name: str
+    type: str
+    meaning: str  # Markdown, as the README shows it
+    default: OptionDefault = None  # what the reader returns when the option is absent
+    default_text: str = ""  # the README's default when `default` does not say it
+
+    def __post_init__(self) -> None:
+        if self.type not in OPTION_TYPES:
+            raise ValueError(f"option {self.name}: type {self.type!r} is not in {OPTION_TYPES}")
+
+    def shown_name(self) -> str:
+        if self.type == "blocks":
+            return f'`{self.name} "<label>" {{ ... }}`'
+        return f"`{self.name}`"
+
+    def shown_default(self) -> str:
+        if self.default_text:
+            return self.default_text
+        if self.default is None:
+            return "none"
+        if isinstance(self.default, bool):
+            return "`true`" if self.default else "`false`"
+        if self.type == "duration" and isinstance(self.default, int | float):
+            return f"`{format_duration(self.default)}`"
+        return f"`{self.default}`"
+
+
+Options = Mapping[str, Option]
+
+
+def declare(*options: Option) -> dict[str, Option]:
+    """A table of options by name, in the order the README shows them."""
+    table = {option.name: option for option in options}
+    if len(table) != len(options):
+        raise ValueError("an option is declared twice")
+    return table
+
+
+def format_duration(seconds: float) -> str:
+    """How a default duration is written: whole hours as "1h", else seconds."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    return f"{seconds:g}s"
+
+
+def options_table(options: Options) -> str:
+    """The README's Markdown table of `options`."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    rows.extend(
+        f"| {option.shown_name()} | {option.shown_default()} | {option.meaning} |"
+        for option in options.values()
+    )
+    return "\n".join(rows) + "\n"
+
+
+class ConfigReader:
+    """Takes declared options out of one HCL object, recording problems under `prefix`."""
+
+    def __init__(
+        self, data: dict[str, Any], problems: list[str], options: Options, prefix: str = ""
+    ) -> None:
         self._data = data
         self._problems = problems
+        self._options = options
         self._prefix = prefix
-        self._taken: set[str] = set()
 
     def problem(self, message: str) -> None:
         self._problems.append(message)
@@ -107,54 +179,62 @@ class ConfigReader:
     def key(self, name: str) -> str:
         return f"{self._prefix}{name}"
 
-    def _take(self, name: str) -> Any:
-        self._taken.add(name)
-        return self._data.get(name)
+    def declaring(self, options: Options) -> ConfigReader:
+        """This reader with more options declared (a block whose type decides the rest)."""
+        return ConfigReader(self._data, self._problems, {**self._options, **options}, self._prefix)
+
+    def _declared(self, name: str, type_: str | None = None) -> Option:
+        """The declaration of `name`; reading an undeclared option, or as another type,
+        is a bug in the plugin, never a configuration problem."""
+        option = self._options.get(name)
+        if option is None or (type_ is not None and option.type != type_):
+            raise LookupError(f"{self.key(name)} is not declared as a {type_ or 'option'}")
+        return option
+
+    def _take(self, name: str, type_: str) -> tuple[Any, Any]:
+        """(the value written, or None; the declared default)."""
+        return self._data.get(name), self._declared(name, type_).default
 
     def _wrong_type(self, name: str, expected: str, value: Any) -> None:
         self.problem(f"{self.key(name)}: expected {expected}, got {_type_name(value)}")
 
     def has(self, name: str) -> bool:
+        self._declared(name)
         return name in self._data
 
-    def string(self, name: str, default: str | None = None) -> str | None:
-        value = self._take(name)
+    def string(self, name: str) -> str | None:
+        value, default = self._take(name, "string")
         if value is None:
-            return default
+            return cast(str | None, default)
         if not isinstance(value, str):
             self._wrong_type(name, "a string", value)
-            return default
+            return cast(str | None, default)
         return value
 
-    def boolean(self, name: str, default: bool) -> bool:
-        value = self._take(name)
+    def boolean(self, name: str) -> bool:
+        value, default = self._take(name, "boolean")
         if value is None:
-            return default
+            return bool(default)
         if not isinstance(value, bool):
             self._wrong_type(name, "a boolean (true or false)", value)
-            return default
+            return bool(default)
         return value
 
-    def integer(
-        self,
-        name: str,
-        default: int | None,
-        minimum: int | None = None,
-        maximum: int | None = None,
-    ) -> int | None:
-        value = self._take(name)
+    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
+        value, default = self._take(name, "integer")
+        default = cast(int, default)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             self._wrong_type(name, "an integer", value)
             return default
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if value < minimum or (maximum is not None and value > maximum):
             self.problem(f"{self.key(name)}: {value} is outside {minimum}..{maximum}")
             return default
         return value
 
     def string_list(self, name: str) -> list[str]:
-        value = self._take(name)
+        value, _ = self._take(name, "strings")
         if value is None:
             return []
         if isinstance(value, str):
@@ -164,14 +244,12 @@ class ConfigReader:
             return []
         return list(value)
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
+    def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         value = self.string(name)
-        if value is None:
-            return default
-        if value not in choices:
-            self.problem(f"{self.key(name)}: {value!r} is not one of {', '.join(choices)}")
-            return default
-        return value
+        if value is None or value in choices:
+            return value
+        self.problem(f"{self.key(name)}: {value!r} is not one of {', '.join(choices)}")
+        return cast(str | None, self._declared(name).default)
 
     def parsed(self, name: str, parse: Callable[[str], T]) -> T | None:
         """A string option converted by `parse`, whose ValueError becomes a problem."""
@@ -184,23 +262,33 @@ class ConfigReader:
             self.problem(f"{self.key(name)}: {exc}")
             return None
 
-    def duration(self, name: str, default: float, minimum: float = 0.0) -> float:
+    def duration(self, name: str, minimum: float) -> float:
         """A duration string in seconds; durations below `minimum` are problems."""
-        seconds = self.parsed(name, parse_duration)
-        if seconds is None:
+        value, default = self._take(name, "duration")
+        default = cast(float, default)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self._wrong_type(name, "a string", value)
+            return default
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.problem(f"{self.key(name)}: {exc}")
             return default
         if seconds < minimum:
             self.problem(f"{self.key(name)}: must be at least {minimum:g}s")
             return default
         return seconds
 
-    def labeled_blocks(self, name: str) -> list[tuple[str, ConfigReader]]:
-        """Blocks written `name "label" { ... }`, in the order they appear.
+    def labeled_blocks(self, name: str, options: Options) -> list[tuple[str, ConfigReader]]:
+        """Blocks written `name "label" { ... }`, in the order they appear, each read
+        with `options` declared.
 
         pyhcl gives {label: body} (JSON configurations may also give a list of such
         objects). Callers finish() each reader, so unknown options in a block are named.
         """
-        value = self._take(name)
+        value, _ = self._take(name, "blocks")
         if value is None:
             return []
         groups = value if isinstance(value, list) else [value]
@@ -213,42 +301,36 @@ class ConfigReader:
                 if any(label == seen for seen, _ in blocks):
                     self.problem(f"{self.key(name)}: {label!r} is configured twice")
                     continue
-                reader = ConfigReader(body, self._problems, prefix=f"{self.key(name)}.{label}.")
-                blocks.append((label, reader))
+                prefix = f"{self.key(name)}.{label}."
+                blocks.append((label, ConfigReader(body, self._problems, options, prefix)))
         return blocks
 
-    def block(self, name: str) -> ConfigReader | None:
-        """A nested block (`name { ... }`); repeated blocks are a problem."""
-        value = self._take(name)
-        if value is None:
-            return None
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
-            value = value[0]
-        if not isinstance(value, dict):
-            self._wrong_type(name, "a block", value)
-            return None
-        return ConfigReader(value, self._problems, prefix=f"{self.key(name)}.")
-
     def raw(self, name: str) -> Any:
-        return self._take(name)
+        """A block option as written, for its own parser to judge."""
+        value, _ = self._take(name, "block")
+        return value
 
     def finish(self) -> None:
-        """Report every key nobody asked for: a typo must not pass silently."""
-        for name in sorted(set(self._data) - self._taken):
+        """Report every key that is not declared: a typo must not pass silently."""
+        for name in sorted(set(self._data) - set(self._options)):
             self.problem(f"{self.key(name)}: unknown option")
 
 
 def read_config(
-    hcl_text: str, core: CoreConfig, build: Callable[[ConfigReader, CoreConfig], C]
+    hcl_text: str,
+    core: CoreConfig,
+    options: Options,
+    build: Callable[[ConfigReader, CoreConfig], C],
 ) -> C:
     """Parse, build and check a configuration; raise ConfigProblems listing everything wrong.
 
-    A rejected configuration is closed here: building it may have started watchers.
+    Building opens nothing (no watch, no thread, no request); a rejected configuration
+    is still closed here, for whatever its build loaded.
     """
     problems: list[str] = []
     if not core.trust_domain:
         problems.append("core configuration is missing the trust domain")
-    reader = ConfigReader(parse_hcl(hcl_text), problems)
+    reader = ConfigReader(parse_hcl(hcl_text), problems, options)
     result = build(reader, core)
     reader.finish()
     if problems:
