@@ -149,10 +149,15 @@ class ServerConfig:
         return self.ek_ca.value if self.ek_ca is not None else []
 
     def start(self) -> None:
-        """Starts the allowlist watchers and HTTP refreshes: for the configuration that
-        Configure commits only, never one that is validated or rejected."""
+        """Starts the file watchers (CA bundles, PCR policy, allowlists) and HTTP
+        refreshes: for the configuration that Configure commits only, never one that is
+        validated or rejected."""
+        if self.ek_ca is not None:
+            self.ek_ca.start()
         for source in [*self.allowlist, *self.denylist]:
             source.start()
+        self.pcr.start()
+        self.devid.start()
 
     def close(self) -> None:
         if self.ek_ca is not None:
@@ -172,7 +177,8 @@ def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
 def reloading_ca_bundle(
     reader: ConfigReader, option: str, paths: list[str]
 ) -> Reloading[list[Certificate]] | None:
-    """The CA bundle in `paths`, reloaded when they change; None (and problems) if unusable.
+    """The CA bundle in `paths`, reloaded when they change once started; None (and
+    problems) if unusable.
 
     A path that is missing or holds no certificates is a problem here; removed later, it
     is simply no longer trusted (see ca_bundle)."""

@@ -3,8 +3,8 @@ identity (DevID).
 
 `read_pcr_options` and `read_devid_options` take their options from the plugin data;
 `ServerConfig` holds what they return. Files (the PCR policy, the DevID CA bundle) are
-`Reloading` values: they follow their files without a restart and keep the last good
-content when a change does not load.
+`Reloading` values: once started (by the committed configuration) they follow their
+files without a restart and keep the last good content when a change does not load.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class PCROptions:
         """The policy in force now (the file's current content when one is configured)."""
         return self.policy_file.value if self.policy_file is not None else self.inline_policy
 
+    def start(self) -> None:
+        if self.policy_file is not None:
+            self.policy_file.start()
+
     def close(self) -> None:
         if self.policy_file is not None:
             self.policy_file.close()
@@ -50,6 +54,10 @@ class DevIDOptions:
 
     bundle: Reloading[list[Certificate]] | None
     required: bool
+
+    def start(self) -> None:
+        if self.bundle is not None:
+            self.bundle.start()
 
     def close(self) -> None:
         if self.bundle is not None:

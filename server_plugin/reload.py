@@ -1,9 +1,9 @@
 """Values loaded from files or directories that reload themselves when those change.
 
 `Reloading(what, paths, load)` calls `load()` once (its errors are the caller's to
-report, typically as configuration problems), then watches `paths` with watchdog (with
-`watch=False`, only once `start()` is called: building a configuration that may be
-rejected, or is only validated, then watches nothing). On a change it waits for writes
+report, typically as configuration problems) and watches nothing; `start()` watches
+`paths` with watchdog, so building a configuration that is only validated, or is
+rejected, starts no watch and no thread. On a change it waits for writes
 to settle, calls `load()` again and swaps the value in atomically. A load that fails
 keeps the last good value and logs why, so a half-written or broken file never takes
 trust material away. Deleting trust material is another matter: loaders decide what a
@@ -13,6 +13,7 @@ removed path means (a CA bundle drops it, see ca_bundle), and should not raise f
 Usage, for a CA bundle given as a list of files or directories:
 
     bundle = Reloading("ek_ca_path", paths, CABundle("ek_ca_path", paths))
+    bundle.start()           # once the configuration is committed
     ...  bundle.value  ...   # the current list, never a partially loaded one
     bundle.close()
 
@@ -150,8 +151,6 @@ class Reloading(Generic[T]):
         paths: Sequence[str],
         load: Callable[[], T],
         settle_seconds: float = SETTLE_SECONDS,
-        *,
-        watch: bool = True,
     ) -> None:
         self.what = what
         self.paths = [os.path.abspath(path) for path in paths]
@@ -166,23 +165,17 @@ class Reloading(Generic[T]):
         self._closed = False
         self._watching = False
         self._directories = sorted({_watched_directory(path) for path in self.paths})
-        if watch:
-            self._watch()
 
     def start(self) -> None:
-        """Starts watching (once); a change since the first load is loaded now."""
-        if self._watch():
-            self.reload()
-
-    def _watch(self) -> bool:
-        """Adds the watches unless they are there (or closed); True when it added them."""
+        """Starts watching (once, unless closed); a change since the first load is
+        loaded now."""
         with self._lock:
             if self._watching or self._closed:
-                return False
+                return
             self._watching = True
         for directory in self._directories:
             WATCHES.add(directory, self._changed)
-        return True
+        self.reload()
 
     @property
     def value(self) -> T:

@@ -30,7 +30,7 @@ class DocumentFile(AllowlistSource):
         # A document that fails to load here is a configuration problem (DocumentError).
         # Afterwards the value is None while the file is deleted and no good copy has
         # loaded since: a reload that fails keeps that None, not the copy before it.
-        self._index: Reloading[Index | None] = Reloading(name, [path], self._load, watch=False)
+        self._index: Reloading[Index | None] = Reloading(name, [path], self._load)
         self._loaded = True
 
     def _load(self) -> Index | None:

@@ -118,16 +118,13 @@ class HTTPAllowlist(AllowlistSource):
                     )
                     if path
                 ]
-                self._tls = Reloading(
-                    f"{name} TLS", paths, lambda: tls_context(settings), watch=False
-                )
+                self._tls = Reloading(f"{name} TLS", paths, lambda: tls_context(settings))
             token_path = settings.bearer_token_path
             if token_path:
                 self._token = Reloading(
                     f"{name} bearer token",
                     [token_path],
                     lambda: read_token(token_path),
-                    watch=False,
                 )
         except BaseException:
             self.close()

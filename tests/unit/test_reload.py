@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,6 +48,7 @@ def watch(
 ) -> Reloading[Any]:
     value: Reloading[Any] = Reloading("test", [str(p) for p in paths], load, SETTLE)
     closing.append(value)
+    value.start()
     return value
 
 
@@ -148,6 +150,8 @@ def test_close_stops_watching_and_shared_watches_survive(tmp_path: Path) -> None
     second_path.write_text("1")
     first = Reloading("a", [str(first_path)], lambda: read_int(first_path), SETTLE)
     second = Reloading("b", [str(second_path)], lambda: read_int(second_path), SETTLE)
+    first.start()
+    second.start()
     try:
         assert WATCHES.watched().count(str(tmp_path)) == 1  # one watch, two users
         first.close()
@@ -177,6 +181,7 @@ def ca_bundle(closing: list[Reloading[Any]], paths: list[Path]) -> Reloading[lis
         SETTLE,
     )
     closing.append(value)
+    value.start()
     return value
 
 
@@ -307,3 +312,39 @@ def test_a_deleted_file_document_put_back_broken_stays_untrusted(
         assert source.lookup(other) is not None
     finally:
         source.close()
+
+
+# --- building a server configuration watches nothing until it is started -------------
+
+
+def test_a_server_configuration_watches_its_files_only_once_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server_plugin.config import build_server_config
+    from spire_tpm_attestor.runtime.config import CoreConfig
+
+    watched: list[str] = []
+    monkeypatch.setattr(WATCHES, "add", lambda directory, _: watched.append(directory))
+    monkeypatch.setattr(WATCHES, "remove", lambda directory, _: watched.remove(directory))
+    for name in ("ek", "devid", "pcr"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "ek" / "ca.pem").write_bytes(make_ca("EK CA").pem)
+    (tmp_path / "devid" / "ca.pem").write_bytes(make_ca("DevID CA").pem)
+    (tmp_path / "pcr" / "policy.json").write_text(json.dumps({"sha256": {"0": "00" * 32}}))
+    text = "\n".join(
+        [
+            f'ek_ca_path = "{tmp_path / "ek" / "ca.pem"}"',
+            f'devid_ca_path = "{tmp_path / "devid" / "ca.pem"}"',
+            f'pcr_policy_path = "{tmp_path / "pcr" / "policy.json"}"',
+        ]
+    )
+    core = CoreConfig("example.org")
+    threads = threading.active_count()
+    with pytest.raises(ConfigProblems):
+        build_server_config(text + "\nmax_pending_challenges = 0", core)
+    config = build_server_config(text, core)
+    assert (watched, threading.active_count()) == ([], threads)
+    config.start()
+    assert sorted(watched) == [str(tmp_path / name) for name in ("devid", "ek", "pcr")]
+    config.close()
+    assert watched == []
