@@ -15,6 +15,7 @@ import tpm2_pytss as tss
 from tpm2_pytss.tsskey import TSSPrivKey
 
 from spire_tpm_attestor.errors import AttestorError, MalformedInput
+from spire_tpm_attestor.files import FileTooLarge, read_bounded
 from spire_tpm_attestor.tpm.constants import PERSISTENT_FIRST, PERSISTENT_LAST
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public, public_key_equals
 from spire_tpm_attestor.x509 import load_ca_bundle
@@ -40,13 +41,11 @@ class DevIDKey:
 
 def _read(path: str, what: str) -> bytes:
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_KEY_FILE + 1)
+        return read_bounded(path, MAX_KEY_FILE)
     except OSError as exc:
         raise DevIDFileError(f"cannot read the {what} {path}: {exc.strerror}") from None
-    if len(data) > MAX_KEY_FILE:
-        raise DevIDFileError(f"the {what} {path} is larger than {MAX_KEY_FILE} bytes")
-    return data
+    except FileTooLarge as exc:
+        raise DevIDFileError(f"the {what} {exc}") from None
 
 
 def _read_tss2_pem(path: str) -> tuple[bytes, bytes, int | None]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spire_tpm_attestor.files import FileTooLarge, read_bounded
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.config import ConfigProblems, parse_hcl
 from spire_tpm_attestor.tpm import constants
@@ -131,10 +132,10 @@ def parse_pcr_policy(value: Any, where: str = "pcr_policy") -> PCRPolicy:
 
 def load_pcr_policy_file(path: str) -> PCRPolicy:
     """A policy from an HCL or JSON file holding the same structure as `pcr_policy`."""
-    with open(path, "rb") as file:
-        data = file.read(MAX_POLICY_FILE + 1)
-    if len(data) > MAX_POLICY_FILE:
-        raise PCRPolicyError(f"{path}: larger than {MAX_POLICY_FILE} bytes")
+    try:
+        data = read_bounded(path, MAX_POLICY_FILE)
+    except FileTooLarge as exc:
+        raise PCRPolicyError(str(exc)) from None
     try:
         document = parse_hcl(data.decode("utf-8"))
     except (ConfigProblems, UnicodeDecodeError) as exc:

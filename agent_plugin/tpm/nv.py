@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import tpm2_pytss.utils as tss_utils
@@ -12,10 +11,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from agent_plugin.tpm.session import TPMAccessError, tpm_step
 from spire_tpm_attestor.errors import MalformedInput
+from spire_tpm_attestor.files import FileTooLarge, read_bounded
 from spire_tpm_attestor.tpm.constants import EK_TEMPLATES, EKTemplate
 from spire_tpm_attestor.x509 import certificate_der
 
 EK_ALGORITHMS = tuple(dict.fromkeys(ek_type.algorithm for ek_type in EK_TEMPLATES))
+# An EK certificate is a few KiB (NV indices hold at most a few); anything much larger
+# is the wrong file.
+MAX_CERTIFICATE_FILE = 64 * 1024
 
 
 class NVReader:
@@ -73,11 +76,13 @@ def choose_ek_template(
 def load_certificate_file(path: str) -> bytes:
     """The DER bytes of the certificate in a PEM or DER file, unmodified."""
     try:
-        content = Path(path).read_bytes()
+        content = read_bounded(path, MAX_CERTIFICATE_FILE)
     except OSError as error:
         raise TPMAccessError(
             f"cannot read the EK certificate file {path}: {error.strerror}"
         ) from error
+    except FileTooLarge as error:
+        raise TPMAccessError(f"EK certificate file {error}") from None
     try:
         return certificate_der(content)
     except MalformedInput as error:

@@ -26,6 +26,7 @@ from server_plugin.allowlist.directory import (
 from server_plugin.allowlist.document import DocumentError
 from server_plugin.allowlist.file import DocumentFile
 from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
+from spire_tpm_attestor.files import FileTooLarge
 from spire_tpm_attestor.runtime.config import ConfigReader, Option, Options, declare
 
 SOURCE_TYPES = ("directory", "bucketed_directory", "file", "http")
@@ -199,7 +200,7 @@ def _http_source(block: ConfigReader, name: str) -> AllowlistSource | None:
         return None
     try:
         return HTTPAllowlist(name, settings)
-    except (OSError, ssl.SSLError, ValueError) as exc:
+    except (OSError, ssl.SSLError, ValueError, FileTooLarge) as exc:
         block.problem(f"{name}: TLS material or bearer token unusable: {exc}")
         return None
 

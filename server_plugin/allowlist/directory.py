@@ -18,6 +18,7 @@ from server_plugin.allowlist.base import (
     AllowlistSource,
     parse_entry_body,
 )
+from spire_tpm_attestor.files import FileTooLarge, read_bounded
 
 BUCKET = re.compile(r"^[0-9a-f]{2}\Z")
 MAX_ENTRY_BODY = 64 * 1024
@@ -25,14 +26,13 @@ MAX_ENTRY_BODY = 64 * 1024
 
 def read_entry_file(path: str, pub_hash: str, source: str) -> AllowlistEntry | None:
     try:
-        with open(path, "rb") as entry:
-            body = entry.read(MAX_ENTRY_BODY + 1)
+        body = read_bounded(path, MAX_ENTRY_BODY)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise AllowlistError(f"{source}: cannot read entry {pub_hash}: {exc.strerror}") from None
-    if len(body) > MAX_ENTRY_BODY:
-        raise AllowlistError(f"{source}: entry {pub_hash} is larger than {MAX_ENTRY_BODY} bytes")
+    except FileTooLarge as exc:
+        raise AllowlistError(f"{source}: entry {exc}") from None
     return parse_entry_body(pub_hash, body, source)
 
 

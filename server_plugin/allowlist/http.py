@@ -33,6 +33,7 @@ import httpx
 from server_plugin.allowlist.base import AllowlistEntry, AllowlistError, AllowlistSource
 from server_plugin.allowlist.document import DocumentError, DocumentParser, Index
 from server_plugin.reload import Reloading
+from spire_tpm_attestor.files import read_bounded
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,7 @@ def tls_context(settings: HTTPSettings) -> ssl.SSLContext:
 
 
 def read_token(path: str) -> str:
-    with open(path, "rb") as file:
-        data = file.read(MAX_TOKEN_BYTES + 1)
-    if len(data) > MAX_TOKEN_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_TOKEN_BYTES} bytes")
+    data = read_bounded(path, MAX_TOKEN_BYTES)
     try:
         token = data.decode("ascii").strip()
     except UnicodeDecodeError:

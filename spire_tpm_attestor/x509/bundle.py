@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from spire_tpm_attestor.errors import MalformedInput, SourceUnavailable
+from spire_tpm_attestor.files import FileTooLarge, read_bounded
 from spire_tpm_attestor.x509.certificate import (
     Certificate,
     from_der,
@@ -32,13 +33,12 @@ def load_ca_bundle(path: str | os.PathLike[str]) -> list[Certificate]:
     certificates: list[Certificate] = []
     for file in files:
         try:
-            with open(file, "rb") as f:
-                data = f.read(MAX_BUNDLE_FILE_SIZE + 1)
+            data = read_bounded(file, MAX_BUNDLE_FILE_SIZE)
         except OSError as exc:
             raise SourceUnavailable(f"CA bundle {file}: {exc}") from None
+        except FileTooLarge as exc:
+            raise FileTooLarge(f"CA bundle {exc}") from None
         try:
-            if len(data) > MAX_BUNDLE_FILE_SIZE:
-                raise MalformedInput(f"larger than {MAX_BUNDLE_FILE_SIZE} bytes")
             if b"-----BEGIN" in data:
                 certificates.extend(from_der(der) for der in pem_certificates(data))
             else:
