@@ -14,7 +14,7 @@ from spire_tpm_attestor.runtime.config import (
 )
 from spire_tpm_attestor.tpm.constants import PERSISTENT_FIRST, PERSISTENT_LAST
 
-EK_ALGORITHMS = ("rsa2048", "ecc256", "ecc384")
+EK_ALGORITHMS = ("rsa2048", "ecc256", "ecc384", "rsa3072")
 AK_ALGORITHMS = ("rsa", "ecc")
 DEFAULT_AK_ALGORITHM = "rsa"
 
@@ -28,8 +28,8 @@ AGENT_OPTIONS = declare(
     Option(
         "ek_algorithm",
         "string",
-        "`rsa2048` (L-1), `ecc256` (L-2) or `ecc384` (H-3)",
-        default_text="the type whose EK certificate is in NV, RSA first",
+        "`rsa2048` (L-1, H-1), `ecc256` (L-2, H-2), `ecc384` (H-3) or `rsa3072` (H-6)",
+        default_text="the type whose EK certificate is in NV, RSA first, low range first",
     ),
     Option(
         "ek_handle",

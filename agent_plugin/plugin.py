@@ -37,12 +37,17 @@ def build_payload(tpm: TPMSession, config: AgentConfig) -> attestation_pb2.Paylo
     ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
     log.debug(
         "evidence ready",
-        extra={"ek_algorithm": ek.algorithm, "ek_certificate": str(ek.certificate is not None)},
+        extra={
+            "ek_algorithm": ek.algorithm,
+            "ek_certificate": str(ek.certificate is not None),
+            "ek_intermediates": len(ek.intermediates),
+        },
     )
     return attestation_pb2.Payload(
         version=wire.PROTOCOL_VERSION,
         ek_public=ek.public,
         ek_certificate=ek.certificate or b"",
+        ek_intermediates=ek.intermediates,
         ak_public=ak_public,
         devid_certificates=devid.certificates if devid else (),
         devid_public=devid_public,

@@ -39,6 +39,8 @@ class EndorsementKey:
     certificate: bytes | None  # DER
     algorithm: str
     high_range: bool
+    intermediates: tuple[bytes, ...] = ()  # DER, from the TCG EK chain NV indices
+    provisioned: tuple[str, ...] = ()  # "template", "nonce": what NV changed in the template
 
 
 class KeyOperations(SessionBase):
@@ -65,35 +67,49 @@ class KeyOperations(SessionBase):
         """
         self._release(self._ek)
         self._ek = None
+        provisioned: tuple[str, ...] = ()
         if persistent_handle is not None:
             handle, public, ek_type = self._load_persistent_ek(persistent_handle, algorithm)
             certificate = self._nv.certificate(ek_type.cert_index) if ek_type.cert_index else None
         else:
             ek_type, certificate = choose_ek_template(self._nv, algorithm, cert_path)
-            handle, public = self._create_ek(ek_type)
+            handle, public, provisioned = self._create_ek(ek_type)
         if certificate is None and cert_path:
             certificate = load_certificate_file(cert_path)
         self._ek = handle
         self._ek_high_range = ek_type.high_range
         self._ek_name_alg = int(public.publicArea.nameAlg)
+        intermediates = tuple(self._nv.chain_certificates())
         log.debug(
-            "EK %s (%s range), certificate: %s",
+            "EK %s (%s range, %s), certificate: %s, chain certificates from NV: %d",
             ek_type.algorithm,
             "high" if ek_type.high_range else "low",
+            " and ".join(f"{what} from NV" for what in provisioned) or "default template",
             "present" if certificate else "none",
+            len(intermediates),
         )
         return EndorsementKey(
             public=bytes(public.marshal()),
             certificate=certificate,
             algorithm=ek_type.algorithm,
             high_range=ek_type.high_range,
+            intermediates=intermediates,
+            provisioned=provisioned,
         )
 
-    def _create_ek(self, ek_type: EKTemplate) -> tuple[Handle, Any]:
+    def _create_ek(self, ek_type: EKTemplate) -> tuple[Handle, Any, tuple[str, ...]]:
+        """The EK from its default template, or from the template and nonce the
+        manufacturer provisioned in NV (which its certificate then certifies)."""
+        provisioned: list[str] = []
+
         def nv_read(index: int) -> bytes:
             # The certificate is already read (or absent); a placeholder keeps
             # create_ek_template from refusing a high-range EK without one.
-            return b"" if index == ek_type.cert_index else self._nv.read(index)
+            if index == ek_type.cert_index:
+                return b""
+            data = self._nv.read(index)
+            provisioned.append("template" if index == ek_type.template_index else "nonce")
+            return data
 
         with tpm_step(f"building the {ek_type.template} template"):
             _, template = tss_utils.create_ek_template(ek_type.template, nv_read)
@@ -101,7 +117,7 @@ class KeyOperations(SessionBase):
             handle, public, *_ = self._esapi.create_primary(
                 tss.TPM2B_SENSITIVE_CREATE(), template, tss.ESYS_TR.ENDORSEMENT
             )
-        return self._track(handle), public
+        return self._track(handle), public, tuple(provisioned)
 
     def _load_persistent_ek(
         self, persistent_handle: int, algorithm: str | None

@@ -1,19 +1,29 @@
-"""NV reads and the EK certificate lookup: the TCG NV index first, then a configured file."""
+"""NV reads: the EK certificate (the TCG NV index first, then a configured file), the
+provisioned EK template and nonce, and the manufacturer's chain certificates."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import tpm2_pytss as tss
 import tpm2_pytss.utils as tss_utils
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from agent_plugin.tpm.session import TPMAccessError, tpm_step
+from agent_plugin.tpm.session import TPMAccessError, log, tpm_step
+from spire_tpm_attestor import wire
 from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.files import FileTooLarge, read_bounded
-from spire_tpm_attestor.tpm.constants import EK_TEMPLATES, EKTemplate
+from spire_tpm_attestor.tpm.constants import (
+    EK_CHAIN_FIRST_INDEX,
+    EK_CHAIN_LAST_INDEX,
+    EK_TEMPLATES,
+    EKTemplate,
+)
 from spire_tpm_attestor.x509 import certificate_der
+from spire_tpm_attestor.x509.certificate import from_der
+from spire_tpm_attestor.x509.issuers import nv_chain_certificates
 
 EK_ALGORITHMS = tuple(dict.fromkeys(ek_type.algorithm for ek_type in EK_TEMPLATES))
 # An EK certificate is a few KiB (NV indices hold at most a few); anything much larger
@@ -45,6 +55,49 @@ class NVReader:
             return certificate_der(data)
         except MalformedInput as error:
             raise TPMAccessError(f"NV index {index:#010x} holds no certificate: {error}") from None
+
+    def defined_indices(self, first: int, last: int) -> list[int]:
+        """The NV indices defined in first..last, in ascending order."""
+        found: list[int] = []
+        more = True
+        with tpm_step(f"listing NV indices {first:#010x}-{last:#010x}"):
+            while more and first <= last:
+                more, data = self._esapi.get_capability(tss.TPM2_CAP.HANDLES, first, 64)
+                handles = [int(handle) for handle in data.data.handles]
+                found.extend(handle for handle in handles if handle <= last)
+                if not handles:
+                    break
+                first = handles[-1] + 1
+        return found
+
+    def chain_certificates(self) -> list[bytes]:
+        """The certificates the manufacturer provisioned to chain the EK certificate to its
+        root (TCG chain indices), as many as a payload may carry. Unreadable ones are
+        skipped with a warning: the server decides whether the chain verifies."""
+        found: list[bytes] = []
+        for index in self.defined_indices(EK_CHAIN_FIRST_INDEX, EK_CHAIN_LAST_INDEX):
+            try:
+                with tpm_step(f"reading the EK chain certificates at NV {index:#010x}"):
+                    ders = nv_chain_certificates(self.read(index))
+                for der in ders:
+                    if len(der) > wire.MAX_CERTIFICATE:
+                        raise MalformedInput(f"a certificate of {len(der)} bytes, over the limit")
+                    from_der(der)  # only what the server can parse: it refuses the payload else
+            except tss_utils.NoSuchIndex:
+                continue  # undefined since it was listed
+            except (MalformedInput, TPMAccessError) as error:
+                log.warning(
+                    "skipping an EK chain NV index",
+                    extra={"nv_index": f"{index:#010x}", "reason": str(error)},
+                )
+                continue
+            found.extend(ders)
+        if len(found) > wire.MAX_CHAIN_CERTIFICATES:
+            log.warning(
+                "sending only the first EK chain certificates",
+                extra={"found": len(found), "sent": wire.MAX_CHAIN_CERTIFICATES},
+            )
+        return found[: wire.MAX_CHAIN_CERTIFICATES]
 
 
 def choose_ek_template(

@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from spire_tpm_attestor.testing.ca import EKPublicKey, TestCA
+from spire_tpm_attestor.tpm.constants import EK_CHAIN_FIRST_INDEX, RC_NO_SUCH_HANDLE
 from spire_tpm_attestor.tpm.constants import EK_TEMPLATES as TCG_EK_TEMPLATES
-from spire_tpm_attestor.tpm.constants import RC_NO_SUCH_HANDLE
 
 # Algorithm names the agent uses, mapped to the TCG template provisioned for them.
 DEFAULT_EK_TYPES = {"rsa2048": "L-1", "ecc256": "L-2", "ecc384": "H-3"}
@@ -268,9 +268,18 @@ def _write_nv(esapi: Any, index: int, data: bytes) -> None:
 
 
 def write_ek_certificate_nv(tcti: str, index: int, data: bytes) -> None:
-    """Writes raw bytes (a certificate, possibly with a header or padding) to an NV index."""
+    """Writes raw bytes (a certificate, possibly with a header or padding; a template, a
+    nonce) to an NV index."""
     with _esapi(tcti) as esapi:
         _write_nv(esapi, index, data)
+
+
+def provision_ek_chain(tcti: str, contents: Sequence[bytes]) -> None:
+    """Writes each item of `contents` (one or more DER certificates, as a manufacturer
+    stores them) to the next TCG EK chain index, from 0x01C00100 on."""
+    with _esapi(tcti) as esapi:
+        for offset, data in enumerate(contents):
+            _write_nv(esapi, EK_CHAIN_FIRST_INDEX + offset, data)
 
 
 def provision_ek_certificates(

@@ -133,13 +133,26 @@ OID_TCG_EK_CERTIFICATE: Final = x509.ObjectIdentifier("2.23.133.8.1")
 
 @dataclass(frozen=True)
 class EKTemplate:
-    """One TCG default EK template (EK Credential Profile) and its certificate's NV index."""
+    """One TCG default EK template (EK Credential Profile) and its NV indices."""
 
     tcg_name: str  # "L-1", "H-3", ...; empty for a key of no TCG template
     template: str  # tpm2-pytss lookup name (the long names work with 2.3 and 3.0)
     algorithm: str  # "rsa2048", "ecc256", ...: the agent's ek_algorithm values
     high_range: bool
     cert_index: int  # 0: no NV index to look for a certificate
+
+    @property
+    def nonce_index(self) -> int | None:
+        """Where a manufacturer may provision the `unique` nonce (low range only)."""
+        return self.cert_index + 1 if self.cert_index and not self.high_range else None
+
+    @property
+    def template_index(self) -> int | None:
+        """Where a manufacturer may provision a TPMT_PUBLIC replacing the default template:
+        after the nonce in the low range, right after the certificate in the high range."""
+        if not self.cert_index:
+            return None
+        return self.cert_index + (1 if self.high_range else 2)
 
 
 # In the agent's preference order: RSA 2048 first (every server accepts it), low range first.
@@ -153,6 +166,11 @@ EK_TEMPLATES: Final = (
     EKTemplate("H-7", "EK-HIGH-RSA4096", "rsa4096", True, 0x01C0001E),
     EKTemplate("H-4", "EK-HIGH-ECC521", "ecc521", True, 0x01C00018),
 )
+
+# TCG EK Credential Profile: the certificates that chain an EK certificate to the
+# manufacturer's root, one or more concatenated DER certificates per index.
+EK_CHAIN_FIRST_INDEX: Final = 0x01C00100
+EK_CHAIN_LAST_INDEX: Final = 0x01C001FF
 
 
 def hash_algorithm(alg: int) -> hashes.HashAlgorithm:
