@@ -20,6 +20,7 @@ from server_plugin.checks import (
     check,
     check_denylist,
     denied,
+    download_ek_certificate,
     ek_hash_of,
     load_ek_certificate,
     look_up_allowlist,
@@ -46,6 +47,7 @@ from spire_tpm_attestor import wire
 from spire_tpm_attestor.identity import TemplateError, agent_spiffe_id, selector_safe
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
+from spire_tpm_attestor.runtime.status import Unavailable
 from spire_tpm_attestor.tpm.credential import make_credential
 from spire_tpm_attestor.tpm.structures import PublicArea
 from spire_tpm_attestor.x509 import Certificate
@@ -109,7 +111,7 @@ def check_payload(config: ServerConfig, payload: attestation_pb2.Payload) -> Evi
             # Under every policy: a certificate we report facts from must be this EK's.
             verify_eks_match(certificate, ek)
         verified, entry = establish_ek_trust(
-            config, pub_hash, certificate, list(payload.ek_intermediates)
+            config, ek, pub_hash, certificate, list(payload.ek_intermediates)
         )
         devid = establish_devid(config, payload)
     except Rejected as rejected:
@@ -132,23 +134,43 @@ def establish_devid(config: ServerConfig, payload: attestation_pb2.Payload) -> V
 
 def establish_ek_trust(
     config: ServerConfig,
+    ek: PublicArea,
     pub_hash: str,
     certificate: Certificate | None,
     intermediates: Sequence[bytes],
 ) -> tuple[VerifiedEKCertificate | None, AllowlistEntry | None]:
-    """Apply `ek_policy` to the EK certificate chain and the allowlist."""
+    """Apply `ek_policy` to the EK certificate chain and the allowlist.
+
+    With `ek_cert_download`, an EK the agent sent no certificate for gets the one its
+    manufacturer publishes, when the policy still needs a certificate."""
     entry = look_up_allowlist(config.allowlist, pub_hash) if config.allowlist else None
+    download = config.ek_cert_download
+    # Under cert_or_allowlist a listed EK needs no certificate: nothing to download.
+    needs_certificate = config.ek_policy != "cert_or_allowlist" or entry is None
+    downloaded = None
+    if certificate is None and download is not None and config.ek_ca_bundle and needs_certificate:
+        certificate = downloaded = download_ek_certificate(download, ek, pub_hash)
+        if certificate is not None:
+            verify_eks_match(certificate, ek)
     verified: VerifiedEKCertificate | None = None
     cert_failure: Rejected | None = None
     if not config.ek_ca_bundle:
         cert_failure = denied("ek_cert_chain", "no EK CA is configured")
     elif certificate is None:
-        cert_failure = denied("ek_certificate", "the agent sent no EK certificate")
+        cert_failure = denied(
+            "ek_certificate",
+            "the agent sent no EK certificate"
+            + (" and its manufacturer publishes none" if download is not None else ""),
+        )
     else:
         try:
-            verified = verify_ek_chain(certificate, intermediates, config.ek_ca_bundle)
+            verified = verify_ek_chain(
+                certificate, intermediates, config.ek_ca_bundle, config.ek_aia_fetch
+            )
         except Rejected as rejected:
             cert_failure = rejected
+    if download is not None and downloaded is not None and verified is not None:
+        download.keep(pub_hash, downloaded)
     not_listed = denied("allowlist", f"EK {pub_hash} is not in the allowlist")
 
     policy = config.ek_policy
@@ -162,6 +184,8 @@ def establish_ek_trust(
         if entry is None:
             raise not_listed
     if policy == "cert_or_allowlist" and verified is None and entry is None:
+        if cert_failure is not None and isinstance(cert_failure.error, Unavailable):
+            raise cert_failure  # a certificate source was down: the agent should retry
         reason = _first(cert_failure).error.message
         raise denied("ek_trust", f"EK is neither certified ({reason}) nor in the allowlist")
     return verified, entry

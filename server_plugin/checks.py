@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistSource
+from server_plugin.ek_sources import AIAFetch, EKCertDownload
 from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.errors import AttestorError, MalformedInput, NotProven
 from spire_tpm_attestor.runtime.status import (
@@ -33,6 +34,7 @@ from spire_tpm_attestor.x509 import (
     load_certificate,
     verify_chain,
 )
+from spire_tpm_attestor.x509.chain import MAX_CHAIN_DEPTH
 
 
 class Rejected(Exception):
@@ -133,16 +135,47 @@ def verify_ek_chain(
     certificate: Certificate,
     intermediates: Sequence[bytes],
     bundle: Sequence[Certificate],
+    aia: AIAFetch | None = None,
 ) -> VerifiedEKCertificate:
-    """The EK certificate chains to a configured manufacturer/organisation CA."""
+    """The EK certificate chains to a configured manufacturer/organisation CA.
+
+    With `aia`, a chain that does not verify is retried with the issuer its top
+    certificate's caIssuers URL serves, link by link: fetched certificates are
+    intermediates, never anchors."""
     with check("ek_intermediates", "EK intermediate cannot be parsed"):
         extra = [load_certificate(der) for der in intermediates]
-    with check(
-        "ek_cert_chain", "EK certificate does not chain to ek_ca_path", every_failure=NotProven
-    ):
-        chain = verify_chain(certificate, extra, bundle, datetime.now(UTC))
+    top, asked = certificate, set[bytes]()
+    while True:
+        try:
+            with check(
+                "ek_cert_chain",
+                "EK certificate does not chain to ek_ca_path",
+                every_failure=NotProven,
+            ):
+                chain = verify_chain(certificate, extra, bundle, datetime.now(UTC))
+            break
+        except Rejected:
+            if aia is None or top.der in asked or len(asked) >= MAX_CHAIN_DEPTH:
+                raise
+            asked.add(top.der)
+            with check("ek_aia_fetch", "EK issuer certificate cannot be fetched"):
+                fetched = aia.issuers(top)
+            if not fetched:
+                raise
+            known = {cert.der for cert in extra}
+            extra.extend(cert for cert in fetched if cert.der not in known)
+            top = fetched[0]
     anchor = chain[-1]
     return VerifiedEKCertificate(certificate, hashlib.sha256(anchor.der).hexdigest())
+
+
+def download_ek_certificate(
+    download: EKCertDownload, ek: PublicArea, pub_hash: str
+) -> Certificate | None:
+    """The EK certificate the TPM's manufacturer publishes, if any (verified later
+    exactly like one from NV)."""
+    with check("ek_cert_download", "EK certificate cannot be downloaded"):
+        return download.certificate(ek, pub_hash)
 
 
 def _look_up(

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from server_plugin.allowlist import AllowlistSource
 from server_plugin.allowlist.config import read_allowlist_sources
 from server_plugin.ca_bundle import CABundle
+from server_plugin.ek_sources import (
+    AIAFetch,
+    EKCertDownload,
+    read_aia_fetch,
+    read_ek_cert_download,
+)
 from server_plugin.evidence_config import (
     DevIDOptions,
     PCROptions,
@@ -125,6 +131,22 @@ SERVER_OPTIONS = declare(
         '"too many attestations in progress"',
         default=DEFAULT_MAX_PENDING_CHALLENGES,
     ),
+    Option(
+        "ek_aia_fetch",
+        "block",
+        "fetch an EK chain's missing issuer from the AIA caIssuers URL of the certificate "
+        "above it (options below); see [Chains that NV does not complete]"
+        "(#chains-that-nv-does-not-complete)",
+        default_text="none: nothing fetched",
+    ),
+    Option(
+        "ek_cert_download",
+        "block",
+        "download the EK certificate of a TPM that holds none (Intel PTT, AMD fTPM) from "
+        "its manufacturer (options below); see [Chains that NV does not complete]"
+        "(#chains-that-nv-does-not-complete)",
+        default_text="none: nothing downloaded",
+    ),
 )
 
 
@@ -142,6 +164,8 @@ class ServerConfig:
     devid: DevIDOptions
     challenge_timeout: float = DEFAULT_CHALLENGE_TIMEOUT  # seconds to wait for each message
     max_pending_challenges: int = DEFAULT_MAX_PENDING_CHALLENGES
+    ek_aia_fetch: AIAFetch | None = None
+    ek_cert_download: EKCertDownload | None = None
 
     @property
     def ek_ca_bundle(self) -> list[Certificate]:
@@ -166,6 +190,9 @@ class ServerConfig:
             source.close()
         self.pcr.close()
         self.devid.close()
+        for fetching in (self.ek_aia_fetch, self.ek_cert_download):
+            if fetching is not None:
+                fetching.close()
 
 
 def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
@@ -213,6 +240,10 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         template = AgentPathTemplate(DEFAULT_AGENT_PATH_TEMPLATE)
     if "Name" in template.fields() and not sources:
         reader.problem("agent_path_template uses .Name, which needs an allowlist")
+    aia_fetch, cert_download = read_aia_fetch(reader), read_ek_cert_download(reader)
+    for option, value in (("ek_aia_fetch", aia_fetch), ("ek_cert_download", cert_download)):
+        if value is not None and "cert" not in policy:
+            reader.problem(f"{option} needs an ek_policy that checks EK certificates")
     return ServerConfig(
         trust_domain=core.trust_domain,
         plugin_name=reader.string("plugin_name") or DEFAULT_PLUGIN_NAME,
@@ -232,6 +263,8 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         max_pending_challenges=reader.integer(
             "max_pending_challenges", 1, MAX_PENDING_CHALLENGES_LIMIT
         ),
+        ek_aia_fetch=aia_fetch,
+        ek_cert_download=cert_download,
     )
 
 

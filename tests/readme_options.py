@@ -13,6 +13,7 @@ from pathlib import Path
 from agent_plugin.config import AGENT_OPTIONS
 from server_plugin.allowlist.config import HTTP_OPTIONS
 from server_plugin.config import SERVER_OPTIONS
+from server_plugin.ek_sources import AIA_FETCH_OPTIONS, EK_CERT_DOWNLOAD_OPTIONS
 from spire_tpm_attestor.runtime.config import Options, options_table
 
 README = Path(__file__).parents[1] / "README.md"
@@ -20,6 +21,8 @@ TABLES: dict[str, Options] = {
     "agent": AGENT_OPTIONS,
     "server": SERVER_OPTIONS,
     "http": HTTP_OPTIONS,
+    "ek_aia_fetch": AIA_FETCH_OPTIONS,
+    "ek_cert_download": EK_CERT_DOWNLOAD_OPTIONS,
 }
 _TABLE = re.compile(r"(<!-- options: (\w+) -->\n).*?(<!-- end options -->)", re.DOTALL)
 

@@ -305,6 +305,19 @@ class ConfigReader:
                 blocks.append((label, ConfigReader(body, self._problems, options, prefix)))
         return blocks
 
+    def block(self, name: str, options: Options) -> ConfigReader | None:
+        """A block written `name { ... }`, read with `options` declared; None when absent.
+        The caller finish()es it, so unknown options in the block are named."""
+        value, _ = self._take(name, "block")
+        if value is None:
+            return None
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]  # pyhcl's form of one block written with a nested block
+        if not isinstance(value, dict):
+            self._wrong_type(name, "a block: " + name + " { ... }", value)
+            return None
+        return ConfigReader(value, self._problems, options, f"{self.key(name)}.")
+
     def raw(self, name: str) -> Any:
         """A block option as written, for its own parser to judge."""
         value, _ = self._take(name, "block")

@@ -14,7 +14,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from spire_tpm_attestor.tpm.constants import (
     OID_TCG_EK_CERTIFICATE,
@@ -181,11 +181,13 @@ class TestCA:
         model: str = DEFAULT_MODEL,
         version: str = DEFAULT_VERSION,
         subject_cn: str | None = None,
+        ca_issuers_url: str | None = None,
     ) -> x509.Certificate:
         """An EK certificate as the TCG EK Credential Profile shapes it.
 
         The subject is empty (or the placeholder `subject_cn`), so the TPM's identity lives
-        in a critical SAN directoryName; the extensions are the ones vendors set.
+        in a critical SAN directoryName; the extensions are the ones vendors set, and an
+        AIA caIssuers URL for the issuer's certificate when `ca_issuers_url` is given.
         """
         subject = x509.Name(
             [x509.NameAttribute(NameOID.COMMON_NAME, subject_cn)] if subject_cn else []
@@ -202,7 +204,7 @@ class TestCA:
         )
         is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         now = datetime.datetime.now(datetime.UTC)
-        return (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.intermediate_certificate.subject)
@@ -236,8 +238,20 @@ class TestCA:
                 ),
                 critical=False,
             )
-            .sign(self.intermediate_key, hashes.SHA256())
         )
+        if ca_issuers_url is not None:
+            builder = builder.add_extension(
+                x509.AuthorityInformationAccess(
+                    [
+                        x509.AccessDescription(
+                            AuthorityInformationAccessOID.CA_ISSUERS,
+                            x509.UniformResourceIdentifier(ca_issuers_url),
+                        )
+                    ]
+                ),
+                critical=False,
+            )
+        return builder.sign(self.intermediate_key, hashes.SHA256())
 
     def issue_devid_certificate(
         self, public_key: EKPublicKey, subject_cn: str, *, serial_number: int | None = None

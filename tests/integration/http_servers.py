@@ -264,6 +264,7 @@ class DocumentServer:
     chunked: bool = False
     token: str | None = None
     requests: list[dict[str, str]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # each request's path
     connections: list[tuple[str, int]] = field(default_factory=list)  # each request's peer
     _server: ThreadingHTTPServer | None = None
     _open: set[socket.socket] = field(default_factory=set)  # kept-alive connections
@@ -294,6 +295,7 @@ class DocumentServer:
 
             def do_GET(self) -> None:
                 owner.requests.append(dict(self.headers.items()))
+                owner.paths.append(self.path)
                 owner.connections.append(self.client_address)
                 if owner.delay:
                     time.sleep(owner.delay)

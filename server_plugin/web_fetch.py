@@ -1,0 +1,164 @@
+"""Fetching certificates over HTTP(S) during an attestation, and keeping them on disk.
+
+`WebFetcher.get(url)` is the one way the server reaches a certificate service: only
+hosts on the allowlist, no redirects, a whole-request deadline and a size limit. It
+blocks its caller for at most `timeout` (callers on an event loop run it in a thread).
+httpx is imported, and the client built, only at the first fetch,
+so a configuration that is validated, rejected or never needs a fetch opens nothing.
+
+`DiskCache` keeps bodies under a directory, one file per key, written atomically
+(temporary file, then rename). A directory that cannot be used leaves the server
+working without a cache, with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from spire_tpm_attestor.errors import NotProven, SourceUnavailable
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "spire-tpm-attestor"
+FETCH_SCHEMES = ("http", "https")
+
+
+class NotPublished(NotProven):
+    """The service answered that it has nothing at this URL (404 or 410)."""
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    option: str  # the option block, for messages: "ek_aia_fetch"
+    allowed_hosts: frozenset[str]
+    timeout: float
+    max_size: int
+    tls: ssl.SSLContext | None = None  # trust for https URLs; None: the system's
+
+
+def host_allowed(url: str, allowed_hosts: frozenset[str]) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in FETCH_SCHEMES and (parts.hostname or "").lower() in allowed_hosts
+
+
+class WebFetcher:
+    """GET with the limits of one option block; one kept-alive client, built lazily."""
+
+    def __init__(self, settings: FetchSettings) -> None:
+        self.settings = settings
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _http(self) -> httpx.Client:
+        import httpx  # only servers that use these options pay for the import
+
+        with self._lock:
+            if self._closed:
+                raise SourceUnavailable(f"{self.settings.option}: the configuration was replaced")
+            if self._client is None:
+                self._client = httpx.Client(
+                    verify=self.settings.tls or True,
+                    timeout=httpx.Timeout(self.settings.timeout),
+                    follow_redirects=False,  # a redirect could leave the allowed hosts
+                    headers={"User-Agent": USER_AGENT},
+                )
+            return self._client
+
+    def get(self, url: str) -> bytes:
+        """The body of a 200 answer. Raises NotProven when the host is not allowed
+        (nothing is sent), NotPublished for 404/410, SourceUnavailable for the rest."""
+        settings = self.settings
+        if not host_allowed(url, settings.allowed_hosts):
+            raise NotProven(
+                f"{url} is not on a host in {settings.option}.allowed_hosts; not fetched"
+            )
+        import httpx
+
+        deadline = time.monotonic() + settings.timeout
+        try:
+            with self._http().stream("GET", url) as response:
+                if response.status_code in (404, 410):
+                    raise NotPublished(f"{url}: HTTP {response.status_code}")
+                if response.status_code != 200:
+                    raise SourceUnavailable(f"{url}: HTTP status {response.status_code}")
+                return self._read_body(url, response, deadline)
+        except httpx.TimeoutException:
+            raise SourceUnavailable(f"{url}: no answer within {settings.timeout:g}s") from None
+        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            raise SourceUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
+
+    def _read_body(self, url: str, response: httpx.Response, deadline: float) -> bytes:
+        limit = self.settings.max_size
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise SourceUnavailable(
+                f"{url}: the answer ({declared} bytes) is larger than max_size ({limit})"
+            )
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > limit:
+                raise SourceUnavailable(f"{url}: the answer is larger than max_size ({limit})")
+            if time.monotonic() > deadline:  # a trickle of bytes must not hold the stream
+                raise SourceUnavailable(f"{url}: no answer within {self.settings.timeout:g}s")
+        return bytes(body)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class DiskCache:
+    """Bodies under `directory`, one file per key (a hex digest), written atomically."""
+
+    def __init__(self, directory: str, option: str) -> None:
+        self.directory = Path(directory)
+        self._option = option
+        self._warned = False
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return (self.directory / key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._warn("read", exc)
+            return None
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            descriptor, temporary = tempfile.mkstemp(prefix=f".{key}.", dir=self.directory)
+            try:
+                with os.fdopen(descriptor, "wb") as file:
+                    file.write(data)
+                os.replace(temporary, self.directory / key)
+            except BaseException:
+                os.unlink(temporary)
+                raise
+        except OSError as exc:
+            self._warn("write", exc)
+
+    def _warn(self, action: str, error: OSError) -> None:
+        if not self._warned:  # once: the attestations go on without a cache
+            self._warned = True
+            log.warning(
+                f"{self._option}: cannot {action} the cache; going on without it",
+                extra={"cache_path": str(self.directory), "reason": str(error)},
+            )
