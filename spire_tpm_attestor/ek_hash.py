@@ -29,13 +29,16 @@ def hash_of_certificate(data: bytes) -> str:
     return ek_hash(load_certificate(data).public_key())
 
 
-def hash_of_public_key(data: bytes) -> str:
-    """The EK hash of a PEM or DER SubjectPublicKeyInfo."""
+def load_public_key(data: bytes) -> PublicKeyTypes:
+    """The key in a PEM or DER SubjectPublicKeyInfo."""
     try:
         if b"-----BEGIN" in data:
-            key = serialization.load_pem_public_key(data)
-        else:
-            key = serialization.load_der_public_key(data)
+            return serialization.load_pem_public_key(data)
+        return serialization.load_der_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise MalformedInput(str(exc)) from None
-    return ek_hash(key)
+
+
+def hash_of_public_key(data: bytes) -> str:
+    """The EK hash of a PEM or DER SubjectPublicKeyInfo."""
+    return ek_hash(load_public_key(data))

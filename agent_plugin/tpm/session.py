@@ -234,6 +234,16 @@ class SessionBase:
             # Raising here would hide the error that led to the cleanup.
             log.warning("could not release TPM handle %#x: %s", int(handle), error)
 
+    def manufacturer(self) -> str:
+        """TPM_PT_MANUFACTURER as text: "INTC", "AMD", "IFX", "IBM"..."""
+        with tpm_step("reading the TPM manufacturer"):
+            _, data = self._esapi.get_capability(
+                tss.TPM2_CAP.TPM_PROPERTIES, tss.TPM2_PT.MANUFACTURER, 1
+            )
+        properties = [p for p in data.data.tpmProperties if p.property == tss.TPM2_PT.MANUFACTURER]
+        value = int(properties[0].value) if properties else 0
+        return value.to_bytes(4, "big").decode("ascii", "replace").strip("\x00 ")
+
     def _open_persistent(self, handle: int, what: str) -> Handle:
         with tpm_step(f"opening the {what} at persistent handle {handle:#010x}"):
             return self._track(self._esapi.tr_from_tpmpublic(handle), transient=False)

@@ -2,7 +2,8 @@
 
 - `version`
 - `hash`: the EK hash (the allowlist key and the default agent ID suffix) from a
-  running TPM, an EK certificate, or a public key file.
+  running TPM, an EK certificate, or a public key file; with `--urls`, where Intel or
+  AMD publish the EK certificate.
 - `check`: one full attestation through both real plugin processes.
 - `devid create`: a DevID key in this machine's TPM, for a CA to certify.
 - `allowlist add|remove|list|export`: provisioning allowlist directories.
@@ -15,18 +16,27 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from spire_tpm_attestor import __version__
 from spire_tpm_attestor.cli.allowlist import add_allowlist_commands
 from spire_tpm_attestor.cli.devid import add_devid_commands
 from spire_tpm_attestor.cli.spire_config import PluginConfigFile
-from spire_tpm_attestor.ek_hash import ek_hash, hash_of_certificate, hash_of_public_key
+from spire_tpm_attestor.ek_download import (
+    DEFAULT_SERVICE_URLS,
+    MANUFACTURER_IDS,
+    MANUFACTURERS,
+    ek_certificate_url,
+)
+from spire_tpm_attestor.ek_hash import ek_hash, load_public_key
 from spire_tpm_attestor.errors import AttestorError
 from spire_tpm_attestor.runtime.config import ConfigProblems
 from spire_tpm_attestor.runtime.host import AttestationResult
+from spire_tpm_attestor.x509 import load_certificate
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -34,7 +44,14 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
-def hash_of_tpm(agent_config: PluginConfigFile) -> str:
+@dataclass(frozen=True)
+class TPMEK:
+    public_key: PublicKeyTypes
+    has_certificate: bool
+    manufacturer: str  # TPM_PT_MANUFACTURER: "INTC", "AMD", ...
+
+
+def ek_of_tpm(agent_config: PluginConfigFile) -> TPMEK:
     from agent_plugin.config import build_agent_config
     from agent_plugin.tpm import TPMSession
     from spire_tpm_attestor.runtime.config import CoreConfig
@@ -43,22 +60,33 @@ def hash_of_tpm(agent_config: PluginConfigFile) -> str:
     config = build_agent_config(agent_config.plugin_data, CoreConfig(agent_config.trust_domain))
     with TPMSession.open(config.tcti) as tpm:
         ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
-    return ek_hash(parse_tpm2b_public(ek.public).public_key())
+        manufacturer = tpm.manufacturer()
+    return TPMEK(parse_tpm2b_public(ek.public).public_key(), bool(ek.certificate), manufacturer)
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
+    manufacturers: tuple[str, ...] = MANUFACTURERS
     if args.certificate:
-        print(hash_of_certificate(Path(args.certificate).read_bytes()))
+        key = load_certificate(Path(args.certificate).read_bytes()).public_key()
     elif args.public_key:
-        print(hash_of_public_key(Path(args.public_key).read_bytes()))
+        key = load_public_key(Path(args.public_key).read_bytes())
     else:
-        print(
-            hash_of_tpm(
-                PluginConfigFile.read(args.agent_config)
-                if args.agent_config
-                else PluginConfigFile("example.org", "", None)
-            )
+        tpm = ek_of_tpm(
+            PluginConfigFile.read(args.agent_config)
+            if args.agent_config
+            else PluginConfigFile("example.org", "", None)
         )
+        key = tpm.public_key
+        known = MANUFACTURER_IDS.get(tpm.manufacturer)
+        manufacturers = (known,) if known else ()
+        if known and not tpm.has_certificate and not args.urls:
+            url = ek_certificate_url(known, DEFAULT_SERVICE_URLS[known], key)
+            print(f"note: no EK certificate in NV; {known} publishes it at {url}", file=sys.stderr)
+    print(ek_hash(key))
+    if args.urls:
+        for manufacturer in manufacturers:
+            url = ek_certificate_url(manufacturer, DEFAULT_SERVICE_URLS[manufacturer], key)
+            print(f"{manufacturer}: {url}")
     return 0
 
 
@@ -142,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--agent-config", help="read the EK from the TPM this agent config uses")
     source.add_argument("--certificate", help="EK certificate file (PEM or DER)")
     source.add_argument("--public-key", help="EK public key file (PEM or DER SubjectPublicKeyInfo)")
+    hash_cmd.add_argument(
+        "--urls",
+        action="store_true",
+        help="also print where the manufacturer publishes the EK certificate (Intel, AMD); "
+        "from a TPM, only its own manufacturer's",
+    )
     hash_cmd.set_defaults(run=cmd_hash)
 
     check = commands.add_parser(

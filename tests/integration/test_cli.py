@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from spire_tpm_attestor import __version__
+from spire_tpm_attestor.ek_download import amd_ek_path, intel_ek_path
 from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
@@ -55,6 +56,26 @@ def test_hash_agrees_across_certificate_public_key_and_tpm(
         result = run("hash", option, str(tmp_path / name))
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected, (option, name)
+
+
+@pytest.mark.swtpm
+def test_hash_urls_name_the_manufacturer_services(
+    bare_swtpm: SWTPM, ek_certificate: x509.Certificate, tmp_path: Path
+) -> None:
+    key = ek_certificate.public_key()
+    (tmp_path / "ek.pem").write_bytes(ek_certificate.public_bytes(Encoding.PEM))
+    result = run("hash", "--urls", "--certificate", str(tmp_path / "ek.pem"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        ek_hash(key),
+        f"intel: https://ekop.intel.com/ekcertservice/{intel_ek_path(key)}",
+        f"amd: https://ftpm.amd.com/pki/aia/{amd_ek_path(key)}",
+    ]
+    # From a TPM, only its own manufacturer's service: swtpm ("IBM") has none.
+    (tmp_path / "agent.hcl").write_text(f'tcti = "{bare_swtpm.tcti}"\n')
+    result = run("hash", "--urls", "--agent-config", str(tmp_path / "agent.hcl"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [ek_hash(key)]
 
 
 def test_hash_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
