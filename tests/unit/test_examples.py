@@ -23,6 +23,7 @@ MISSING_PATH = ("No such file or directory", "is not a directory")
 CASES: dict[str, Callable[[str, CoreConfig], Any]] = {
     "server.conf": build_server_config,
     "server-plugin-data.hcl": build_server_config,
+    "server-plugin-data-fetch.hcl": build_server_config,
     "allowlist/server-plugin-data.hcl": build_server_config,
     "agent.conf": build_agent_config,
     "agent-plugin-data.hcl": build_agent_config,
