@@ -80,22 +80,42 @@ def aia_options(tls: TLSFiles, cache: Path, **options: object) -> str:
     return block("ek_aia_fetch", hcl(**settings))
 
 
+def aia_node(
+    agent: PluginProcess, swtpm: SWTPM, issuer: TestCA, url: str, web: DocumentServer, body: bytes
+) -> str:
+    """Puts in NV an EK certificate by `issuer` whose caIssuers URL is `url`, has `web`
+    serve `body` and the agent use the TPM. Returns the EK hash."""
+    key = ek_public_key(swtpm.tcti)
+    certificate = issuer.issue_ek_certificate(key, ca_issuers_url=url)
+    write_ek_certificate_nv(swtpm.tcti, RSA_CERT_INDEX, der(certificate))
+    web.body = body
+    agent.configure(hcl(tcti=swtpm.tcti))
+    return ek_hash(key)
+
+
+def configure_aia_server(
+    server: PluginProcess, ek_ca: TestCA, tls: TLSFiles, cache: Path, **options: object
+) -> None:
+    """The root alone in ek_ca_path, and ek_aia_fetch from 127.0.0.1."""
+    server.configure(
+        hcl(ek_ca_path=str(ek_ca.root_path)) + "\n" + aia_options(tls, cache, **options)
+    )
+
+
 @pytest.fixture
-def aia_node(agent: PluginProcess, bare_swtpm: SWTPM, ek_ca: TestCA, web: DocumentServer) -> str:
+def genuine_aia_node(
+    agent: PluginProcess, bare_swtpm: SWTPM, ek_ca: TestCA, web: DocumentServer
+) -> str:
     """An EK certificate in NV whose issuer is published at the web server (by AIA) only.
     Returns its EK hash."""
-    key = ek_public_key(bare_swtpm.tcti)
-    certificate = ek_ca.issue_ek_certificate(key, ca_issuers_url=f"{origin(web)}/ek-ca.cer")
-    write_ek_certificate_nv(bare_swtpm.tcti, RSA_CERT_INDEX, der(certificate))
-    web.body = der(ek_ca.intermediate_certificate)
-    agent.configure(hcl(tcti=bare_swtpm.tcti))
-    return ek_hash(key)
+    url = f"{origin(web)}/ek-ca.cer"
+    return aia_node(agent, bare_swtpm, ek_ca, url, web, der(ek_ca.intermediate_certificate))
 
 
 def test_aia_completes_the_chain_and_is_cached(
     server: PluginProcess,
     agent: PluginProcess,
-    aia_node: str,
+    genuine_aia_node: str,
     ek_ca: TestCA,
     tls: TLSFiles,
     web: DocumentServer,
@@ -106,14 +126,12 @@ def test_aia_completes_the_chain_and_is_cached(
     expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "does not chain")
     assert web.paths == []
 
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.root_path)) + "\n" + aia_options(tls, tmp_path / "aia")
-    )
-    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{aia_node}")
+    configure_aia_server(server, ek_ca, tls, tmp_path / "aia")
+    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{genuine_aia_node}")
     assert web.paths == ["/ek-ca.cer"]
     # Cached on disk by URL: the next attestation, even with the service gone, needs no fetch.
     web.stop()
-    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{aia_node}")
+    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{genuine_aia_node}")
     assert web.paths == ["/ek-ca.cer"]
 
 
@@ -121,7 +139,7 @@ def test_aia_completes_the_chain_and_is_cached(
 def test_aia_answer_forms(
     server: PluginProcess,
     agent: PluginProcess,
-    aia_node: str,
+    genuine_aia_node: str,
     ek_ca: TestCA,
     tls: TLSFiles,
     web: DocumentServer,
@@ -134,10 +152,8 @@ def test_aia_answer_forms(
         "pkcs7-der": pkcs7.serialize_certificates([intermediate], Encoding.DER),
         "pkcs7-pem": pkcs7.serialize_certificates([intermediate], Encoding.PEM),
     }[form]
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.root_path)) + "\n" + aia_options(tls, tmp_path / "aia")
-    )
-    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{aia_node}")
+    configure_aia_server(server, ek_ca, tls, tmp_path / "aia")
+    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{genuine_aia_node}")
 
 
 def test_aia_certificates_are_never_anchors(
@@ -151,16 +167,10 @@ def test_aia_certificates_are_never_anchors(
 ) -> None:
     # A forger's EK certificate whose AIA serves the forger's intermediate and root.
     rogue = TestCA.create(tmp_path / "rogue", name="Rogue TPM")
-    key = ek_public_key(bare_swtpm.tcti)
-    certificate = rogue.issue_ek_certificate(key, ca_issuers_url=f"{origin(web)}/rogue.p7c")
-    write_ek_certificate_nv(bare_swtpm.tcti, RSA_CERT_INDEX, der(certificate))
-    web.body = pkcs7.serialize_certificates(
-        [rogue.intermediate_certificate, rogue.root_certificate], Encoding.DER
-    )
-    agent.configure(hcl(tcti=bare_swtpm.tcti))
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.root_path)) + "\n" + aia_options(tls, tmp_path / "aia")
-    )
+    chain = [rogue.intermediate_certificate, rogue.root_certificate]
+    url = f"{origin(web)}/rogue.p7c"
+    aia_node(agent, bare_swtpm, rogue, url, web, pkcs7.serialize_certificates(chain, Encoding.DER))
+    configure_aia_server(server, ek_ca, tls, tmp_path / "aia")
     audit = expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "does not chain")
     assert audit["check"] == "ek_cert_chain"
     assert web.paths == ["/rogue.p7c"]
@@ -175,16 +185,10 @@ def test_aia_host_not_allowed_is_never_contacted(
     web: DocumentServer,
     tmp_path: Path,
 ) -> None:
-    key = ek_public_key(bare_swtpm.tcti)
     # "localhost" reaches the same server, but only 127.0.0.1 is allowed.
     url = f"{origin(web, 'localhost')}/ek-ca.cer"
-    certificate = ek_ca.issue_ek_certificate(key, ca_issuers_url=url)
-    write_ek_certificate_nv(bare_swtpm.tcti, RSA_CERT_INDEX, der(certificate))
-    web.body = der(ek_ca.intermediate_certificate)
-    agent.configure(hcl(tcti=bare_swtpm.tcti))
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.root_path)) + "\n" + aia_options(tls, tmp_path / "aia")
-    )
+    aia_node(agent, bare_swtpm, ek_ca, url, web, der(ek_ca.intermediate_certificate))
+    configure_aia_server(server, ek_ca, tls, tmp_path / "aia")
     audit = expect_rejection(
         agent, server, grpc.StatusCode.PERMISSION_DENIED, "not on a host in ek_aia_fetch"
     )
@@ -204,7 +208,7 @@ def test_aia_host_not_allowed_is_never_contacted(
 def test_aia_service_trouble_is_unavailable(
     server: PluginProcess,
     agent: PluginProcess,
-    aia_node: str,
+    genuine_aia_node: str,
     ek_ca: TestCA,
     tls: TLSFiles,
     web: DocumentServer,
@@ -219,11 +223,9 @@ def test_aia_service_trouble_is_unavailable(
         web.delay = 2
     elif trouble == "server error":
         web.status = 503
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.root_path)) + "\n" + aia_options(tls, tmp_path / "aia", **options)
-    )
+    configure_aia_server(server, ek_ca, tls, tmp_path / "aia", **options)
     audit = expect_rejection(agent, server, grpc.StatusCode.UNAVAILABLE, words)
-    assert (audit["check"], audit["ek_hash"]) == ("ek_aia_fetch", aia_node)
+    assert (audit["check"], audit["ek_hash"]) == ("ek_aia_fetch", genuine_aia_node)
 
 
 # -- ek_cert_download -----------------------------------------------------------------
