@@ -19,6 +19,14 @@ NONCE_SIZE = 32
 SECRET_SIZE = 32
 
 MAX_MESSAGE = 64 * 1024
+# The firmware event log rides in the challenge response, so only that message may be
+# larger. Real logs are tens of KiB (up to ~1 MiB with GRUB measuring every command);
+# the whole AttestRequest stays well under the 4 MiB that grpcio (this plugin's
+# receiving side) and grpc-go (the SPIRE server, receiving from the SPIRE agent) accept
+# by default. go-plugin's host side accepts up to 2 GiB.
+MAX_EVENT_LOG = 2 * 1024 * 1024
+MAX_EVENT_LOG_ABSENT = 512  # the agent's reason for sending no log
+MAX_CHALLENGE_RESPONSE = MAX_MESSAGE + MAX_EVENT_LOG
 MAX_TPM_PUBLIC = 1024
 MAX_CERTIFICATE = 8 * 1024
 MAX_CHAIN_CERTIFICATES = 8
@@ -40,11 +48,11 @@ class WireError(ValueError):
     """A message that is malformed, oversized or of an unknown version."""
 
 
-def _decode(data: bytes, message: M, what: str) -> M:
+def _decode(data: bytes, message: M, what: str, limit: int = MAX_MESSAGE) -> M:
     if not data:
         raise WireError(f"{what} is empty")
-    if len(data) > MAX_MESSAGE:
-        raise WireError(f"{what} is {len(data)} bytes; the limit is {MAX_MESSAGE}")
+    if len(data) > limit:
+        raise WireError(f"{what} is {len(data)} bytes; the limit is {limit}")
     try:
         message.ParseFromString(data)
     except DecodeError as exc:
@@ -108,7 +116,9 @@ def decode_challenge(data: bytes) -> attestation_pb2.Challenge:
 
 
 def decode_challenge_response(data: bytes) -> attestation_pb2.ChallengeResponse:
-    response = _decode(data, attestation_pb2.ChallengeResponse(), "challenge response")
+    response = _decode(
+        data, attestation_pb2.ChallengeResponse(), "challenge response", MAX_CHALLENGE_RESPONSE
+    )
     _require(response.secret, "secret")
     _limit(response.secret, MAX_SECRET, "secret")
     for field in (
@@ -124,6 +134,13 @@ def decode_challenge_response(data: bytes) -> attestation_pb2.ChallengeResponse:
         _limit(value.digest, MAX_DIGEST, "pcr digest")
     if response.agent_nonce:
         _exact(response.agent_nonce, NONCE_SIZE, "agent_nonce")
+    _limit(response.event_log, MAX_EVENT_LOG, "event_log")
+    _limit(response.event_log_absent, MAX_EVENT_LOG_ABSENT, "event_log_absent")
+    rest = len(data) - len(response.event_log)
+    if rest > MAX_MESSAGE:  # only the event log may exceed the ordinary limit
+        raise WireError(
+            f"challenge response is {rest} bytes besides its event log; the limit is {MAX_MESSAGE}"
+        )
     return response
 
 
