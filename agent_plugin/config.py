@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent_plugin.devid import DevIDFileError, DevIDKey, load_devid_key
+from agent_plugin.event_log import (
+    DEFAULT_EVENT_LOG_PATH,
+    DEFAULT_MAX_EVENT_LOG_SIZE,
+    MAX_EVENT_LOG_SIZE_LIMIT,
+)
 from spire_tpm_attestor.runtime.config import (
     ConfigReader,
     CoreConfig,
@@ -91,6 +96,19 @@ AGENT_OPTIONS = declare(
         "model); without it such a TPM is refused",
         default=False,
     ),
+    Option(
+        "event_log_path",
+        "string",
+        'the firmware event log, sent when the server asks for it; `""` sends none',
+        default=DEFAULT_EVENT_LOG_PATH,
+    ),
+    Option(
+        "max_event_log_size",
+        "integer",
+        f"bytes (1..{MAX_EVENT_LOG_SIZE_LIMIT}); a larger log is not sent, and the response "
+        "says why",
+        default=DEFAULT_MAX_EVENT_LOG_SIZE,
+    ),
 )
 
 
@@ -118,6 +136,8 @@ class AgentConfig:
     ak_handle: int | None
     devid: DevIDKey | None
     allow_unencrypted_sessions: bool
+    event_log_path: str = DEFAULT_EVENT_LOG_PATH  # "" sends no event log
+    max_event_log_size: int = DEFAULT_MAX_EVENT_LOG_SIZE
 
     def close(self) -> None:
         """Nothing to release: the agent opens the TPM per attestation."""
@@ -163,6 +183,8 @@ def _build(reader: ConfigReader, core: CoreConfig) -> AgentConfig:
         ak_handle=reader.parsed("ak_handle", parse_handle),
         devid=_read_devid(reader),
         allow_unencrypted_sessions=reader.boolean("allow_unencrypted_sessions"),
+        event_log_path=reader.string("event_log_path") or "",
+        max_event_log_size=reader.integer("max_event_log_size", 1, MAX_EVENT_LOG_SIZE_LIMIT),
     )
 
 

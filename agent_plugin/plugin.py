@@ -2,7 +2,8 @@
 
 `AidAttestation` is a thin state machine: send the payload (EK, EK certificate,
 AK, DevID), answer the server's one challenge (activate the credential; quote the PCRs
-it asks for; certify the DevID key with the AK and sign both nonces with it), done.
+it asks for; certify the DevID key with the AK and sign both nonces with it; add the
+firmware event log if asked), done.
 The TPM is opened per attestation and every object is flushed when the stream ends.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 import grpc
 
 from agent_plugin.config import AgentConfig, build_agent_config
+from agent_plugin.event_log import read_event_log
 from agent_plugin.tpm import TPMAccessError, TPMSession
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
@@ -73,6 +75,10 @@ def answer_challenge(
             challenge.nonce
         )
         response.agent_nonce, response.devid_signature = tpm.sign_with_devid(challenge.nonce)
+    if challenge.want_event_log:
+        response.event_log, response.event_log_absent = read_event_log(
+            config.event_log_path, config.max_event_log_size
+        )
     return response
 
 
