@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spire_tpm_attestor.files import FileTooLarge, read_bounded
 from spire_tpm_attestor.pb import attestation_pb2
-from spire_tpm_attestor.runtime.config import ConfigProblems, parse_hcl
+from spire_tpm_attestor.runtime.config import ConfigProblems, read_hcl_file
 from spire_tpm_attestor.tpm import constants
 from spire_tpm_attestor.tpm.constants import BANKS_BY_NAME, digest_size
 
@@ -133,13 +132,9 @@ def parse_pcr_policy(value: Any, where: str = "pcr_policy") -> PCRPolicy:
 def load_pcr_policy_file(path: str) -> PCRPolicy:
     """A policy from an HCL or JSON file holding the same structure as `pcr_policy`."""
     try:
-        data = read_bounded(path, MAX_POLICY_FILE)
-    except FileTooLarge as exc:
+        document = read_hcl_file(path, MAX_POLICY_FILE)
+    except ConfigProblems as exc:
         raise PCRPolicyError(str(exc)) from None
-    try:
-        document = parse_hcl(data.decode("utf-8"))
-    except (ConfigProblems, UnicodeDecodeError) as exc:
-        raise PCRPolicyError(f"{path}: {exc}") from None
     return parse_pcr_policy(document, Path(path).name)
 
 

@@ -17,6 +17,8 @@ from typing import Any, Protocol, TypeVar, cast
 import hcl
 from hcl.parser import HclParser
 
+from spire_tpm_attestor.files import FileTooLarge, read_bounded
+
 
 class Closeable(Protocol):
     def close(self) -> None: ...
@@ -71,6 +73,20 @@ def parse_hcl(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigProblems(["configuration must be a set of key = value pairs"])
     return data
+
+
+def read_hcl_file(path: str, max_size: int) -> dict[str, Any]:
+    """An HCL or JSON document from a file of at most `max_size` bytes (a policy).
+
+    OSError passes through; a file too large or not valid is ConfigProblems naming it."""
+    try:
+        data = read_bounded(path, max_size)
+    except FileTooLarge as exc:
+        raise ConfigProblems([str(exc)]) from None
+    try:
+        return parse_hcl(data.decode("utf-8"))
+    except (ConfigProblems, UnicodeDecodeError) as exc:
+        raise ConfigProblems([f"{path}: {exc}"]) from None
 
 
 def parse_duration(text: str) -> float:
