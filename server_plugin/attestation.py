@@ -1,8 +1,9 @@
 """The server's side of one node attestation, as steps the Attest stream calls in order.
 
 payload -> `check_payload` (EK, AK, EK trust, DevID certificate) -> `issue_challenge`
-(secret, nonce, PCR selection) -> response -> `verify_response` (secret, quote, PCR
-policy, DevID residency and signature) -> `agent_attributes`. Each step uses the named
+(secret, nonce, PCR selection, whether to send the event log) -> response ->
+`verify_response` (secret, quote, PCR policy, event log replay and policy, DevID
+residency and signature) -> `agent_attributes`. Each step uses the named
 checks in `server_plugin.checks` and `server_plugin.evidence_checks`; nothing here talks
 gRPC.
 """
@@ -32,18 +33,21 @@ from server_plugin.checks import (
     verify_eks_match,
 )
 from server_plugin.config import ServerConfig
+from server_plugin.event_log_policy import EventLogPolicy, ProvenBoot
 from server_plugin.evidence_checks import (
     VerifiedDevID,
+    check_event_log_policy,
     check_pcr_policy,
     pcr_selectors,
     verify_devid_chain,
     verify_devid_public,
     verify_devid_residency,
     verify_devid_signature,
+    verify_event_log,
     verify_pcr_quote,
 )
 from server_plugin.pcr_policy import PCRKey, PCRPolicy, bank_selections
-from spire_tpm_attestor import wire
+from spire_tpm_attestor import eventlog, wire
 from spire_tpm_attestor.identity import TemplateError, agent_spiffe_id, selector_safe
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
@@ -74,14 +78,19 @@ class PendingChallenge:
     nonce: bytes
     pcr_request: frozenset[PCRKey]
     pcr_policy: PCRPolicy | None  # as it was when the challenge was issued
+    # The PCRs the event log is replayed against; None when the log was not asked for.
+    event_log_pcrs: frozenset[PCRKey] | None = None
+    event_log_policy: EventLogPolicy | None = None  # as it was when the challenge was issued
 
 
 @dataclass(frozen=True)
 class Attested:
-    """Everything the response proved: the payload's evidence and the quoted PCRs."""
+    """Everything the response proved: the payload's evidence, the quoted PCRs and what
+    the event log shows of them."""
 
     evidence: Evidence
     pcr_values: dict[PCRKey, bytes]
+    boot: ProvenBoot | None = None
 
 
 def decode_payload(data: bytes) -> attestation_pb2.Payload:
@@ -197,21 +206,30 @@ def _first(failure: Rejected | None) -> Rejected:
 
 def issue_challenge(config: ServerConfig, evidence: Evidence) -> tuple[bytes, PendingChallenge]:
     """Encrypt a fresh secret to the EK, bound to the AK's Name; add a fresh nonce and the
-    PCRs to quote (`pcr_selection` and every PCR the policy names)."""
+    PCRs to quote (`pcr_selection`, every PCR the PCR policy names and, when the event
+    log is wanted, the PCRs it is replayed against and those its policy reads)."""
     secret = os.urandom(wire.SECRET_SIZE)
     nonce = os.urandom(wire.NONCE_SIZE)
     with check("make_credential", "cannot encrypt a challenge to this EK"):
         credential_blob, encrypted_secret = make_credential(evidence.ek, evidence.ak.name(), secret)
     policy = config.pcr.policy()
     requested = config.pcr.selection | (policy.pcrs() if policy else frozenset())
+    log_pcrs: frozenset[PCRKey] | None = None
+    log_policy: EventLogPolicy | None = None
+    if config.event_log is not None:
+        log_policy = config.event_log.policy()
+        log_pcrs = config.event_log.selection | (log_policy.pcrs() if log_policy else frozenset())
+        requested |= log_pcrs
     challenge = attestation_pb2.Challenge(
         version=wire.PROTOCOL_VERSION,
         credential_blob=credential_blob,
         encrypted_secret=encrypted_secret,
         nonce=nonce,
         pcr_selection=bank_selections(requested),
+        want_event_log=log_pcrs is not None,
     )
-    return wire.encode(challenge), PendingChallenge(evidence, secret, nonce, requested, policy)
+    pending = PendingChallenge(evidence, secret, nonce, requested, policy, log_pcrs, log_policy)
+    return wire.encode(challenge), pending
 
 
 def verify_response(
@@ -229,10 +247,18 @@ def verify_response(
         pcr_values = verify_pcr_quote(evidence.ak, response, pending.nonce, pending.pcr_request)
         if pending.pcr_policy is not None:
             check_pcr_policy(pending.pcr_policy, pcr_values)
+    boot: ProvenBoot | None = None
+    if pending.event_log_pcrs is not None:
+        if response.event_log:
+            # Only the PCRs asked for the log: others (IMA's PCR 10, say) are not in it.
+            quoted = {key: pcr_values[key] for key in pending.event_log_pcrs}
+            boot = verify_event_log(response.event_log, quoted)
+        if pending.event_log_policy is not None:
+            check_event_log_policy(pending.event_log_policy, boot, response.event_log_absent)
     if evidence.devid is not None:
         verify_devid_residency(evidence.ak, response, pending.nonce, evidence.devid.public)
         verify_devid_signature(evidence.devid.public, response, pending.nonce)
-    return Attested(evidence, pcr_values)
+    return Attested(evidence, pcr_values, boot)
 
 
 def agent_facts(config: ServerConfig, evidence: Evidence) -> dict[str, str | None]:
@@ -273,6 +299,8 @@ def selectors(attested: Attested) -> list[str]:
             if value:
                 values.append(f"{kind}:{selector_safe(value)}")
     values.extend(pcr_selectors(attested.pcr_values))
+    if attested.boot is not None:
+        values.extend(eventlog.selectors(attested.boot.facts))
     return values
 
 

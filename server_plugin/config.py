@@ -15,8 +15,10 @@ from server_plugin.ek_sources import (
 )
 from server_plugin.evidence_config import (
     DevIDOptions,
+    EventLogOptions,
     PCROptions,
     read_devid_options,
+    read_event_log_options,
     read_pcr_options,
 )
 from server_plugin.reload import Reloading
@@ -104,6 +106,21 @@ SERVER_OPTIONS = declare(
         "the same policy in an HCL or JSON file, reloaded when it changes; excludes `pcr_policy`",
     ),
     Option(
+        "event_log",
+        "block",
+        "ask agents for the firmware event log and replay it against a quote of sha256 PCRs "
+        "0-7 (`event_log = true`), or against the PCRs a block names: "
+        "`event_log { pcr_selection { sha256 = [0, 2, 4, 7] } }`; see [Measured boot]"
+        "(#measured-boot-the-firmware-event-log)",
+        default_text="`false`",
+    ),
+    Option(
+        "event_log_policy_path",
+        "string",
+        "what the measured boot must show, in an HCL or JSON file, reloaded when it "
+        "changes; asks for the event log too",
+    ),
+    Option(
         "devid_ca_path",
         "strings",
         "a file or directory of DevID CA certificates, or a list of them; reloaded when "
@@ -162,6 +179,7 @@ class ServerConfig:
     can_reattest: bool
     pcr: PCROptions
     devid: DevIDOptions
+    event_log: EventLogOptions | None = None  # None: agents are not asked for the log
     challenge_timeout: float = DEFAULT_CHALLENGE_TIMEOUT  # seconds to wait for each message
     max_pending_challenges: int = DEFAULT_MAX_PENDING_CHALLENGES
     ek_aia_fetch: AIAFetch | None = None
@@ -173,15 +191,17 @@ class ServerConfig:
         return self.ek_ca.value if self.ek_ca is not None else []
 
     def start(self) -> None:
-        """Starts the file watchers (CA bundles, PCR policy, allowlists) and HTTP
-        refreshes: for the configuration that Configure commits only, never one that is
-        validated or rejected."""
+        """Starts the file watchers (CA bundles, PCR and event log policies, allowlists)
+        and HTTP refreshes: for the configuration that Configure commits only, never one
+        that is validated or rejected."""
         if self.ek_ca is not None:
             self.ek_ca.start()
         for source in [*self.allowlist, *self.denylist]:
             source.start()
         self.pcr.start()
         self.devid.start()
+        if self.event_log is not None:
+            self.event_log.start()
 
     def close(self) -> None:
         if self.ek_ca is not None:
@@ -193,6 +213,8 @@ class ServerConfig:
         for fetching in (self.ek_aia_fetch, self.ek_cert_download):
             if fetching is not None:
                 fetching.close()
+        if self.event_log is not None:
+            self.event_log.close()
 
 
 def _default_policy(has_ca: bool, has_allowlist: bool) -> str:
@@ -254,6 +276,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         agent_path_template=template,
         can_reattest=reader.boolean("can_reattest"),
         pcr=read_pcr_options(reader),
+        event_log=read_event_log_options(reader),
         devid=read_devid_options(
             reader,
             template,

@@ -1,5 +1,5 @@
-"""The server's checks of the evidence beyond EK and AK: platform state (PCR quotes)
-and device identity (DevID).
+"""The server's checks of the evidence beyond EK and AK: platform state (PCR quotes,
+the firmware event log) and device identity (DevID).
 
 Like `server_plugin.checks`: each check is a free function named for what it proves,
 returning what it established or raising `Rejected` that names it. Malformed evidence
@@ -9,13 +9,14 @@ or is missing where the policy needs it, is PERMISSION_DENIED.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from server_plugin.checks import check, denied, malformed, proof
+from server_plugin.event_log_policy import EventLogPolicy, ProvenBoot
 from server_plugin.pcr_policy import PCRKey, PCRPolicy, pcr_label
-from spire_tpm_attestor import wire
+from spire_tpm_attestor import eventlog, wire
 from spire_tpm_attestor.errors import NotProven
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.tpm.constants import TPM_ALG, TPMA_OBJECT, alg_name
@@ -85,6 +86,29 @@ def check_pcr_policy(policy: PCRPolicy, values: dict[PCRKey, bytes]) -> None:
 
 def pcr_selectors(values: dict[PCRKey, bytes]) -> list[str]:
     return [f"pcr:{pcr_label(key)}:{values[key].hex()}" for key in sorted(values)]
+
+
+# --- the firmware event log -------------------------------------------------------------
+
+# The agent's own limit (max_event_log_size) is at most what the wire carries.
+EVENT_LOG_LIMITS = eventlog.Limits(max_size=wire.MAX_EVENT_LOG)
+
+
+def verify_event_log(log: bytes, quoted: Mapping[PCRKey, bytes]) -> ProvenBoot:
+    """The log parses and replays to the `quoted` (verified) PCR values; its facts come
+    from the events of those PCRs alone."""
+    with check("event_log", "event log rejected"):
+        parsed = eventlog.parse(log, EVENT_LOG_LIMITS)
+    with check("event_log_replay", "event log rejected"):
+        verified = eventlog.verify(parsed, quoted)
+    return ProvenBoot(eventlog.derive_facts(verified.events), verified.pcrs)
+
+
+def check_event_log_policy(policy: EventLogPolicy, boot: ProvenBoot | None, absent: str) -> None:
+    """The proven boot (or its absence, for the agent's reason `absent`) meets every rule."""
+    refusal = policy.refusal(boot, absent)
+    if refusal is not None:
+        raise denied("event_log_policy", f"event log policy rule {refusal}")
 
 
 # --- DevID ----------------------------------------------------------------------------

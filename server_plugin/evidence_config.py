@@ -1,7 +1,8 @@
-"""Server options for the evidence beyond EK and AK: platform state (PCRs) and device
-identity (DevID).
+"""Server options for the evidence beyond EK and AK: platform state (PCRs, the firmware
+event log) and device identity (DevID).
 
-`read_pcr_options` and `read_devid_options` take their options from the plugin data;
+`read_pcr_options`, `read_event_log_options` and `read_devid_options` take their options
+from the plugin data;
 `ServerConfig` holds what they return. Files (the PCR policy, the DevID CA bundle) are
 `Reloading` values: once started (by the committed configuration) they follow their
 files without a restart and keep the last good content when a change does not load.
@@ -11,6 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server_plugin.event_log_policy import (
+    EventLogPolicy,
+    EventLogPolicyError,
+    load_event_log_policy_file,
+)
 from server_plugin.pcr_policy import (
     PCRKey,
     PCRPolicy,
@@ -22,9 +28,14 @@ from server_plugin.pcr_policy import (
 from server_plugin.reload import Reloading
 from spire_tpm_attestor.identity import AgentPathTemplate
 from spire_tpm_attestor.runtime.config import ConfigReader
+from spire_tpm_attestor.tpm.constants import TPM_ALG
 from spire_tpm_attestor.x509 import Certificate
 
 DEVID_TEMPLATE_FIELDS = ("DevIDSubjectCN", "DevIDSerialNumber", "DevIDFingerprint")
+# The PCRs UEFI firmware measures into (PFP §3.3.4): what the log is replayed against.
+DEFAULT_EVENT_LOG_PCRS: frozenset[PCRKey] = frozenset(
+    (int(TPM_ALG.SHA256), index) for index in range(8)
+)
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,26 @@ class PCROptions:
     def policy(self) -> PCRPolicy | None:
         """The policy in force now (the file's current content when one is configured)."""
         return self.policy_file.value if self.policy_file is not None else self.inline_policy
+
+    def start(self) -> None:
+        if self.policy_file is not None:
+            self.policy_file.start()
+
+    def close(self) -> None:
+        if self.policy_file is not None:
+            self.policy_file.close()
+
+
+@dataclass(frozen=True)
+class EventLogOptions:
+    """Ask agents for the firmware event log, replay it against these PCRs, and
+    (optionally) hold its facts to a policy file."""
+
+    selection: frozenset[PCRKey] = DEFAULT_EVENT_LOG_PCRS
+    policy_file: Reloading[EventLogPolicy] | None = None
+
+    def policy(self) -> EventLogPolicy | None:
+        return self.policy_file.value if self.policy_file is not None else None
 
     def start(self) -> None:
         if self.policy_file is not None:
@@ -89,6 +120,45 @@ def read_pcr_options(reader: ConfigReader) -> PCROptions:
         reader.problem(f"pcr_policy_path: {exc}")
         return PCROptions(selection)
     return PCROptions(selection, policy_file=policy_file)
+
+
+def read_event_log_options(reader: ConfigReader) -> EventLogOptions | None:
+    """`event_log = true`, or `event_log { pcr_selection { ... } }`, and
+    `event_log_policy_path` (which asks for the log too); None when the log is not asked
+    for. The policy file is watched only from `start()`."""
+    value = reader.raw("event_log")
+    path = reader.string("event_log_policy_path")
+    if value is False:
+        if path is not None:
+            reader.problem("event_log_policy_path needs event_log (it is false)")
+        return None
+    if value is None and path is None:
+        return None
+    selection = DEFAULT_EVENT_LOG_PCRS
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]  # pyhcl's form of a block
+    if isinstance(value, dict):
+        for key in sorted(set(value) - {"pcr_selection"}):
+            reader.problem(f"{reader.key('event_log')}.{key}: unknown option")
+        if "pcr_selection" in value:
+            try:
+                selection = parse_pcr_selection(
+                    value["pcr_selection"], reader.key("event_log.pcr_selection")
+                )
+            except PCRPolicyError as exc:
+                reader.problem(str(exc))
+    elif value is not None and value is not True:
+        reader.problem("event_log: expected true, false or a block { pcr_selection { ... } }")
+    if path is None:
+        return EventLogOptions(selection)
+    try:
+        policy_file = Reloading(
+            "event_log_policy_path", [path], lambda: load_event_log_policy_file(path)
+        )
+    except (OSError, EventLogPolicyError) as exc:
+        reader.problem(f"event_log_policy_path: {exc}")
+        return EventLogOptions(selection)
+    return EventLogOptions(selection, policy_file)
 
 
 def read_devid_options(
