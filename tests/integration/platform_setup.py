@@ -20,6 +20,7 @@ from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
 from spire_tpm_attestor.runtime.host import AttestationResult, PluginProcess, relay_attestation
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
+from tests.eventlog_builder import EV_NO_ACTION, SHA1, SHA256, SHA384, SHA512, BuiltLog
 from tests.integration.plugins import (
     AgentConversation,
     ServerConversation,
@@ -30,7 +31,7 @@ from tests.integration.plugins import (
 tss = pytest.importorskip("tpm2_pytss")
 tss_utils = pytest.importorskip("tpm2_pytss.utils")
 
-SHA256 = 0x000B
+BANK_FIELDS = {SHA1: "sha1", SHA256: "sha256", SHA384: "sha384", SHA512: "sha512"}
 
 
 def extend_pcr(tcti: str, index: int, measurement: bytes) -> None:
@@ -38,6 +39,28 @@ def extend_pcr(tcti: str, index: int, measurement: bytes) -> None:
     esapi = tss.ESAPI(tcti)
     try:
         esapi.pcr_event(getattr(tss.ESYS_TR, f"PCR{index}"), measurement)
+    finally:
+        esapi.close()
+
+
+def measure_boot(tcti: str, log: BuiltLog) -> None:
+    """What firmware does while writing `log`: extend each event's digests, in order.
+
+    PCR 0 cannot start at locality 3 or 4 on swtpm (TPM2_Startup runs at locality 0 there),
+    so the logs given here have no StartupLocality or H-CRTM event."""
+    assert not log.startup_locality, "swtpm's PCR 0 starts at 0"
+    esapi = tss.ESAPI(tcti)
+    try:
+        for event in log.events:
+            if not event.extended or event.type == EV_NO_ACTION:
+                continue
+            digests = [
+                tss.TPMT_HA(hashAlg=bank, digest=tss.TPMU_HA(**{BANK_FIELDS[bank]: digest}))
+                for bank, digest in event.digests.items()
+            ]
+            esapi.pcr_extend(
+                getattr(tss.ESYS_TR, f"PCR{event.pcr}"), tss.TPML_DIGEST_VALUES(digests)
+            )
     finally:
         esapi.close()
 
