@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from server_plugin.allowlist import AllowlistEntry, AllowlistError, AllowlistSource
 from server_plugin.checks import Rejected
 from server_plugin.config import ServerConfig
-from server_plugin.evidence_config import DevIDOptions, PCROptions
+from server_plugin.evidence_config import DevIDOptions, EventLogOptions, PCROptions
 from server_plugin.pcr_policy import PCRKey, PCRPolicy
 from server_plugin.reload import Reloading
 from spire_tpm_attestor.identity import DEFAULT_AGENT_PATH_TEMPLATE, AgentPathTemplate
@@ -93,6 +93,7 @@ def server_config(
     devid_ca: Bundle | None = None,
     require_devid: bool = False,
     agent_path_template: str = DEFAULT_AGENT_PATH_TEMPLATE,
+    event_log: EventLogOptions | None = None,
 ) -> ServerConfig:
     """The configuration Configure would build, without reading or watching anything."""
     return ServerConfig(
@@ -106,6 +107,7 @@ def server_config(
         can_reattest=True,
         pcr=PCROptions(frozenset(pcr_selection), pcr_policy),
         devid=DevIDOptions(fixed(devid_ca) if devid_ca is not None else None, require_devid),
+        event_log=event_log,
     )
 
 

@@ -139,6 +139,7 @@ class SoftwareTPM:
     ak_key: ec.EllipticCurvePrivateKey = field(default_factory=_p256)
     devid_key: ec.EllipticCurvePrivateKey | None = None
     pcrs: dict[PCRKey, bytes] = field(default_factory=dict)
+    event_log: bytes = b""  # sent when the challenge asks for it
 
     @property
     def ek_public(self) -> bytes:
@@ -189,7 +190,8 @@ class SoftwareTPM:
 
     def answer(self, challenge: attestation_pb2.Challenge) -> attestation_pb2.ChallengeResponse:
         """What the agent sends back: the activated secret, the quote the challenge asks
-        for, and, with a DevID, the AK's certification of it and its signature."""
+        for, with a DevID the AK's certification of it and its signature, and the event log
+        if asked."""
         response = attestation_pb2.ChallengeResponse(
             version=wire.PROTOCOL_VERSION,
             secret=activate(
@@ -205,6 +207,8 @@ class SoftwareTPM:
             self.quote(response, challenge.nonce, banks)
         if self.devid_key is not None:
             self.prove_devid(response, challenge.nonce)
+        if challenge.want_event_log:
+            response.event_log = self.event_log
         return response
 
     def pcr(self, key: PCRKey) -> bytes:

@@ -69,3 +69,29 @@ def test_each_oversized_field_is_refused(change: Change, words: str) -> None:
     change(response)
     with pytest.raises(wire.WireError, match=words.replace("(", r"\(").replace(")", r"\)")):
         wire.decode_challenge_response(wire.encode(response))
+
+
+def test_only_the_event_log_may_exceed_the_ordinary_message_limit() -> None:
+    response = good_response()
+    response.event_log = bytes(wire.MAX_EVENT_LOG)
+    response.event_log_absent = "x" * wire.MAX_EVENT_LOG_ABSENT
+    assert len(wire.decode_challenge_response(wire.encode(response)).event_log) == (
+        wire.MAX_EVENT_LOG
+    )
+    response.event_log = bytes(wire.MAX_EVENT_LOG + 1)
+    with pytest.raises(wire.WireError, match="event_log is too large"):
+        wire.decode_challenge_response(wire.encode(response))
+
+
+def test_the_absence_reason_is_bounded() -> None:
+    response = good_response()
+    response.event_log_absent = "x" * (wire.MAX_EVENT_LOG_ABSENT + 1)
+    with pytest.raises(wire.WireError, match="event_log_absent is too large"):
+        wire.decode_challenge_response(wire.encode(response))
+
+
+def test_unknown_fields_do_not_ride_on_the_event_log_allowance() -> None:
+    response = good_response()
+    unknown_field_99 = b"\x9a\x06" + b"\x80\x80\x04" + bytes(65536)  # tag 99, 64 KiB
+    with pytest.raises(wire.WireError, match="besides its event log"):
+        wire.decode_challenge_response(wire.encode(response) + unknown_field_99)
