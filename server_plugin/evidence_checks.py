@@ -90,15 +90,12 @@ def pcr_selectors(values: dict[PCRKey, bytes]) -> list[str]:
 
 # --- the firmware event log -------------------------------------------------------------
 
-# The agent's own limit (max_event_log_size) is at most what the wire carries.
-EVENT_LOG_LIMITS = eventlog.Limits(max_size=wire.MAX_EVENT_LOG)
-
 
 def verify_event_log(log: bytes, quoted: Mapping[PCRKey, bytes]) -> ProvenBoot:
     """The log parses and replays to the `quoted` (verified) PCR values; its facts come
     from the events of those PCRs alone."""
     with check("event_log", "event log rejected"):
-        parsed = eventlog.parse(log, EVENT_LOG_LIMITS)
+        parsed = eventlog.parse(log, wire.EVENT_LOG_LIMITS)
     with check("event_log_replay", "event log rejected"):
         verified = eventlog.verify(parsed, quoted)
     return ProvenBoot(eventlog.derive_facts(verified.events), verified.pcrs)

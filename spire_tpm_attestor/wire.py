@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from spire_tpm_attestor.eventlog import Limits
 from spire_tpm_attestor.pb import attestation_pb2
 
 PROTOCOL_VERSION = 1
@@ -25,6 +26,8 @@ MAX_MESSAGE = 64 * 1024
 # receiving side) and grpc-go (the SPIRE server, receiving from the SPIRE agent) accept
 # by default. go-plugin's host side accepts up to 2 GiB.
 MAX_EVENT_LOG = 2 * 1024 * 1024
+# What the server parses: any log an agent may send.
+EVENT_LOG_LIMITS = Limits(max_size=MAX_EVENT_LOG)
 MAX_EVENT_LOG_ABSENT = 512  # the agent's reason for sending no log
 MAX_CHALLENGE_RESPONSE = MAX_MESSAGE + MAX_EVENT_LOG
 MAX_TPM_PUBLIC = 1024

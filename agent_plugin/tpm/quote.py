@@ -65,6 +65,10 @@ class QuoteOperations(SessionBase):
             log.info("PCRs changed while quoting; quoting again")
         raise TPMAccessError(f"PCRs kept changing while quoting ({_QUOTE_ATTEMPTS} attempts)")
 
+    def read_pcrs(self, pcr_selection: PCRSelection) -> list[PCRValue]:
+        """The current values of the selected PCRs (unsigned: for the operator's eyes)."""
+        return self._read_pcrs(_normalize_selection(pcr_selection))
+
     def _read_pcrs(self, banks: Sequence[tuple[int, Sequence[int]]]) -> list[PCRValue]:
         """PCR values in selection order; TPM2_PCR_Read returns at most 8 per call."""
         wanted = [(alg, index) for alg, indices in banks for index in indices]

@@ -4,7 +4,9 @@
 - `hash`: the EK hash (the allowlist key and the default agent ID suffix) from a
   running TPM, an EK certificate, or a public key file; with `--urls`, where Intel or
   AMD publish the EK certificate.
-- `check`: one full attestation through both real plugin processes.
+- `check`: one full attestation through both real plugin processes, and whether this
+  node's firmware event log replays to its TPM's PCRs.
+- `eventlog inspect`: what a firmware event log says and the selectors it yields.
 - `devid create`: a DevID key in this machine's TPM, for a CA to certify.
 - `allowlist add|remove|list|export`: provisioning allowlist directories.
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -22,9 +25,10 @@ from pathlib import Path
 import grpc
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from spire_tpm_attestor import __version__
+from spire_tpm_attestor import __version__, wire
 from spire_tpm_attestor.cli.allowlist import add_allowlist_commands
 from spire_tpm_attestor.cli.devid import add_devid_commands
+from spire_tpm_attestor.cli.eventlog import DEFAULT_PCRS, add_eventlog_commands
 from spire_tpm_attestor.cli.spire_config import PluginConfigFile
 from spire_tpm_attestor.ek_download import (
     DEFAULT_SERVICE_URLS,
@@ -36,6 +40,7 @@ from spire_tpm_attestor.ek_hash import ek_hash, load_public_key
 from spire_tpm_attestor.errors import AttestorError
 from spire_tpm_attestor.runtime.config import ConfigProblems
 from spire_tpm_attestor.runtime.host import AttestationResult
+from spire_tpm_attestor.tpm.constants import BANK_NAMES
 from spire_tpm_attestor.x509 import load_certificate
 
 
@@ -142,7 +147,43 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
             return 1
     print_result(result)
+    print(f"event log: {event_log_state(agent_config, args.write_pcrs)}")
     return 0
+
+
+def event_log_state(agent_config: PluginConfigFile, write_pcrs: str | None) -> str:
+    """Whether the agent's event log is there and replays to this TPM's PCRs (SHA-256
+    0-7, which `write_pcrs` receives as PCRS.json for `eventlog inspect --pcrs`)."""
+    from agent_plugin.config import build_agent_config
+    from agent_plugin.event_log import read_event_log
+    from agent_plugin.tpm import TPMSession
+    from spire_tpm_attestor import eventlog
+    from spire_tpm_attestor.runtime.config import CoreConfig
+
+    config = build_agent_config(agent_config.plugin_data, CoreConfig(agent_config.trust_domain))
+    with TPMSession.open(
+        config.tcti, require_encryption=not config.allow_unencrypted_sessions
+    ) as tpm:
+        values = tpm.read_pcrs([(bank, [index]) for bank, index in DEFAULT_PCRS])
+    quoted = {(value.hash_alg, value.index): value.digest for value in values}
+    if write_pcrs:
+        banks: dict[str, dict[str, str]] = {}
+        for (bank, index), digest in sorted(quoted.items()):
+            banks.setdefault(BANK_NAMES[bank], {})[str(index)] = digest.hex()
+        Path(write_pcrs).write_text(json.dumps(banks, indent=2) + "\n")
+    data, absent = read_event_log(config.event_log_path, config.max_event_log_size)
+    if not data:
+        return f"none ({absent})"
+    try:
+        log = eventlog.parse(data, wire.EVENT_LOG_LIMITS)
+        verified = eventlog.verify(log, quoted)
+    except AttestorError as exc:
+        return f"{len(data)} bytes at {config.event_log_path}, REFUSED: {exc}"
+    where = f"{len(data)} bytes, {len(log.events)} events at {config.event_log_path}"
+    if not verified.pcrs:
+        return f"{where}; it proves none of PCRs sha256:0-7 (no SHA-256 bank in it)"
+    proven = ", ".join(str(index) for index in sorted(verified.pcrs))
+    return f"{where}; replays to this TPM's PCRs sha256 {proven}"
 
 
 def print_result(result: AttestationResult, selector_type: str = "") -> None:
@@ -192,10 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="example.org",
         help="trust domain when the files are plugin data alone",
     )
+    check.add_argument(
+        "--write-pcrs",
+        metavar="PCRS.json",
+        help="write this TPM's SHA-256 PCRs 0-7 for `eventlog inspect --pcrs`",
+    )
     check.set_defaults(run=cmd_check)
 
     add_devid_commands(commands)
     add_allowlist_commands(commands)
+    add_eventlog_commands(commands)
     return parser
 
 

@@ -169,3 +169,36 @@ def test_check_reports_a_refused_configuration(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "the server plugin refused its configuration" in result.stderr
     assert "needs ek_ca_path" in result.stderr
+
+
+@pytest.mark.swtpm
+def test_check_replays_the_event_log_and_writes_pcrs_for_inspect(
+    bare_swtpm: SWTPM, ek_certificate: x509.Certificate, ek_ca: TestCA, tmp_path: Path
+) -> None:
+    from tests.eventlog_builder import uefi_log
+    from tests.integration.platform_setup import measure_boot
+
+    log = uefi_log().build()
+    measure_boot(bare_swtpm.tcti, log)
+    (tmp_path / "log").write_bytes(log.data)
+    (tmp_path / "agent.hcl").write_text(
+        f'tcti = "{bare_swtpm.tcti}"\nevent_log_path = "{tmp_path / "log"}"\n'
+    )
+    (tmp_path / "server.hcl").write_text(f'ek_ca_path = "{ek_ca.bundle_path}"\nevent_log = true\n')
+    pcrs = tmp_path / "pcrs.json"
+    result = check(tmp_path / "agent.hcl", tmp_path / "server.hcl", "--write-pcrs", str(pcrs))
+    assert result.returncode == 0, result.stderr
+    assert "  secureboot:enabled" in result.stdout
+    assert "replays to this TPM's PCRs sha256 0, 1, 2, 3, 4, 5, 6, 7" in result.stdout
+    # What check wrote is what inspect replays against.
+    inspected = run("eventlog", "inspect", str(tmp_path / "log"), "--pcrs", str(pcrs))
+    assert inspected.returncode == 0 and "replay: matches the PCRs given" in inspected.stdout
+
+    (tmp_path / "log").write_bytes(uefi_log(secure_boot=False).build().data)
+    # A server that does not ask for the log admits; check still reports the mismatch.
+    (tmp_path / "server.hcl").write_text(f'ek_ca_path = "{ek_ca.bundle_path}"\n')
+    result = check(tmp_path / "agent.hcl", tmp_path / "server.hcl")
+    assert result.returncode == 0, result.stderr
+    assert "REFUSED: event log does not match PCR sha256:7" in result.stdout
+    inspected = run("eventlog", "inspect", str(tmp_path / "log"), "--pcrs", str(pcrs))
+    assert inspected.returncode == 1 and "replay: MISMATCH" in inspected.stdout
