@@ -2,3 +2,5 @@
 tcti = "device:/dev/tpmrm0"
 ek_algorithm = "rsa2048"
 ak_algorithm = "ecc"
+event_log_path = "/sys/kernel/security/tpm0/binary_bios_measurements"
+max_event_log_size = 1048576

@@ -6,3 +6,7 @@ agent_path_template = "{{ .PluginName }}/{{ .Name }}"
 # TPMs whose EK chain NV does not complete (missing intermediates, Intel PTT / AMD fTPM
 # with no EK certificate): see server-plugin-data-fetch.hcl for ek_aia_fetch and
 # ek_cert_download.
+# Measured boot: the agent sends its firmware event log, replayed against a quote of
+# sha256 PCRs 0-7; its facts become secureboot:/firmware:/boot: selectors and must meet
+# the policy in event-log-policy.hcl (which alone turns the event log on).
+event_log_policy_path = "/etc/spire/tpm/event-log-policy.hcl"

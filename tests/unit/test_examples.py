@@ -38,3 +38,11 @@ def test_example_has_no_problem_but_missing_paths(name: str) -> None:
     except ConfigProblems as problems:
         unexpected = [p for p in problems.problems if not any(m in p for m in MISSING_PATH)]
         assert unexpected == []
+
+
+def test_the_example_event_log_policy_parses() -> None:
+    from server_plugin.event_log_policy import load_event_log_policy_file
+
+    policy = load_event_log_policy_file(str(EXAMPLES / "event-log-policy.hcl"))
+    assert policy.require_event_log and policy.require_secure_boot
+    assert policy.allowed_db is not None and len(policy.allowed_db) == 2
