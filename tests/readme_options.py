@@ -14,6 +14,7 @@ from agent_plugin.config import AGENT_OPTIONS
 from server_plugin.allowlist.config import HTTP_OPTIONS
 from server_plugin.config import SERVER_OPTIONS
 from server_plugin.ek_sources import AIA_FETCH_OPTIONS, EK_CERT_DOWNLOAD_OPTIONS
+from server_plugin.event_log_policy import POLICY_RULES
 from spire_tpm_attestor.runtime.config import Options, options_table
 
 README = Path(__file__).parents[1] / "README.md"
@@ -23,6 +24,7 @@ TABLES: dict[str, Options] = {
     "http": HTTP_OPTIONS,
     "ek_aia_fetch": AIA_FETCH_OPTIONS,
     "ek_cert_download": EK_CERT_DOWNLOAD_OPTIONS,
+    "event_log_policy": POLICY_RULES,
 }
 _TABLE = re.compile(r"(<!-- options: (\w+) -->\n).*?(<!-- end options -->)", re.DOTALL)
 
