@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import time
 from pathlib import Path
 
 import grpc
@@ -18,7 +19,7 @@ import pytest
 
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
-from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
+from spire_tpm_attestor.runtime.host import AttestationFailed, PluginProcess, relay_attestation
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.eventlog_builder import (
@@ -304,3 +305,20 @@ def test_each_policy_rule_refuses(
     audit = node.refused(grpc.StatusCode.PERMISSION_DENIED, f"event log policy rule {rule}: ")
     assert audit["check"] == "event_log_policy"
     assert words in audit["reason"]
+
+
+def test_the_policy_file_is_reloaded_when_it_changes(node: Node) -> None:
+    node.boot(uefi_log(machine=MACHINE).build())
+    node.policy(allowed_pk=[fingerprint(MACHINE.pk)])
+    assert node.selectors() == expected_selectors()
+    # The fleet's PK is rotated: the operator allows only the new one.
+    (node.directory / "event-log-policy.json").write_text(json.dumps({"allowed_pk": [OTHER]}))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            relay_attestation(node.agent, node.server)
+        except AttestationFailed as failure:
+            assert "event log policy rule allowed_pk" in failure.details
+            break
+        assert time.monotonic() < deadline, "the policy file change did not apply"
+        time.sleep(0.1)
