@@ -371,6 +371,22 @@ class Machine:
         return signature_database((), self.dbx_hashes)
 
 
+def expected_selectors(machine: Machine) -> list[str]:
+    """The selectors `uefi_log(machine=machine)` must yield, in order, from the machine alone."""
+    return [
+        "secureboot:enabled",
+        f"secureboot:pk:{fingerprint(machine.pk)}",
+        f"secureboot:kek:{fingerprint(machine.kek)}",
+        *(f"secureboot:db:{fingerprint(der)}" for der in machine.db),
+        f"secureboot:authority:{fingerprint(machine.db[0])}",
+        f"secureboot:authority:{fingerprint(machine.shim_vendor)}",
+        f"secureboot:dbx:{hashlib.sha256(machine.dbx_variable).hexdigest()}",
+        f"secureboot:dbx_count:{len(machine.dbx_hashes)}",
+        f"firmware:version:{machine.firmware_version}",
+        *(f"boot:app:{hashlib.sha256(image).hexdigest()}" for image in machine.boot_applications),
+    ]
+
+
 def uefi_log(
     *,
     banks: tuple[int, ...] = (SHA1, SHA256),

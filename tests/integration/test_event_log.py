@@ -29,6 +29,7 @@ from tests.eventlog_builder import (
     EventLogBuilder,
     LogEvent,
     Machine,
+    expected_selectors,
     fingerprint,
     uefi_log,
     utf16,
@@ -42,21 +43,8 @@ MACHINE = Machine()
 BOOT_APPLICATIONS = [hashlib.sha256(image).hexdigest() for image in MACHINE.boot_applications]
 
 
-def expected_selectors(machine: Machine = MACHINE) -> set[str]:
-    """What the server must report for `uefi_log(machine=machine)`, from the machine alone."""
-    dbx = hashlib.sha256(machine.dbx_variable).hexdigest()
-    return {
-        "secureboot:enabled",
-        f"secureboot:pk:{fingerprint(machine.pk)}",
-        f"secureboot:kek:{fingerprint(machine.kek)}",
-        *(f"secureboot:db:{fingerprint(der)}" for der in machine.db),
-        f"secureboot:authority:{fingerprint(machine.db[0])}",
-        f"secureboot:authority:{fingerprint(machine.shim_vendor)}",
-        f"secureboot:dbx:{dbx}",
-        f"secureboot:dbx_count:{len(machine.dbx_hashes)}",
-        f"firmware:version:{machine.firmware_version}",
-        *(f"boot:app:{digest}" for digest in BOOT_APPLICATIONS),
-    }
+def expected() -> set[str]:
+    return set(expected_selectors(MACHINE))
 
 
 def boot_selectors(selectors: list[str]) -> set[str]:
@@ -111,7 +99,7 @@ def test_the_measured_boot_becomes_selectors(node: Node) -> None:
     node.boot(uefi_log(machine=MACHINE).build())
     node.configure(event_log=True)
     result = relay_attestation(node.agent, node.server)
-    assert boot_selectors(result.selectors) == expected_selectors()
+    assert boot_selectors(result.selectors) == expected()
     # The PCRs the log was replayed against are quoted, and reported, as usual.
     assert sum(selector.startswith("pcr:sha256:") for selector in result.selectors) == 8
 
@@ -228,7 +216,7 @@ def test_a_garbage_log_is_malformed_and_the_server_keeps_serving(node: Node) -> 
     audit = node.refused(grpc.StatusCode.INVALID_ARGUMENT, "event log is malformed at byte offset")
     assert audit["check"] == "event_log"
     node.log_path.write_bytes(good.data)
-    assert node.selectors() == expected_selectors()
+    assert node.selectors() == expected()
 
 
 def test_a_log_over_the_wire_limit_is_malformed_and_the_server_keeps_serving(
@@ -244,7 +232,7 @@ def test_a_log_over_the_wire_limit_is_malformed_and_the_server_keeps_serving(
     assert exchange.error is not None
     assert exchange.error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "event_log is too large" in (exchange.error.details() or "")
-    assert node.selectors() == expected_selectors()
+    assert node.selectors() == expected()
 
 
 def test_a_log_over_max_event_log_size_is_sent_as_absent(node: Node) -> None:
@@ -275,7 +263,7 @@ def test_a_policy_the_boot_meets_admits(node: Node) -> None:
         required_dbx=[MACHINE.dbx_hashes[0].hex(), MACHINE.dbx_hashes[2].hex()],
         allowed_boot_applications=BOOT_APPLICATIONS,
     )
-    assert node.selectors() == expected_selectors()
+    assert node.selectors() == expected()
 
 
 OTHER = "ab" * 32
@@ -310,7 +298,7 @@ def test_each_policy_rule_refuses(
 def test_the_policy_file_is_reloaded_when_it_changes(node: Node) -> None:
     node.boot(uefi_log(machine=MACHINE).build())
     node.policy(allowed_pk=[fingerprint(MACHINE.pk)])
-    assert node.selectors() == expected_selectors()
+    assert node.selectors() == expected()
     # The fleet's PK is rotated: the operator allows only the new one.
     (node.directory / "event-log-policy.json").write_text(json.dumps({"allowed_pk": [OTHER]}))
     deadline = time.monotonic() + 10

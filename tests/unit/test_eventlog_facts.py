@@ -19,6 +19,7 @@ from tests.eventlog_builder import (
     BuiltLog,
     EventLogBuilder,
     Machine,
+    expected_selectors,
     fingerprint,
     make_certificate,
     signature_database,
@@ -185,19 +186,7 @@ def test_variable_data_length_mismatch_is_tolerated() -> None:
 def test_selectors_of_a_secure_boot_machine() -> None:
     machine = Machine()
     values = selectors(facts_of(uefi_log(machine=machine).build()))
-    dbx = hashlib.sha256(machine.dbx_variable).hexdigest()
-    assert values == [
-        "secureboot:enabled",
-        f"secureboot:pk:{fingerprint(machine.pk)}",
-        f"secureboot:kek:{fingerprint(machine.kek)}",
-        *(f"secureboot:db:{fingerprint(der)}" for der in machine.db),
-        f"secureboot:authority:{fingerprint(machine.db[0])}",
-        f"secureboot:authority:{fingerprint(machine.shim_vendor)}",
-        f"secureboot:dbx:{dbx}",
-        "secureboot:dbx_count:3",
-        "firmware:version:Test Firmware 1.2.3",
-        *(f"boot:app:{hashlib.sha256(image).hexdigest()}" for image in machine.boot_applications),
-    ]
+    assert values == expected_selectors(machine)
     shape = re.compile(r"[a-z_]+(:[a-z_]+)*:[\x21-\x7e ]+")
     assert all(shape.fullmatch(value) for value in values)
 
