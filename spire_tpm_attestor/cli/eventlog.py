@@ -21,6 +21,7 @@ from typing import Any
 
 from spire_tpm_attestor import eventlog, wire
 from spire_tpm_attestor.eventlog import EventLog, ReplayMismatch
+from spire_tpm_attestor.files import read_bounded
 from spire_tpm_attestor.tpm.constants import BANK_NAMES, TPM_ALG, alg_name
 
 PCRKey = tuple[int, int]
@@ -33,13 +34,9 @@ def read_pcrs_file(path: str) -> dict[PCRKey, bytes]:
     """PCRS.json: `{"<bank>": {"<index>": "<hex>"}}`, one value per PCR."""
     from server_plugin.pcr_policy import parse_pcr_policy  # the same bank/index/hex rules
 
-    with open(path, "rb") as file:
-        data = file.read(MAX_PCRS_FILE + 1)
-    if len(data) > MAX_PCRS_FILE:
-        raise ValueError(f"{path}: larger than {MAX_PCRS_FILE} bytes")
-    values = parse_pcr_policy(json.loads(data), Path(path).name).allowed
+    values = parse_pcr_policy(json.loads(read_bounded(path, MAX_PCRS_FILE)), Path(path).name)
     quoted: dict[PCRKey, bytes] = {}
-    for key, allowed in values.items():
+    for key, allowed in values.allowed.items():
         if len(allowed) != 1:
             raise ValueError(f"{path}: PCR {alg_name(key[0])}:{key[1]} needs exactly one value")
         (quoted[key],) = allowed
@@ -112,9 +109,7 @@ def print_report(report: dict[str, Any]) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     quoted = read_pcrs_file(args.pcrs) if args.pcrs else None
-    with open(args.log, "rb") as file:
-        data = file.read(wire.MAX_EVENT_LOG + 1)
-    report = inspect(data, quoted)
+    report = inspect(read_bounded(args.log, wire.MAX_EVENT_LOG), quoted)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -1,6 +1,6 @@
 """Reading a configuration opens nothing, in the real server process: Validate and a
 rejected Configure start no watcher thread and add no inotify watch for the CA bundles,
-the PCR policy file or a `file` allowlist; only the committed Configure watches them.
+the PCR and event log policy files or a `file` allowlist; only the committed Configure watches them.
 
 The watcher thread (watchdog's Observer) outlives its last watch, so a watch started and
 closed again while a configuration was read still shows as one more thread."""
@@ -53,6 +53,9 @@ def watched_files(tmp_path: Path) -> str:
     (tmp_path / "pcr").mkdir()
     policy = tmp_path / "pcr" / "policy.hcl"
     policy.write_text(f'sha256 {{\n"0" = "{"00" * 32}"\n}}\n')
+    (tmp_path / "eventlog").mkdir()
+    event_log_policy = tmp_path / "eventlog" / "policy.hcl"
+    event_log_policy.write_text("require_secure_boot = true\n")
     (tmp_path / "lists").mkdir()
     document = tmp_path / "lists" / "revoked.json"
     document.write_text('{"version": 1, "entries": []}')
@@ -62,6 +65,7 @@ def watched_files(tmp_path: Path) -> str:
                 ek_ca_path=str(ek_ca.root_path),
                 devid_ca_path=str(devid_ca.root_path),
                 pcr_policy_path=str(policy),
+                event_log_policy_path=str(event_log_policy),
             ),
             hcl_block("denylist", "revoked", type="file", path=str(document)),
         ]
@@ -78,5 +82,6 @@ def test_validate_and_a_rejected_configure_watch_nothing(watched_files: str) -> 
         assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (threads(idle(server)), inotify_watches(server)) == (before, 0)
         server.configure(watched_files)
-        assert inotify_watches(server) == 4  # one per directory: ek, devid, pcr, lists
+        # One per directory: ek, devid, pcr, eventlog, lists.
+        assert inotify_watches(server) == 5
         assert threads(server) > before
