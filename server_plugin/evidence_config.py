@@ -11,6 +11,7 @@ files without a restart and keep the last good content when a change does not lo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from server_plugin.event_log_policy import (
     EventLogPolicy,
@@ -38,8 +39,22 @@ DEFAULT_EVENT_LOG_PCRS: frozenset[PCRKey] = frozenset(
 )
 
 
+class _PolicyFile:
+    """Options holding a policy file, watched once the configuration is committed."""
+
+    policy_file: Reloading[Any] | None
+
+    def start(self) -> None:
+        if self.policy_file is not None:
+            self.policy_file.start()
+
+    def close(self) -> None:
+        if self.policy_file is not None:
+            self.policy_file.close()
+
+
 @dataclass(frozen=True)
-class PCROptions:
+class PCROptions(_PolicyFile):
     """The PCRs to quote and, optionally, the values they must have."""
 
     selection: frozenset[PCRKey] = frozenset()
@@ -50,17 +65,9 @@ class PCROptions:
         """The policy in force now (the file's current content when one is configured)."""
         return self.policy_file.value if self.policy_file is not None else self.inline_policy
 
-    def start(self) -> None:
-        if self.policy_file is not None:
-            self.policy_file.start()
-
-    def close(self) -> None:
-        if self.policy_file is not None:
-            self.policy_file.close()
-
 
 @dataclass(frozen=True)
-class EventLogOptions:
+class EventLogOptions(_PolicyFile):
     """Ask agents for the firmware event log, replay it against these PCRs, and
     (optionally) hold its facts to a policy file."""
 
@@ -69,14 +76,6 @@ class EventLogOptions:
 
     def policy(self) -> EventLogPolicy | None:
         return self.policy_file.value if self.policy_file is not None else None
-
-    def start(self) -> None:
-        if self.policy_file is not None:
-            self.policy_file.start()
-
-    def close(self) -> None:
-        if self.policy_file is not None:
-            self.policy_file.close()
 
 
 @dataclass(frozen=True)
