@@ -156,15 +156,18 @@ def event_log_state(agent_config: PluginConfigFile, write_pcrs: str | None) -> s
     0-7, which `write_pcrs` receives as PCRS.json for `eventlog inspect --pcrs`)."""
     from agent_plugin.config import build_agent_config
     from agent_plugin.event_log import read_event_log
-    from agent_plugin.tpm import TPMSession
+    from agent_plugin.tpm import TPMAccessError, TPMSession
     from spire_tpm_attestor import eventlog
     from spire_tpm_attestor.runtime.config import CoreConfig
 
     config = build_agent_config(agent_config.plugin_data, CoreConfig(agent_config.trust_domain))
-    with TPMSession.open(
-        config.tcti, require_encryption=not config.allow_unencrypted_sessions
-    ) as tpm:
-        values = tpm.read_pcrs([(bank, [index]) for bank, index in DEFAULT_PCRS])
+    try:
+        with TPMSession.open(
+            config.tcti, require_encryption=not config.allow_unencrypted_sessions
+        ) as tpm:
+            values = tpm.read_pcrs([(bank, [index]) for bank, index in DEFAULT_PCRS])
+    except TPMAccessError as exc:
+        return f"not checked: the TPM's PCRs cannot be read ({exc})"
     quoted = {(value.hash_alg, value.index): value.digest for value in values}
     if write_pcrs:
         banks: dict[str, dict[str, str]] = {}

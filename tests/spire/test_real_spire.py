@@ -319,3 +319,47 @@ def test_spire_agent_attests_with_a_devid(
     finally:
         agent.stop()
         server.daemon.stop()
+
+
+def test_spire_relays_a_2_mib_event_log_and_the_selectors_it_proves(
+    spire_bin: Path, workdir: Path, ek_ca: TestCA, swtpm: SWTPM
+) -> None:
+    """The largest log an agent may send crosses every hop: agent plugin -> spire-agent
+    (go-plugin) -> spire-server's gRPC endpoint (4 MiB default) -> server plugin."""
+    from spire_tpm_attestor import wire
+    from tests.eventlog_builder import bench_log
+    from tests.integration.platform_setup import measure_boot
+
+    log = bench_log(events=150, size=wire.MAX_EVENT_LOG - 64 * 1024)
+    assert wire.MAX_EVENT_LOG - 128 * 1024 < len(log.data) <= wire.MAX_EVENT_LOG
+    measure_boot(swtpm.tcti, log)
+    (workdir / "binary_bios_measurements").write_bytes(log.data)
+    server = start_server(
+        spire_bin, workdir, ek_ca, policy="cert", extra_plugin_data=hcl(event_log=True)
+    )
+    agent = start_agent(
+        spire_bin,
+        workdir,
+        server,
+        swtpm.tcti,
+        extra_plugin_data=hcl(
+            event_log_path=str(workdir / "binary_bios_measurements"),
+            max_event_log_size=wire.MAX_EVENT_LOG,
+        ),
+    )
+    try:
+        wait_until(
+            lambda: "Node attestation was successful" in agent.log(),
+            agent,
+            90,
+            "agent attestation with an event log",
+        )
+        listed = server.cli("agent", "list")
+        agent_id = re.search(r"spiffe://example.org/spire/agent/tpm/[0-9a-f]{64}", listed.stdout)
+        assert agent_id, listed.stdout
+        shown = server.cli("agent", "show", "-spiffeID", agent_id.group(0))
+        assert "tpm:secureboot:enabled" in shown.stdout, shown.stdout
+        assert re.search(r"tpm:boot:app:[0-9a-f]{64}", shown.stdout), shown.stdout
+    finally:
+        agent.stop()
+        server.daemon.stop()
