@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 
 import pytest
 
@@ -292,36 +291,31 @@ def test_limits() -> None:
         parse(uefi_log(sha1_format=True).build().data, Limits(max_events=5))
 
 
-def test_oversized_log_is_refused_before_any_work() -> None:
+def test_oversized_log_is_refused_by_its_size() -> None:
     data = b"\x01" * ((1 << 20) + 1)
-    started = time.process_time()
     with pytest.raises(MalformedEventLog, match="over the limit of 1048576"):
         parse(data)
-    assert time.process_time() - started < 0.05
 
 
-def test_huge_event_count_is_refused_fast() -> None:
-    """1 MiB of minimal (16-byte, no digest) events: refused at the limit, quickly."""
+def test_huge_event_count_is_refused_at_the_limit() -> None:
+    """1 MiB of minimal (16-byte, no digest) events: refused at the event limit (the time
+    this takes is measured by the event-log bench, not asserted here)."""
     header = _agile_header()
     event = struct.pack("<IIII", 1, EV_POST_CODE, 0, 0)
     data = header + event * (((1 << 20) - len(header)) // len(event))
-    started = time.process_time()
     with pytest.raises(MalformedEventLog, match="more than 20000 events"):
         parse(data)
-    assert time.process_time() - started < 2.0
 
 
-def test_the_largest_accepted_log_parses_in_bounded_time() -> None:
+def test_the_largest_accepted_log_parses_replays_and_yields_facts() -> None:
     header = _agile_header()
     event = struct.pack("<IIII", 1, EV_POST_CODE, 0, 30) + bytes(30)
     data = header + event * 20_000
     assert len(data) < 1 << 20
-    started = time.process_time()
     log = parse(data)
     replay(log)
     derive_facts(restrict(log, dict.fromkeys(range(24), log.algorithms)))
     assert len(log.events) == 20_000
-    assert time.process_time() - started < 2.0
 
 
 def _mutate(rng: random.Random, data: bytes) -> bytes:
@@ -356,7 +350,6 @@ def test_random_mutations_parse_or_fail_cleanly(sha1_format: bool) -> None:
         uefi_log(sha1_format=sha1_format).build().data,
         uefi_log(sha1_format=sha1_format, locality=3, windows_trailer=True).build().data,
     ]
-    started = time.process_time()
     outcomes = {"parsed": 0, "malformed": 0}
     for _ in range(2000):
         data = _mutate(rng, rng.choice(seeds))
@@ -370,4 +363,3 @@ def test_random_mutations_parse_or_fail_cleanly(sha1_format: bool) -> None:
         replay(log)
         selectors(derive_facts(restrict(log, dict.fromkeys(range(24), log.algorithms))))
     assert outcomes["parsed"] > 100 and outcomes["malformed"] > 100, outcomes
-    assert time.process_time() - started < 20
