@@ -2,30 +2,35 @@
 
 `Attest` is a thin state machine: payload, one challenge, one response, result.
 Every stream that gets as far as a decision writes exactly one structured audit line.
+
+It runs on the runtime's event loop (`grpc.aio`). The checks and what they need
+(cryptography, the allowlist sources) are imported on the first Configure, not before
+the go-plugin handshake.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import queue
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-import grpc
+import grpc.aio
 
-from server_plugin import attestation
-from server_plugin.checks import Rejected
-from server_plugin.config import ServerConfig, build_server_config
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2_grpc as server_pb2_grpc
-from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, stream_guarded
+from spire_tpm_attestor.runtime.config import CoreConfig
+from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, run_guarded
 from spire_tpm_attestor.runtime.status import (
     DeadlineExceeded,
     InvalidArgument,
     PluginError,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from server_plugin.config import ServerConfig
 
 SERVICE_NAME = "spire.plugin.server.nodeattestor.v1.NodeAttestor"
 audit = logging.getLogger("spire_tpm_attestor.audit")
@@ -106,32 +111,24 @@ class AuditLine:
 class RequestReader:
     """Reads the Attest request stream with a time limit on each message.
 
-    gRPC's request iterator blocks with no timeout, so each read runs in its own daemon
-    thread (never a worker from the RPC pool) and the handler waits on a queue. A read
-    left blocked by a silent peer returns as soon as the stream ends, which the handler
-    makes happen by failing the RPC when the time is up.
+    A read is an await on the stream under `asyncio.timeout`: a stream waiting for its
+    next message is a suspended coroutine and a timer on the event loop, never a thread.
     """
 
-    def __init__(self, requests: Iterator[server_pb2.AttestRequest]) -> None:
-        self._requests = requests
-        self._results: queue.Queue[server_pb2.AttestRequest | None] = queue.Queue()
+    def __init__(self, context: Any) -> None:
+        self._context = context
 
-    def _read_one(self) -> None:
-        try:
-            request = next(self._requests, None)
-        except Exception:  # grpc.RpcError: the peer cancelled the stream
-            request = None
-        self._results.put(request)
+    async def next(self, expected: str, timeout: float, check: str) -> bytes:
+        from server_plugin.checks import Rejected
 
-    def next(self, expected: str, timeout: float, check: str) -> bytes:
-        threading.Thread(target=self._read_one, name="attest-read", daemon=True).start()
         try:
-            request = self._results.get(timeout=timeout)
-        except queue.Empty:
+            async with asyncio.timeout(timeout):
+                request = await self._context.read()
+        except TimeoutError:
             raise Rejected(
                 check, DeadlineExceeded(f"no {expected} arrived within {timeout:g}s")
             ) from None
-        if request is None:
+        if request is grpc.aio.EOF:
             raise Rejected(expected, InvalidArgument(f"stream ended before the {expected}"))
         kind = request.WhichOneof("request")
         if kind != expected:
@@ -143,22 +140,22 @@ class RequestReader:
 
 
 class PendingCount:
-    """Challenges awaiting an answer, each holding one RPC worker thread meanwhile."""
+    """Attestations in progress (from the stream's start until the agent's answer is in).
+
+    Waiting holds no thread, only the stream's memory (see MAX_PENDING_CHALLENGES_LIMIT
+    in server_plugin.config), so this is a memory bound. Only the event loop counts."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._count = 0
 
     def enter(self, limit: int) -> PendingSlot | None:
-        with self._lock:
-            if self._count >= limit:
-                return None
-            self._count += 1
+        if self._count >= limit:
+            return None
+        self._count += 1
         return PendingSlot(self)
 
     def leave(self) -> None:
-        with self._lock:
-            self._count -= 1
+        self._count -= 1
 
 
 class PendingSlot:
@@ -177,18 +174,19 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
         self._holder = holder
         self._pending = PendingCount()  # per process: it outlives reconfigurations
 
-    def Attest(  # noqa: N802 - gRPC method name
-        self, request_iterator: Iterator[server_pb2.AttestRequest], context: grpc.ServicerContext
-    ) -> Iterator[server_pb2.AttestResponse]:
-        return stream_guarded(context, self._attest(request_iterator))
+    async def Attest(  # noqa: N802 - gRPC method name
+        self, request_iterator: Any, context: Any
+    ) -> None:
+        await run_guarded(context, self._attest(RequestReader(context), context.write))
 
-    def _attest(
-        self, requests: Iterator[server_pb2.AttestRequest]
-    ) -> Iterator[server_pb2.AttestResponse]:
+    async def _attest(
+        self,
+        reader: RequestReader,
+        send: Callable[[server_pb2.AttestResponse], Awaitable[None]],
+    ) -> None:
         config = self._holder.get()
         line = AuditLine()
-        # Beyond the cap a stream is refused at once, so silent peers cannot take every
-        # worker thread (each stream holds one) and starve Configure and Shutdown.
+        # Beyond the cap a stream is refused at once: what silent peers can hold is bounded.
         slot = self._pending.enter(config.max_pending_challenges)
         if slot is None:
             error = Unavailable(
@@ -198,29 +196,39 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
             line.rejected("max_pending_challenges", error.message)
             raise error
         try:
-            yield from self._decide(config, RequestReader(requests), line, slot)
+            await self._decide(config, reader, send, line, slot)
         finally:
             slot.release()
 
-    def _decide(
-        self, config: ServerConfig, reader: RequestReader, line: AuditLine, slot: PendingSlot
-    ) -> Iterator[server_pb2.AttestResponse]:
+    async def _decide(
+        self,
+        config: ServerConfig,
+        reader: RequestReader,
+        send: Callable[[server_pb2.AttestResponse], Awaitable[None]],
+        line: AuditLine,
+        slot: PendingSlot,
+    ) -> None:
+        from server_plugin import attestation
+        from server_plugin.checks import Rejected
+
         try:
-            payload = reader.next("payload", config.challenge_timeout, "payload_timeout")
+            payload = await reader.next("payload", config.challenge_timeout, "payload_timeout")
+            # The checks are CPU work, run on the event loop (they never wait on the
+            # network: HTTP allowlists are looked up in memory).
             evidence = attestation.check_payload(config, attestation.decode_payload(payload))
             line.ek_hash = evidence.pub_hash
             challenge, pending = attestation.issue_challenge(config, evidence)
-            yield server_pb2.AttestResponse(challenge=challenge)
-            answer_data = reader.next(
+            await send(server_pb2.AttestResponse(challenge=challenge))
+            answer_data = await reader.next(
                 "challenge_response", config.challenge_timeout, "challenge_timeout"
             )
-            slot.release()  # what is left is bounded work on this thread
+            slot.release()  # what is left is bounded work
             answer = attestation.decode_response(answer_data)
             # The deny list as it is now, not as it was when the challenge went out.
             attested = attestation.verify_response(self._holder.get(), pending, answer)
             attributes = attestation.agent_attributes(config, attested)
             line.admitted(attributes)
-            yield server_pb2.AttestResponse(agent_attributes=attributes)
+            await send(server_pb2.AttestResponse(agent_attributes=attributes))
         except Rejected as rejected:
             line.rejected(rejected.check, rejected.error.message, rejected.ek_hash)
             raise rejected.error from None
@@ -235,14 +243,22 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
                 line.rejected("stream_ended", "the stream ended before a decision")
 
 
-def register(server: grpc.Server, holder: ConfigHolder[ServerConfig]) -> None:
+def build_config(hcl_text: str, core: CoreConfig) -> ServerConfig:
+    """Imported here, on the first Configure: the handshake line waits only for the
+    runtime, and a configuration loads only the modules it uses."""
+    from server_plugin.config import build_server_config
+
+    return build_server_config(hcl_text, core)
+
+
+def register(server: Any, holder: ConfigHolder[ServerConfig]) -> None:
     server_pb2_grpc.add_NodeAttestorServicer_to_server(ServerNodeAttestor(holder), server)
 
 
 SPEC = PluginSpec(
     name="server",
     service_name=SERVICE_NAME,
-    build_config=build_server_config,
+    build_config=build_config,
     register_service=register,
     start_config=ServerConfig.start,
 )

@@ -5,10 +5,18 @@ version, start JSON logging on stderr, bind a gRPC server on a unix socket in a
 private directory, register go-plugin's internal services and SPIRE's Init and
 Config services next to the plugin's own, print the handshake line (the only
 thing this process ever writes to stdout) and wait for Shutdown.
+
+The server is `grpc.aio` on one event loop: a stream that waits (go-plugin's broker
+and stdio streams, an attestation waiting for its payload or its answer) is a
+suspended coroutine, not a thread. Handlers written as `async def` run on the loop and
+must not block; plain (synchronous) handlers, such as the agent's, which talks to the
+TPM, run on the worker threads of `WORKER_THREADS`, and so do Configure and Validate,
+whose configuration builders read files.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -16,12 +24,13 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from spire_tpm_attestor.pb import (
@@ -44,9 +53,10 @@ CORE_PROTOCOL_VERSION = 1
 APP_PROTOCOL_VERSION = 1
 CONFIG_SERVICE = "spire.service.common.config.v1.Config"
 HOST_SERVICES_BROKER_ID = 1
-# Every open stream (broker, stdio, each attestation) holds a worker thread for its
-# whole life; the pool creates threads lazily, so a generous bound costs nothing idle.
-WORKER_THREADS = 256
+# Threads for blocking work only: synchronous handlers (the agent's attestation, one
+# stream at a time in practice), configuration builds and blocking lookups. A waiting
+# stream holds none; the pool creates threads lazily.
+WORKER_THREADS = 32
 SHUTDOWN_GRACE_SECONDS = 0.25
 
 
@@ -90,12 +100,14 @@ class PluginSpec(Generic[C]):
 
     `build_config` is inert: Validate and a rejected Configure build a configuration
     and close it. `start_config` starts what a built configuration watches or fetches,
-    for the one Configure commits, before it is swapped in."""
+    for the one Configure commits, before it is swapped in (both on a worker thread).
+    `register_service` gets a `grpc.aio.Server`; the servicer's methods may be `async`
+    (run on the event loop) or plain (run on a worker thread)."""
 
     name: str
     service_name: str
     build_config: Callable[[str, CoreConfig], C]
-    register_service: Callable[[grpc.Server, ConfigHolder[C]], None]
+    register_service: Callable[[Any, ConfigHolder[C]], None]
     start_config: Callable[[C], None] = _nothing_to_start
 
 
@@ -105,7 +117,8 @@ def abort_with(context: grpc.ServicerContext, error: PluginError) -> None:
 
 
 def call_guarded(context: grpc.ServicerContext, action: Callable[[], R]) -> R:
-    """Run a unary handler body, mapping our errors to statuses and anything else to INTERNAL.
+    """Run a synchronous unary handler body, mapping our errors to statuses and anything
+    else to INTERNAL.
 
     Handlers raise PluginError instead of calling `context.abort` themselves, because
     abort raises a bare Exception that could not be told apart from a bug here.
@@ -131,6 +144,19 @@ def stream_guarded(context: grpc.ServicerContext, responses: Iterator[R]) -> Ite
         context.abort(grpc.StatusCode.INTERNAL, "internal error; see the plugin log")
 
 
+async def run_guarded(context: grpc.aio.ServicerContext, action: Awaitable[R]) -> R:
+    """call_guarded for `async` handlers: PluginError becomes its status, anything else
+    INTERNAL. A cancelled RPC (CancelledError, a BaseException) passes through."""
+    try:
+        return await action
+    except PluginError as error:
+        await context.abort(error.code, error.message)
+    except Exception:
+        log.exception("unexpected error")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the plugin log")
+    raise AssertionError("unreachable: context.abort raises")
+
+
 class BrokerService(go_plugin_pb2_grpc.GRPCBrokerServicer):
     """go-plugin's broker: SPIRE announces its host-services socket here (id 1).
 
@@ -141,41 +167,36 @@ class BrokerService(go_plugin_pb2_grpc.GRPCBrokerServicer):
     def __init__(self) -> None:
         self.connections: dict[int, go_plugin_pb2.ConnInfo] = {}
 
-    def StartStream(  # noqa: N802 - gRPC method name
-        self, request_iterator: Iterator[go_plugin_pb2.ConnInfo], context: grpc.ServicerContext
-    ) -> Iterator[go_plugin_pb2.ConnInfo]:
-        for info in request_iterator:
+    async def StartStream(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[go_plugin_pb2.ConnInfo], context: Any
+    ) -> None:
+        async for info in request_iterator:
             self.connections[info.service_id] = info
             log.debug(
                 "broker connection announced",
                 extra={"service_id": info.service_id, "address": info.address},
             )
-        wait_until_cancelled(context)
-        yield from ()
+        await wait_until_cancelled()
 
 
-def wait_until_cancelled(context: grpc.ServicerContext) -> None:
-    ended = threading.Event()
-    if context.add_callback(ended.set):
-        ended.wait()
+async def wait_until_cancelled() -> None:
+    """Suspend until the RPC ends (grpc cancels the handler then); holds no thread."""
+    await asyncio.Event().wait()
 
 
 class StdioService(go_plugin_pb2_grpc.GRPCStdioServicer):
     """go-plugin's stdio relay: SPIRE discards it, so we hold it open and send nothing."""
 
-    def StreamStdio(  # noqa: N802
-        self, request: Any, context: grpc.ServicerContext
-    ) -> Iterator[go_plugin_pb2.StdioData]:
-        wait_until_cancelled(context)
-        yield from ()
+    async def StreamStdio(self, request: Any, context: Any) -> None:  # noqa: N802
+        await wait_until_cancelled()
 
 
 class ControllerService(go_plugin_pb2_grpc.GRPCControllerServicer):
-    def __init__(self, shutdown: threading.Event) -> None:
+    def __init__(self, shutdown: asyncio.Event) -> None:
         self._shutdown = shutdown
 
-    def Shutdown(  # noqa: N802
-        self, request: go_plugin_pb2.Empty, context: grpc.ServicerContext
+    async def Shutdown(  # noqa: N802
+        self, request: go_plugin_pb2.Empty, context: Any
     ) -> go_plugin_pb2.Empty:
         log.debug("shutdown requested")
         self._shutdown.set()
@@ -186,27 +207,30 @@ class InitService(spire_init_pb2_grpc.InitServicer):
     def __init__(self, service_name: str) -> None:
         self._service_name = service_name
 
-    def Init(  # noqa: N802
-        self, request: spire_init_pb2.InitRequest, context: grpc.ServicerContext
+    async def Init(  # noqa: N802
+        self, request: spire_init_pb2.InitRequest, context: Any
     ) -> spire_init_pb2.InitResponse:
         log.debug("init", extra={"host_services": ",".join(request.host_service_names)})
         return spire_init_pb2.InitResponse(
             plugin_service_names=[self._service_name, CONFIG_SERVICE]
         )
 
-    def Deinit(  # noqa: N802
-        self, request: spire_init_pb2.DeinitRequest, context: grpc.ServicerContext
+    async def Deinit(  # noqa: N802
+        self, request: spire_init_pb2.DeinitRequest, context: Any
     ) -> spire_init_pb2.DeinitResponse:
         return spire_init_pb2.DeinitResponse()
 
 
 class ConfigService(spire_config_pb2_grpc.ConfigServicer, Generic[C]):
+    """Configure and Validate; the builder reads files, so it runs on a worker thread
+    while attestations go on."""
+
     def __init__(self, spec: PluginSpec[C], holder: ConfigHolder[C]) -> None:
         self._spec = spec
         self._holder = holder
 
-    def Configure(  # noqa: N802
-        self, request: spire_config_pb2.ConfigureRequest, context: grpc.ServicerContext
+    async def Configure(  # noqa: N802
+        self, request: spire_config_pb2.ConfigureRequest, context: Any
     ) -> spire_config_pb2.ConfigureResponse:
         def configure() -> spire_config_pb2.ConfigureResponse:
             core = CoreConfig(trust_domain=request.core_configuration.trust_domain)
@@ -224,10 +248,10 @@ class ConfigService(spire_config_pb2_grpc.ConfigServicer, Generic[C]):
             log.info("configured", extra={"trust_domain": core.trust_domain})
             return spire_config_pb2.ConfigureResponse()
 
-        return call_guarded(context, configure)
+        return await run_guarded(context, asyncio.to_thread(configure))
 
-    def Validate(  # noqa: N802
-        self, request: spire_config_pb2.ValidateRequest, context: grpc.ServicerContext
+    async def Validate(  # noqa: N802
+        self, request: spire_config_pb2.ValidateRequest, context: Any
     ) -> spire_config_pb2.ValidateResponse:
         def validate() -> spire_config_pb2.ValidateResponse:
             core = CoreConfig(trust_domain=request.core_configuration.trust_domain)
@@ -239,7 +263,7 @@ class ConfigService(spire_config_pb2_grpc.ConfigServicer, Generic[C]):
             # SPIRE treats any note as a problem, so a good config gets none.
             return spire_config_pb2.ValidateResponse(valid=True)
 
-        return call_guarded(context, validate)
+        return await run_guarded(context, asyncio.to_thread(validate))
 
 
 def check_launched_by_host() -> str | None:
@@ -259,20 +283,53 @@ def check_launched_by_host() -> str | None:
     return None
 
 
-def build_server(
-    spec: PluginSpec[C], holder: ConfigHolder[C], shutdown: threading.Event
-) -> grpc.Server:
-    server = grpc.server(ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="rpc"))
+async def build_server(
+    spec: PluginSpec[C],
+    holder: ConfigHolder[C],
+    shutdown: asyncio.Event,
+    workers: ThreadPoolExecutor,
+) -> Any:
+    """The `grpc.aio.Server` with every service registered (call on the event loop)."""
+    server = grpc.aio.server(migration_thread_pool=workers)
     go_plugin_pb2_grpc.add_GRPCBrokerServicer_to_server(BrokerService(), server)
     go_plugin_pb2_grpc.add_GRPCStdioServicer_to_server(StdioService(), server)
     go_plugin_pb2_grpc.add_GRPCControllerServicer_to_server(ControllerService(shutdown), server)
-    health_servicer = health.HealthServicer()
-    health_servicer.set("plugin", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("plugin", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     spire_init_pb2_grpc.add_InitServicer_to_server(InitService(spec.service_name), server)
     spire_config_pb2_grpc.add_ConfigServicer_to_server(ConfigService(spec, holder), server)
     spec.register_service(server, holder)
     return server
+
+
+async def _serve(spec: PluginSpec[C]) -> None:
+    loop = asyncio.get_running_loop()
+    workers = ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="rpc")
+    loop.set_default_executor(workers)  # asyncio.to_thread uses the same threads
+    shutdown = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, shutdown.set)
+    holder: ConfigHolder[C] = ConfigHolder()
+    socket_dir = tempfile.mkdtemp(prefix="spire-tpm-")  # 0700: only our user can connect
+    socket_path = os.path.join(socket_dir, "plugin.sock")
+    server = await build_server(spec, holder, shutdown, workers)
+    server.add_insecure_port(f"unix:{socket_path}")
+    await server.start()
+
+    sys.stdout.write(f"{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|unix|{socket_path}|grpc\n")
+    sys.stdout.flush()
+    # From here on stdout belongs to nobody: a stray print must not reach SPIRE's pipe.
+    sys.stdout = sys.stderr
+    log.debug("plugin serving", extra={"plugin": spec.name, "socket": socket_path})
+
+    await shutdown.wait()
+    await server.stop(SHUTDOWN_GRACE_SECONDS)
+    holder.close()
+    shutil.rmtree(socket_dir, ignore_errors=True)
+    logging.shutdown()
+    # Worker threads may still be inside a TPM command; leave now so SPIRE's 2 s unload
+    # budget holds (asyncio.run would wait for them).
+    os._exit(0)
 
 
 def serve(spec: PluginSpec[C]) -> None:
@@ -284,26 +341,4 @@ def serve(spec: PluginSpec[C]) -> None:
         sys.stderr.write(refusal + "\n")
         sys.exit(1)
     configure_logging()
-
-    shutdown = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: shutdown.set())
-    holder: ConfigHolder[C] = ConfigHolder()
-    socket_dir = tempfile.mkdtemp(prefix="spire-tpm-")  # 0700: only our user can connect
-    socket_path = os.path.join(socket_dir, "plugin.sock")
-    server = build_server(spec, holder, shutdown)
-    server.add_insecure_port(f"unix:{socket_path}")
-    server.start()
-
-    sys.stdout.write(f"{CORE_PROTOCOL_VERSION}|{APP_PROTOCOL_VERSION}|unix|{socket_path}|grpc\n")
-    sys.stdout.flush()
-    # From here on stdout belongs to nobody: a stray print must not reach SPIRE's pipe.
-    sys.stdout = sys.stderr
-    log.debug("plugin serving", extra={"plugin": spec.name, "socket": socket_path})
-
-    shutdown.wait()
-    server.stop(SHUTDOWN_GRACE_SECONDS).wait()
-    holder.close()
-    shutil.rmtree(socket_dir, ignore_errors=True)
-    logging.shutdown()
-    # grpc's threads are not daemons; leave now so SPIRE's 2 s unload budget holds.
-    os._exit(0)
+    asyncio.run(_serve(spec))

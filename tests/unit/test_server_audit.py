@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from types import SimpleNamespace
 from typing import Any
 
+import grpc.aio
 import pytest
 
 from server_plugin import attestation
-from server_plugin.plugin import AuditLine, ServerNodeAttestor, fit, joined_selectors
+from server_plugin.plugin import (
+    AuditLine,
+    RequestReader,
+    ServerNodeAttestor,
+    fit,
+    joined_selectors,
+)
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.runtime.logs import HCLogFormatter
 from spire_tpm_attestor.runtime.plugin import ConfigHolder
 
 SPIRE_LINE_LIMIT = 64 * 1024
+
+
+class Stream:
+    """The Attest stream as the servicer sees it: `read` and `write` on the context."""
+
+    def __init__(self, *requests: server_pb2.AttestRequest) -> None:
+        self._requests = list(requests)
+        self.written: list[server_pb2.AttestResponse] = []
+
+    async def read(self) -> object:
+        return self._requests.pop(0) if self._requests else grpc.aio.EOF
+
+    async def write(self, response: server_pb2.AttestResponse) -> None:
+        self.written.append(response)
 
 
 def audit_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -57,9 +79,9 @@ def test_an_unexpected_error_still_writes_one_audit_line(
         SimpleNamespace(challenge_timeout=5.0, max_pending_challenges=4, close=lambda: None)
     )
     servicer = ServerNodeAttestor(holder)
-    requests = iter([server_pb2.AttestRequest(payload=b"payload")])
+    stream = Stream(server_pb2.AttestRequest(payload=b"payload"))
     with caplog.at_level(logging.INFO), pytest.raises(RuntimeError):
-        list(servicer._attest(requests))
+        asyncio.run(servicer._attest(RequestReader(stream), stream.write))
     (record,) = audit_records(caplog)
     assert (record.decision, record.check) == ("rejected", "internal")  # type: ignore[attr-defined]
 

@@ -167,6 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=30, help="attestations before measuring")
     parser.add_argument("--starts", type=int, default=20, help="plugin starts per variant")
     parser.add_argument("--keys", type=int, default=8, help="distinct EK/AK key pairs")
+    parser.add_argument(
+        "--silent",
+        type=int,
+        default=1000,
+        help="silent streams held open while honest agents attest (0: skip that part)",
+    )
+    parser.add_argument(
+        "--silent-attestations", type=int, default=400, help="honest attestations per phase"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "process.json"))
     parser.add_argument(
         "--profile",
@@ -214,6 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "starts_hcl": chain_hcl,
         "log_dir": str(logs),
     }
+    if args.silent and not args.profile and "chain" in wanted:
+        plan["silent"] = {
+            "config": "chain",
+            "streams": args.silent,
+            "attestations": args.silent_attestations,
+        }
     profiles = work / "profiles"
     if args.profile:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -265,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "processes": args.processes,
             "starts": args.starts,
             "keys": args.keys,
+            "silent": args.silent,
+            "silent_attestations": args.silent_attestations,
         },
         "summary": summary,
         "raw": results,

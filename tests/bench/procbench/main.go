@@ -37,6 +37,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -83,6 +85,9 @@ type Plan struct {
 	Starts       int      `json:"starts"`
 	StartsHCL    string   `json:"starts_hcl"`
 	LogDir       string   `json:"log_dir"`
+	// Silent streams: per variant, honest attestations with none, then with this many
+	// streams open that say nothing, then with as many that hold a challenge unanswered.
+	Silent *SilentPlan `json:"silent,omitempty"`
 	// Run this command (with {pid} replaced) around the measured batches of the
 	// first plugin, and stop it with SIGINT afterwards (py-spy record).
 	Sampler []string `json:"sampler,omitempty"`
@@ -115,10 +120,34 @@ type StartResult struct {
 	StartCPUSeconds  float64 `json:"cpu_seconds_to_configured"`
 }
 
+type SilentPlan struct {
+	Config       string `json:"config"` // which configuration's HCL and nodes
+	Streams      int    `json:"streams"`
+	Attestations int    `json:"attestations"` // honest ones measured in each phase
+}
+
+// SilentPhase is one phase of the silent-stream run of one variant.
+type SilentPhase struct {
+	Phase     string    `json:"phase"` // "quiet", "nothing" or "challenged"
+	Opened    int       `json:"opened"`
+	Refused   int       `json:"refused"` // silent streams the plugin ended before the honest run
+	RSSBefore int64     `json:"rss_before"`
+	RSSOpen   int64     `json:"rss_open"` // after the silent streams are open
+	Threads   int       `json:"threads_open"`
+	Latencies []float64 `json:"latencies"`
+	Errors    []string  `json:"errors"` // honest attestations that failed
+}
+
+type SilentResult struct {
+	Plugin string        `json:"plugin"`
+	Phases []SilentPhase `json:"phases"`
+}
+
 type Results struct {
 	ClockTicks int            `json:"clock_ticks_per_second"`
 	Configs    []ConfigResult `json:"configs"`
 	Starts     []StartResult  `json:"starts"`
+	Silent     []SilentResult `json:"silent,omitempty"`
 }
 
 // ---- raw gRPC codec and protobuf encoding ----------------------------------------
@@ -658,6 +687,143 @@ func runStarts(plan *Plan) ([]StartResult, error) {
 	return out, nil
 }
 
+// silentStreams opens n Attest streams; with payload set each sends it and reads its
+// challenge, then says nothing more. ended counts those the plugin has ended.
+func silentStreams(conn *grpc.ClientConn, n int, payload []byte, ended *atomic.Int64) (context.CancelFunc, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true},
+			"/spire.plugin.server.nodeattestor.v1.NodeAttestor/Attest", codec)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		wg.Add(1)
+		go func() {
+			var msg frame
+			if payload != nil {
+				if err := stream.SendMsg(&frame{appendBytes(nil, 1, payload)}); err != nil {
+					errs <- err
+				}
+				err := stream.RecvMsg(&msg)
+				wg.Done()
+				if err != nil {
+					ended.Add(1)
+					return
+				}
+			} else {
+				wg.Done()
+			}
+			if err := stream.RecvMsg(&msg); err != nil && ctx.Err() == nil {
+				ended.Add(1)
+			}
+		}()
+	}
+	wg.Wait() // every stream open (and, with a payload, challenged or refused)
+	select {
+	case err := <-errs:
+		cancel()
+		return nil, err
+	default:
+	}
+	return cancel, nil
+}
+
+func honest(proc *Process, agent *Agent, nodes []Node, first, count int) ([]float64, []string) {
+	var latencies []float64
+	var errs []string
+	for i := 0; i < count; i++ {
+		t := time.Now()
+		if err := attest(proc.conn, agent, nodes[(first+i)%len(nodes)]); err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		latencies = append(latencies, time.Since(t).Seconds())
+	}
+	return latencies, errs
+}
+
+func runSilent(plan *Plan) ([]SilentResult, error) {
+	sp := plan.Silent
+	var cfg *Config
+	for i := range plan.Configs {
+		if plan.Configs[i].Name == sp.Config {
+			cfg = &plan.Configs[i]
+		}
+	}
+	if cfg == nil {
+		return nil, fmt.Errorf("silent: no configuration %q in the plan", sp.Config)
+	}
+	agent := &Agent{answer: cfg.Answer}
+	for _, der := range cfg.EKKeys {
+		key, err := x509.ParsePKCS8PrivateKey(der)
+		if err != nil {
+			return nil, err
+		}
+		agent.keys = append(agent.keys, key.(*rsa.PrivateKey))
+	}
+	var out []SilentResult
+	for _, p := range plan.Plugins {
+		log := filepath.Join(plan.LogDir, fmt.Sprintf("silent-%s.log", p.Name))
+		proc, err := start(p, argvFor(*cfg, p), plan.HostServices, log)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p.Name, err)
+		}
+		result, err := silentRun(proc, plan, cfg, agent)
+		proc.Stop()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w (see %s)", p.Name, err, log)
+		}
+		result.Plugin = p.Name
+		out = append(out, result)
+	}
+	return out, nil
+}
+
+func silentRun(proc *Process, plan *Plan, cfg *Config, agent *Agent) (SilentResult, error) {
+	sp := plan.Silent
+	var result SilentResult
+	if err := proc.Configure(plan.TrustDomain, cfg.HCL); err != nil {
+		return result, fmt.Errorf("Configure: %w", err)
+	}
+	pid := proc.Pid()
+	if _, err := runBatch(proc, agent, cfg.Nodes, 0, plan.Warmup); err != nil {
+		return result, fmt.Errorf("warm-up: %w", err)
+	}
+	next := plan.Warmup
+	for _, phase := range []string{"quiet", "nothing", "challenged"} {
+		ph := SilentPhase{Phase: phase, RSSBefore: status(pid, "VmRSS")}
+		cancel := context.CancelFunc(func() {})
+		var ended atomic.Int64
+		if phase != "quiet" {
+			var payload []byte
+			if phase == "challenged" {
+				payload = cfg.Nodes[0].Payload
+			}
+			var err error
+			cancel, err = silentStreams(proc.conn, sp.Streams, payload, &ended)
+			if err != nil {
+				return result, fmt.Errorf("%s: opening silent streams: %w", phase, err)
+			}
+			ph.Opened = sp.Streams
+			time.Sleep(2 * time.Second) // let the plugin take them all in
+		}
+		ph.RSSOpen = status(pid, "VmRSS")
+		ph.Threads = int(status(pid, "Threads"))
+		ph.Refused = int(ended.Load())
+		ph.Latencies, ph.Errors = honest(proc, agent, cfg.Nodes, next, sp.Attestations)
+		next += sp.Attestations
+		cancel()
+		fmt.Fprintf(os.Stderr, "  silent %-9s %-10s %4d open, %4d refused, %d honest errors, RSS %.1f -> %.1f MiB, %d threads\n",
+			phase, "", ph.Opened, ph.Refused, len(ph.Errors), float64(ph.RSSBefore)/(1<<20), float64(ph.RSSOpen)/(1<<20), ph.Threads)
+		result.Phases = append(result.Phases, ph)
+		time.Sleep(time.Second) // the cancelled streams end on the plugin side
+	}
+	return result, nil
+}
+
 func main() {
 	planPath := flag.String("plan", "", "plan JSON")
 	outPath := flag.String("out", "", "results JSON")
@@ -690,6 +856,15 @@ func main() {
 			os.Exit(1)
 		}
 		results.Starts = starts
+	}
+	if plan.Silent != nil && plan.Silent.Streams > 0 {
+		fmt.Fprintf(os.Stderr, "silent streams: %d per phase, %d honest attestations each\n", plan.Silent.Streams, plan.Silent.Attestations)
+		silent, err := runSilent(&plan)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "silent:", err)
+			os.Exit(1)
+		}
+		results.Silent = silent
 	}
 	sort.SliceStable(results.Starts, func(i, j int) bool { return results.Starts[i].Plugin < results.Starts[j].Plugin })
 	out, _ := json.MarshalIndent(results, "", " ")

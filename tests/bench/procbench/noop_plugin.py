@@ -4,9 +4,11 @@ The floor under the real plugin: the same interpreter, grpc server, go-plugin se
 logging and Configure path (`spire_tpm_attestor.runtime.plugin.serve`), and an `Attest`
 that reads the payload, sends a fixed 300-byte challenge, reads the answer and admits
 every node with one selector, with no checks, no audit line and no thread per read.
-`--reader` reads through the real plugin's `RequestReader` (a thread per read, with the
-challenge timeout), `--audit` also writes the real plugin's audit line: the differences
-between the three price those two parts of `server_plugin.plugin` without a profiler.
+`--reader` reads through the real plugin's `RequestReader` (at a19ce94 a thread per read;
+since the grpc.aio runtime an `asyncio.timeout` per read), `--audit` also writes the real
+plugin's audit line: the differences between the three price those two parts of
+`server_plugin.plugin` without a profiler. The same file serves both runtimes: a
+synchronous servicer on the thread-pool runtime, an `async` one on the grpc.aio runtime.
 
 Run as a script with PYTHONPATH pointing at the checkout whose runtime is measured:
 `python tests/bench/procbench/noop_plugin.py` (the procbench driver does this).
@@ -19,9 +21,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import grpc.aio
 
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2_grpc as server_pb2_grpc
+from spire_tpm_attestor.runtime import plugin as runtime
 from spire_tpm_attestor.runtime.config import CoreConfig
 from spire_tpm_attestor.runtime.plugin import PluginSpec, serve
 
@@ -30,6 +34,7 @@ CHALLENGE = bytes(300)
 READER = "--reader" in sys.argv[1:]
 AUDIT = "--audit" in sys.argv[1:]
 TIMEOUT = 60.0  # the server plugin's default challenge_timeout
+ASYNC_RUNTIME = hasattr(runtime, "run_guarded")  # the grpc.aio runtime
 
 
 class NoConfig:
@@ -61,25 +66,52 @@ class NoopNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
             yield server_pb2.AttestResponse(challenge=CHALLENGE)
             if next(request_iterator, None) is None:
                 return
-        attributes = server_pb2.AgentAttributes(
-            spiffe_id=f"spiffe://{config.trust_domain}/spire/agent/noop/node",
-            selector_values=["noop:1"],
-        )
-        if AUDIT:
-            from server_plugin.plugin import AuditLine
+        yield server_pb2.AttestResponse(agent_attributes=attributes_for(config))
 
-            line = AuditLine()
-            line.ek_hash = "00" * 32
-            line.admitted(attributes)
-        yield server_pb2.AttestResponse(agent_attributes=attributes)
+
+def attributes_for(config: NoConfig) -> server_pb2.AgentAttributes:
+    attributes = server_pb2.AgentAttributes(
+        spiffe_id=f"spiffe://{config.trust_domain}/spire/agent/noop/node",
+        selector_values=["noop:1"],
+    )
+    if AUDIT:
+        from server_plugin.plugin import AuditLine
+
+        line = AuditLine()
+        line.ek_hash = "00" * 32
+        line.admitted(attributes)
+    return attributes
+
+
+class AsyncNoopNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
+    def __init__(self, holder: Any) -> None:
+        self._holder = holder
+
+    async def Attest(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+        config: NoConfig = self._holder.get()
+        if READER:
+            from server_plugin.plugin import RequestReader
+
+            reader = RequestReader(context)
+            await reader.next("payload", TIMEOUT, "payload_timeout")
+            await context.write(server_pb2.AttestResponse(challenge=CHALLENGE))
+            await reader.next("challenge_response", TIMEOUT, "challenge_timeout")
+        else:
+            if await context.read() is grpc.aio.EOF:
+                return
+            await context.write(server_pb2.AttestResponse(challenge=CHALLENGE))
+            if await context.read() is grpc.aio.EOF:
+                return
+        await context.write(server_pb2.AttestResponse(agent_attributes=attributes_for(config)))
 
 
 def build_config(hcl: str, core: CoreConfig) -> NoConfig:
     return NoConfig(core.trust_domain)
 
 
-def register(server: grpc.Server, holder: Any) -> None:
-    server_pb2_grpc.add_NodeAttestorServicer_to_server(NoopNodeAttestor(holder), server)
+def register(server: Any, holder: Any) -> None:
+    servicer = AsyncNoopNodeAttestor(holder) if ASYNC_RUNTIME else NoopNodeAttestor(holder)
+    server_pb2_grpc.add_NodeAttestorServicer_to_server(servicer, server)
 
 
 SPEC = PluginSpec(

@@ -100,6 +100,31 @@ def summarize(results: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
                 median([s["cpu_seconds_to_configured"] for s in starts])
             ),
         }
+    summary["silent"] = {}
+    for run in results.get("silent") or []:
+        phases: dict[str, Any] = {}
+        for phase in run["phases"]:
+            phase["errors"] = phase["errors"] or []  # a nil slice in Go is null
+            phase["latencies"] = phase["latencies"] or []
+            latencies = phase["latencies"] or [float("nan")]
+            opened = phase["opened"]
+            phases[phase["phase"]] = {
+                "streams_opened": opened,
+                "streams_refused": phase["refused"],
+                "honest_admitted": len(phase["latencies"]),
+                "honest_errors": len(phase["errors"]),
+                "first_error": phase["errors"][0] if phase["errors"] else "",
+                "latency_ms_p50": _ms(median(latencies)),
+                "latency_ms_p99": _ms(percentile(latencies, 99)),
+                "threads": phase["threads_open"],
+                "rss_mib_open": round(phase["rss_open"] / MIB, 1),
+                "kib_per_stream": (
+                    round((phase["rss_open"] - phase["rss_before"]) / 1024 / opened, 1)
+                    if opened
+                    else None
+                ),
+            }
+        summary["silent"][run["plugin"]] = phases
     if {"baseline", "current"} <= set(summary["starts"]):
         base, cur = summary["starts"]["baseline"], summary["starts"]["current"]
         summary["starts"]["current_over_baseline"] = {
@@ -182,6 +207,35 @@ def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
         ):
             extra = [ratio[key]] if ratio else []
             table.add(label, *(p[key] for p in plugins.values()), *extra, anchor)
+        print()
+        print(table.render())
+    silent = summary.get("silent") or {}
+    if silent:
+        columns = [(plugin, phase) for plugin, phases in silent.items() for phase in phases]
+        table = Table(
+            f"silent streams: honest attestations (chain) with {args.silent} streams open that "
+            "say nothing, then as many holding an unanswered challenge",
+            ("figure", *(f"{plugin} {phase}" for plugin, phase in columns)),
+        )
+        for label, key in (
+            ("silent streams open", "streams_opened"),
+            ("  ended by the plugin at once", "streams_refused"),
+            ("honest attestations admitted", "honest_admitted"),
+            ("honest attestations failed", "honest_errors"),
+            ("honest latency p50 ms", "latency_ms_p50"),
+            ("honest latency p99 ms", "latency_ms_p99"),
+            ("plugin threads", "threads"),
+            ("RSS with the streams open MiB", "rss_mib_open"),
+            ("RSS growth per silent stream KiB", "kib_per_stream"),
+        ):
+            table.add(label, *(silent[plugin][phase][key] for plugin, phase in columns))
+        errors = {
+            f"{plugin} {phase}": silent[plugin][phase]["first_error"]
+            for plugin, phase in columns
+            if silent[plugin][phase]["first_error"]
+        }
+        for where, error in errors.items():
+            table.note(f"{where}: first failure: {error[:160]}")
         print()
         print(table.render())
 
