@@ -43,6 +43,8 @@ MAX_TEXT_FIELD = 8 * 1024
 
 def escaped_length(value: str) -> int:
     """The length of `value` inside a JSON line written with ensure_ascii."""
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return len(value)  # nothing to escape
     return len(json.dumps(value)) - 2
 
 

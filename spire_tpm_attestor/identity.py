@@ -88,4 +88,6 @@ def agent_spiffe_id(trust_domain: str, path: str) -> str:
 
 def selector_safe(value: str) -> str:
     """Selector values are `kind:value`; keep them on one line and printable."""
+    if value.isprintable():  # the usual case, without a pass per character
+        return value
     return "".join(ch if ch.isprintable() else "_" for ch in value)

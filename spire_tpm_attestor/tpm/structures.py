@@ -141,7 +141,8 @@ class PublicArea:
     raw: bytes
 
     def has(self, attribute: TPMA_OBJECT) -> bool:
-        return self.attributes & attribute == attribute
+        mask = attribute.value  # plain ints: `int & IntFlag` goes through enum machinery
+        return self.attributes & mask == mask
 
     def name(self) -> bytes:
         """The object's Name: nameAlg ‖ H_nameAlg(TPMT_PUBLIC)."""
