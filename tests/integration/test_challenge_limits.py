@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
 
 import grpc
+import grpc.aio
 import pytest
 
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.ek_hash import ek_hash
+from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
+from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2_grpc as server_pb2_grpc
 from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
@@ -94,6 +98,48 @@ def test_a_silent_stream_times_out_and_frees_its_worker(
     while thread_count(server) > settled:
         assert time.monotonic() < deadline, "a timed-out stream left a thread behind"
         time.sleep(0.05)
+
+
+SILENT_STREAMS = 1000
+
+
+def test_silent_streams_hold_no_thread_and_keep_no_honest_agent_out(
+    agent: PluginProcess, server: PluginProcess, swtpm: SWTPM, ek_ca: TestCA
+) -> None:
+    """Half the streams say nothing, half hold a challenge and never answer; meanwhile an
+    honest agent is admitted, every silent stream is still open, and the plugin has
+    not grown a thread per stream. (Its latency meanwhile: make bench-process.)"""
+    agent.configure(hcl(tcti=swtpm.tcti))
+    server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path)))  # default max_pending_challenges
+    payload, pub_hash = payload_and_hash(agent)
+    threads_before = thread_count(server)
+
+    async def scenario() -> tuple[int, list[bool]]:
+        address = f"unix:{server.handshake.address}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = server_pb2_grpc.NodeAttestorStub(channel)
+            calls = [stub.Attest() for _ in range(SILENT_STREAMS)]
+            try:
+                await asyncio.gather(*(call.wait_for_connection() for call in calls))
+                challenged = calls[: SILENT_STREAMS // 2]
+                for call in challenged:
+                    await call.write(server_pb2.AttestRequest(payload=payload))
+                for call in challenged:
+                    assert (await call.read()).HasField("challenge")
+                threads = thread_count(server)
+                seen = len(audit_lines(server))
+                result = await asyncio.to_thread(relay_attestation, agent, server)
+                assert result.spiffe_id.endswith(pub_hash)
+                assert audit_line_after(server, seen)["decision"] == "admitted"
+                return threads, [call.done() for call in calls]
+            finally:
+                for call in calls:
+                    call.cancel()
+
+    threads, ended = asyncio.run(scenario())
+    assert not any(ended), f"{sum(ended)} silent streams were ended by the plugin"
+    # A waiting stream is a suspended coroutine: a handful of threads, not one per stream.
+    assert threads < threads_before + 16, (threads_before, threads)
 
 
 def test_a_stream_without_a_payload_times_out(server: PluginProcess, ek_ca: TestCA) -> None:
