@@ -147,7 +147,7 @@ SERVER_OPTIONS = declare(
         "integer",
         f"attestations in progress at once (1..{MAX_PENDING_CHALLENGES_LIMIT}), from the "
         "stream's start until the agent's answer arrives; a waiting stream holds no thread, "
-        "only about 15–21 KiB of memory, so this bounds what silent peers can hold (≈45 MiB "
+        "only about 15 to 21 KiB of memory, so this bounds what silent peers can hold (≈45 MiB "
         "at the default); beyond it a stream is refused at once with `UNAVAILABLE` "
         '"too many attestations in progress"',
         default=DEFAULT_MAX_PENDING_CHALLENGES,

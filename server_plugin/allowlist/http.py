@@ -27,8 +27,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # imported when a source first fetches: ≈5 MiB, 20 ms
 
 from server_plugin.allowlist.base import AllowlistEntry, AllowlistError, AllowlistSource
 from server_plugin.allowlist.document import DocumentError, DocumentParser, Index
@@ -186,6 +188,8 @@ class HTTPAllowlist(AllowlistSource):
     def _client(self) -> httpx.Client:
         """The source's one client; rebuilt when the TLS material was reloaded (called
         with `_refreshing` held)."""
+        import httpx
+
         verify: ssl.SSLContext | bool = self._tls.value if self._tls is not None else True
         if self._http is None or verify is not self._http_verify:
             if self._http is not None:
@@ -273,6 +277,8 @@ class HTTPAllowlist(AllowlistSource):
         return headers
 
     def _fetch(self, snapshot: Snapshot | None) -> Snapshot:
+        import httpx
+
         parser = DocumentParser(self.describe())
         try:
             with self._client().stream(

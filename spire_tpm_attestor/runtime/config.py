@@ -14,9 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
-import hcl
-from hcl.parser import HclParser
-
 from spire_tpm_attestor.files import FileTooLarge, read_bounded
 
 
@@ -47,13 +44,16 @@ class CoreConfig:
 
 
 _parser_lock = threading.Lock()
-_parser: HclParser | None = None
+_parser: Any = None  # hcl.parser.HclParser, imported on the first configuration
 
 
 def _load_hcl(text: str) -> Any:
     """`hcl.loads`, but with one parser: pyhcl builds its parse tables anew for every
     parser, which costs ~20 ms on each Configure, Validate and reload."""
     global _parser
+    import hcl.api  # here, not before the go-plugin handshake
+    from hcl.parser import HclParser
+
     if not hcl.api.isHcl(text):
         return json.loads(text)
     with _parser_lock:
