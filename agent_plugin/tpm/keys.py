@@ -28,9 +28,14 @@ from agent_plugin.tpm.session import (
     unmarshal_exactly,
 )
 from spire_tpm_attestor.tpm.constants import EK_TEMPLATES, EKTemplate
+from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from spire_tpm_attestor.wire import devid_signed_data
+from spire_tpm_attestor.x509.certificate import load_certificate
+from spire_tpm_attestor.x509.ek import check_certificate_matches_public_area
 
 _AGENT_NONCE_SIZE = 32
+# Where the TCG provisioning guidance persists the EK (TCG handle registry).
+PERSISTED_EK_HANDLE = 0x81010001
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class KeyOperations(SessionBase):
             certificate = self._nv.certificate(ek_type.cert_index) if ek_type.cert_index else None
         else:
             ek_type, certificate = choose_ek_template(self._nv, algorithm, cert_path)
-            handle, public, provisioned = self._create_ek(ek_type)
+            handle, public, provisioned = self._create_ek(ek_type, certificate)
         if certificate is None and cert_path:
             certificate = load_certificate_file(cert_path)
         self._ek = handle
@@ -97,7 +102,9 @@ class KeyOperations(SessionBase):
             provisioned=provisioned,
         )
 
-    def _create_ek(self, ek_type: EKTemplate) -> tuple[Handle, Any, tuple[str, ...]]:
+    def _create_ek(
+        self, ek_type: EKTemplate, certificate: bytes | None
+    ) -> tuple[Handle, Any, tuple[str, ...]]:
         """The EK from its default template, or from the template and nonce the
         manufacturer provisioned in NV (which its certificate then certifies)."""
         provisioned: list[str] = []
@@ -113,11 +120,48 @@ class KeyOperations(SessionBase):
 
         with tpm_step(f"building the {ek_type.template} template"):
             _, template = tss_utils.create_ek_template(ek_type.template, nv_read)
+        # A nonce from NV goes into the template's key field, which the comparison below
+        # cannot see: reuse such an EK only when its certificate certifies it.
+        if certificate is not None or not provisioned:
+            persisted = self._persisted_ek(template, certificate)
+            if persisted is not None:
+                return (*persisted, tuple(provisioned))
         with tpm_step(f"creating the {ek_type.algorithm} EK"):
             handle, public, *_ = self._esapi.create_primary(
                 tss.TPM2B_SENSITIVE_CREATE(), template, tss.ESYS_TR.ENDORSEMENT
             )
         return self._track(handle), public, tuple(provisioned)
+
+    def _persisted_ek(self, template: Any, certificate: bytes | None) -> tuple[Handle, Any] | None:
+        """The EK persisted at the TCG handle 0x81010001, if it is the key `template` gives.
+
+        Deriving an RSA EK again costs the TPM a key generation (most of an agent's
+        start on swtpm). The persisted key is used only when its public area is exactly
+        the template's but for the key itself (what CreatePrimary would return), and,
+        when there is a certificate, it certifies that very key; otherwise the EK is
+        created as always. The server checks the certificate's binding regardless.
+        """
+        try:
+            handle = self._esapi.tr_from_tpmpublic(PERSISTED_EK_HANDLE)
+        except tss.TSS2_Exception:
+            return None  # nothing persisted there
+        self._track(handle, transient=False)
+        public = self._read_public(handle)
+        expected, _ = tss.TPMT_PUBLIC.unmarshal(bytes(template.publicArea.marshal()))
+        expected.unique = public.publicArea.unique
+        matches = bytes(expected.marshal()) == bytes(public.publicArea.marshal())
+        if matches and certificate is not None:
+            try:
+                area = parse_tpm2b_public(bytes(public.marshal()))
+                check_certificate_matches_public_area(load_certificate(certificate), area)
+            except Exception:  # an unreadable certificate or key: do as without one here
+                matches = False
+        if not matches:
+            log.debug("the key at %#010x is not this EK; creating it", PERSISTED_EK_HANDLE)
+            self._release(handle)
+            return None
+        log.debug("using the EK persisted at %#010x", PERSISTED_EK_HANDLE)
+        return handle, public
 
     def _load_persistent_ek(
         self, persistent_handle: int, algorithm: str | None

@@ -545,3 +545,45 @@ def test_persistent_ek_and_ak(swtpm: SWTPM) -> None:
 def test_missing_persistent_handle(swtpm: SWTPM) -> None:
     with TPMSession(swtpm.tcti) as tpm, pytest.raises(TPMAccessError, match="0x81010001"):
         tpm.read_ek(persistent_handle=PERSISTENT_EK)
+
+
+@pytest.mark.swtpm
+def test_an_ek_persisted_at_the_tcg_handle_is_reused(
+    swtpm: SWTPM, caplog: pytest.LogCaptureFixture
+) -> None:
+    _persist_keys(swtpm.tcti)
+    with caplog.at_level("DEBUG"), TPMSession(swtpm.tcti) as tpm:
+        ek = tpm.read_ek("rsa2048")
+        ak_public = tpm.create_ak()
+        blob, encrypted_secret = challenge_for(ek.public, ak_public)
+        assert tpm.activate_credential(blob, encrypted_secret) == SECRET
+    assert "using the EK persisted at 0x81010001" in caplog.text
+    assert ek.certificate is not None
+    assert certificate_key(ek.certificate) == ek_key(ek)
+    assert leftover_handles(swtpm.tcti) == []
+
+
+@pytest.mark.swtpm
+def test_another_key_at_the_tcg_handle_is_not_taken_for_the_ek(
+    swtpm: SWTPM, caplog: pytest.LogCaptureFixture
+) -> None:
+    esapi = tss.ESAPI(swtpm.tcti)
+    try:  # the P-256 EK where the RSA one belongs: not what the RSA template gives
+        _, template = tss_utils.create_ek_template("EK-ECC256", tss_utils.NVReadEK(esapi))
+        key, *_ = esapi.create_primary(
+            tss.TPM2B_SENSITIVE_CREATE(), template, tss.ESYS_TR.ENDORSEMENT
+        )
+        esapi.evict_control(tss.ESYS_TR.OWNER, key, PERSISTENT_EK)
+        esapi.flush_context(key)
+    finally:
+        esapi.close()
+    with caplog.at_level("DEBUG"), TPMSession(swtpm.tcti) as tpm:
+        ek = tpm.read_ek("rsa2048")
+        ak_public = tpm.create_ak()
+        blob, encrypted_secret = challenge_for(ek.public, ak_public)
+        assert tpm.activate_credential(blob, encrypted_secret) == SECRET
+    assert "is not this EK; creating it" in caplog.text
+    assert ek.algorithm == "rsa2048"
+    assert ek.certificate is not None
+    assert certificate_key(ek.certificate) == ek_key(ek)
+    assert leftover_handles(swtpm.tcti) == []
