@@ -253,6 +253,10 @@ def build_config(hcl_text: str, core: CoreConfig) -> ServerConfig:
     return build_server_config(hcl_text, core)
 
 
+def start_config(config: ServerConfig) -> None:
+    config.start()
+
+
 def register(server: Any, holder: ConfigHolder[ServerConfig]) -> None:
     server_pb2_grpc.add_NodeAttestorServicer_to_server(ServerNodeAttestor(holder), server)
 
@@ -262,5 +266,5 @@ SPEC = PluginSpec(
     service_name=SERVICE_NAME,
     build_config=build_config,
     register_service=register,
-    start_config=ServerConfig.start,
+    start_config=start_config,
 )

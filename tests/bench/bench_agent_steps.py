@@ -67,7 +67,8 @@ def _one(tcti: str, ak_algorithm: str) -> dict[str, float]:
 
 def run() -> list[Table]:
     require_swtpm()
-    from spire_tpm_attestor.swtpm import SWTPM, TestCA, provision_ek_certificates
+    from spire_tpm_attestor.testing.ca import TestCA
+    from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 
     columns: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as work:
