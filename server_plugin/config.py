@@ -194,6 +194,11 @@ class ServerConfig:
         """The EK CA certificates as last (re)loaded from ek_ca_path."""
         return self.ek_ca.value if self.ek_ca is not None else []
 
+    @property
+    def fetches_certificates(self) -> bool:
+        """Whether a payload check may wait on the network (AIA or EK certificate download)."""
+        return self.ek_aia_fetch is not None or self.ek_cert_download is not None
+
     def start(self) -> None:
         """Starts the file watchers (CA bundles, PCR and event log policies, allowlists)
         and HTTP refreshes: for the configuration that Configure commits only, never one

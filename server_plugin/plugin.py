@@ -215,9 +215,14 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
 
         try:
             payload = await reader.next("payload", config.challenge_timeout, "payload_timeout")
-            # The checks are CPU work, run on the event loop (they never wait on the
-            # network: HTTP allowlists are looked up in memory).
-            evidence = attestation.check_payload(config, attestation.decode_payload(payload))
+            decoded = attestation.decode_payload(payload)
+            if config.fetches_certificates:
+                # AIA fetches and EK certificate downloads wait on the network: off the
+                # event loop, so one slow manufacturer service cannot stall other streams.
+                evidence = await asyncio.to_thread(attestation.check_payload, config, decoded)
+            else:
+                # CPU work only (HTTP allowlists are looked up in memory): on the loop.
+                evidence = attestation.check_payload(config, decoded)
             line.ek_hash = evidence.pub_hash
             challenge, pending = attestation.issue_challenge(config, evidence)
             await send(server_pb2.AttestResponse(challenge=challenge))

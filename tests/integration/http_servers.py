@@ -261,6 +261,7 @@ class DocumentServer:
     body: bytes = document()
     status: int = 200
     delay: float = 0.0
+    hold: threading.Event | None = None  # when set by a test, each answer waits for it
     chunked: bool = False
     token: str | None = None
     requests: list[dict[str, str]] = field(default_factory=list)
@@ -302,6 +303,8 @@ class DocumentServer:
                 owner.connections.append(self.client_address)
                 if owner.delay:
                     time.sleep(owner.delay)
+                if owner.hold is not None:
+                    owner.hold.wait(timeout=60)
                 if owner.token and self.headers.get("Authorization") != f"Bearer {owner.token}":
                     self._send(401, b"{}")
                 elif self.headers.get("If-None-Match") == owner.etag and owner.status == 200:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -22,7 +24,7 @@ from spire_tpm_attestor.testing.swtpm import SWTPM, write_ek_certificate_nv
 from spire_tpm_attestor.tpm.constants import EK_TEMPLATES
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.integration.http_servers import DocumentServer, TLSFiles
-from tests.integration.plugins import expect_rejection, hcl, rpc_error
+from tests.integration.plugins import ServerConversation, expect_rejection, hcl, rpc_error
 
 tss = pytest.importorskip("tpm2_pytss")
 
@@ -226,6 +228,42 @@ def test_aia_service_trouble_is_unavailable(
     configure_aia_server(server, ek_ca, tls, tmp_path / "aia", **options)
     audit = expect_rejection(agent, server, grpc.StatusCode.UNAVAILABLE, words)
     assert (audit["check"], audit["ek_hash"]) == ("ek_aia_fetch", genuine_aia_node)
+
+
+def test_a_slow_certificate_service_stalls_no_other_stream(
+    server: PluginProcess,
+    agent: PluginProcess,
+    genuine_aia_node: str,
+    ek_ca: TestCA,
+    tls: TLSFiles,
+    web: DocumentServer,
+    tmp_path: Path,
+) -> None:
+    """The fetch waits off the server's event loop: while one stream waits on a service
+    that has not answered, another stream is served, and then the first completes. (Were
+    the loop blocked, the other stream would be answered only once the fetch had timed
+    out, and the first attestation would fail.)"""
+    web.hold = threading.Event()
+    configure_aia_server(server, ek_ca, tls, tmp_path / "aia", timeout="10s")
+    results: list[str] = []
+    slow = threading.Thread(
+        target=lambda: results.append(relay_attestation(agent, server).spiffe_id), daemon=True
+    )
+    slow.start()
+    deadline = time.monotonic() + 20
+    while not web.paths and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert web.paths == ["/ek-ca.cer"], "the slow attestation never reached the service"
+
+    other = ServerConversation(server)
+    try:
+        error = rpc_error(lambda: other.send_payload(b"not a payload"))
+    finally:
+        other.close()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    web.hold.set()
+    slow.join(timeout=30)
+    assert results and results[0].endswith(f"/tpm/{genuine_aia_node}")
 
 
 # -- ek_cert_download -----------------------------------------------------------------
