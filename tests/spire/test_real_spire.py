@@ -2,22 +2,13 @@
 
 spire-server and spire-agent are built from the Go module proxy by `make spire`
 (SPIRE_BIN points at them). The configurations are the ones in examples/, with only
-paths, ports and the TPM address changed.
+paths, ports and the TPM address changed (tests/spire/harness.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,142 +19,16 @@ from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 from tests.integration.platform_setup import provision_devid
 from tests.integration.plugins import hcl
-
-EXAMPLES = Path(__file__).parents[2] / "examples"
-VENV_BIN = Path(sys.executable).parent
-DEFAULT_SPIRE_BIN = Path.home() / ".cache" / "spire-tpm-attestor" / "spire" / "v1.14.5" / "bin"
+from tests.spire.conftest import needs_release
+from tests.spire.harness import (
+    free_port,
+    server_config,
+    start_agent,
+    start_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.spire
-
-
-@pytest.fixture(scope="module")
-def spire_bin() -> Path:
-    if shutil.which("go") is None:
-        pytest.skip("Go is not installed, so `make spire` cannot build SPIRE")
-    directory = Path(os.environ.get("SPIRE_BIN", DEFAULT_SPIRE_BIN))
-    assert (directory / "spire-server").exists(), (
-        f"no spire-server in {directory}: run `make spire` (Go is installed, so it must build)"
-    )
-    return directory
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def substitute(text: str, replacements: dict[str, str]) -> str:
-    for old, new in replacements.items():
-        assert old in text, f"examples changed: {old!r} is gone"
-        text = text.replace(old, new)
-    return text
-
-
-@dataclass
-class Daemon:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def start_daemon(argv: list[str], log_path: Path) -> Daemon:
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    return Daemon(process, log_path)
-
-
-def wait_until(condition: object, daemon: Daemon, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if daemon.process.poll() is not None:
-            raise AssertionError(f"{what}: process exited\n{daemon.log()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: timed out\n{daemon.log()[-4000:]}")
-        time.sleep(0.2)
-
-
-@dataclass
-class SpireServer:
-    bin: Path
-    config: Path
-    socket_path: Path
-    port: int
-    daemon: Daemon
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(self.bin / "spire-server"), *args, "-socketPath", str(self.socket_path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    def healthy(self) -> bool:
-        return self.cli("healthcheck").returncode == 0
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    # unix socket paths must stay short (spire-server hangs past ~107 characters)
-    path = Path(tempfile.mkdtemp(prefix="sps", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def server_config(workdir: Path, port: int, ek_ca: TestCA, hashes: Path, policy: str) -> str:
-    return substitute(
-        (EXAMPLES / "server.conf").read_text(),
-        {
-            'bind_address = "0.0.0.0"': 'bind_address = "127.0.0.1"',
-            'bind_port = "8081"': f'bind_port = "{port}"',
-            '"/tmp/spire-server/private/api.sock"': f'"{workdir}/server.sock"',
-            '"/var/lib/spire/server"': f'"{workdir}/server"',
-            '"/var/lib/spire/server/datastore.sqlite3"': f'"{workdir}/server/datastore.sqlite3"',
-            "/opt/spire-tpm-attestor/bin/spire-tpm-attestor-server": str(
-                VENV_BIN / "spire-tpm-attestor-server"
-            ),
-            'ek_policy = "cert_or_allowlist"': f'ek_policy = "{policy}"',
-            '"/etc/spire/tpm/ek-ca"': f'"{ek_ca.bundle_path}"',
-            '"/var/lib/spire/tpm/hashes"': f'"{hashes}"',
-            'log_level = "INFO"': 'log_level = "DEBUG"',
-        },
-    )
-
-
-def start_server(
-    spire_bin: Path,
-    workdir: Path,
-    ek_ca: TestCA,
-    policy: str = "cert_or_allowlist",
-    extra_plugin_data: str = "",
-) -> SpireServer:
-    hashes = workdir / "hashes"
-    hashes.mkdir(exist_ok=True)
-    port = free_port()
-    config = workdir / "server.conf"
-    text = server_config(workdir, port, ek_ca, hashes, policy)
-    config.write_text(add_plugin_data(text, extra_plugin_data))
-    daemon = start_daemon(
-        [str(spire_bin / "spire-server"), "run", "-config", str(config)], workdir / "server.log"
-    )
-    server = SpireServer(spire_bin, config, workdir / "server.sock", port, daemon)
-    wait_until(server.healthy, daemon, 60, "spire-server health")
-    return server
 
 
 def test_spire_server_loads_and_configures_the_server_plugin(
@@ -184,8 +49,9 @@ def test_spire_server_loads_and_configures_the_server_plugin(
 
 
 def test_spire_server_validate_calls_the_plugin(
-    spire_bin: Path, workdir: Path, ek_ca: TestCA
+    spire_bin: Path, spire_release: tuple[int, int, int], workdir: Path, ek_ca: TestCA
 ) -> None:
+    needs_release(spire_release, (1, 14), "`spire-server validate` that calls plugins")
     hashes = workdir / "hashes"
     hashes.mkdir()
     config = workdir / "server.conf"
@@ -197,46 +63,6 @@ def test_spire_server_validate_calls_the_plugin(
     bad = subprocess.run(validate, capture_output=True, text=True, timeout=120, check=False)
     assert bad.returncode != 0
     assert "can_reattest: expected a boolean" in bad.stdout + bad.stderr
-
-
-def add_plugin_data(config: str, extra: str) -> str:
-    """The NodeAttestor's plugin_data with more options (HCL) at its start."""
-    marker = "plugin_data {"
-    start = config.index(marker, config.index('NodeAttestor "tpm"')) + len(marker)
-    return config[:start] + "\n" + extra + config[start:]
-
-
-def start_agent(
-    spire_bin: Path, workdir: Path, server: SpireServer, tcti: str, extra_plugin_data: str = ""
-) -> Daemon:
-    bundle = server.cli("bundle", "show")
-    assert bundle.returncode == 0, bundle.stderr
-    (workdir / "bundle.pem").write_text(bundle.stdout)
-    config = workdir / "agent.conf"
-    config.write_text(
-        add_plugin_data(
-            substitute(
-                (EXAMPLES / "agent.conf").read_text(),
-                {
-                    '"/var/lib/spire/agent"': f'"{workdir}/agent"',
-                    'server_address = "spire-server.example.org"': 'server_address = "127.0.0.1"',
-                    'server_port = "8081"': f'server_port = "{server.port}"',
-                    '"/tmp/spire-agent/public/api.sock"': f'"{workdir}/agent.sock"',
-                    '"/etc/spire/agent/bootstrap.crt"': f'"{workdir}/bundle.pem"',
-                    "/opt/spire-tpm-attestor/bin/spire-tpm-attestor-agent": str(
-                        VENV_BIN / "spire-tpm-attestor-agent"
-                    ),
-                    '# tcti = "device:/dev/tpmrm0"': f'tcti = "{tcti}"',
-                    'log_level = "INFO"': 'log_level = "DEBUG"',
-                },
-            ),
-            extra_plugin_data,
-        )
-    )
-    (workdir / "agent").mkdir(exist_ok=True)
-    return start_daemon(
-        [str(spire_bin / "spire-agent"), "run", "-config", str(config)], workdir / "agent.log"
-    )
 
 
 def test_spire_agent_attests_through_both_plugins(
