@@ -10,7 +10,7 @@ SPIRE_VERSION ?= v1.14.5
 SPIRE_BIN ?= $(HOME)/.cache/spire-tpm-attestor/spire/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto docs test demo bench bench-process bench-process-profile lint spire clean
+.PHONY: install system-packages proto docs dist test demo bench bench-process bench-process-profile lint spire clean
 
 install: $(STAMP)
 
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml setup.py proto/*.proto
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q grpcio-tools setuptools wheel
 	$(MAKE) --no-print-directory proto
-	$(PY) -m pip install -q --no-build-isolation -e '.[agent,dev]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[agent,dev,dist]'
 	touch $(STAMP)
 
 proto:
@@ -56,6 +56,12 @@ $(SPIRE_BIN)/spire-server:
 	    -ldflags '-X $(SPIRE_MODULE)/pkg/common/version.gittag=$(SPIRE_VERSION:v%=%)' \
 	    -o $(SPIRE_BIN)/ ./cmd/spire-server ./cmd/spire-agent; \
 	else echo "go not found: real-SPIRE tests will be skipped"; fi
+
+# One self-contained executable per plugin and the operator CLI (PyInstaller one-file,
+# linux/amd64, for the glibc of this machine), plus dist/SHA256SUMS for plugin_checksum.
+# Cached by source-tree hash in ~/.cache/spire-tpm-attestor/dist (packaging/build_dist.py).
+dist: install
+	$(PY) packaging/build_dist.py --out dist
 
 test: install
 	-@$(MAKE) --no-print-directory spire
