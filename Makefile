@@ -6,11 +6,14 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc nginx
 # v1.15.x needs a dependency (ejbca-go-client-sdk v1.1.0) the module proxy here does not serve.
 SPIRE_VERSION ?= v1.14.5
+# The releases `make test-spire-matrix` runs tests/spire against (README: Compatibility).
+SPIRE_MATRIX ?= v1.9.6 v1.10.4 v1.13.3 v1.14.5 v1.15.3
 # Outside the checkout, so fresh clones on the same machine reuse the build.
-SPIRE_BIN ?= $(HOME)/.cache/spire-tpm-attestor/spire/$(SPIRE_VERSION)/bin
+SPIRE_CACHE := $(HOME)/.cache/spire-tpm-attestor/spire
+SPIRE_BIN ?= $(SPIRE_CACHE)/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto docs dist test demo bench bench-process bench-process-profile lint spire clean
+.PHONY: install system-packages proto docs dist test test-spire-matrix demo bench bench-process bench-process-profile lint spire clean
 
 install: $(STAMP)
 
@@ -50,6 +53,7 @@ spire: $(SPIRE_BIN)/spire-server
 $(SPIRE_BIN)/spire-server:
 	@if command -v go >/dev/null; then \
 	  set -e; mkdir -p $(SPIRE_BIN); \
+	  case "$(SPIRE_VERSION)" in v1.9.*) export GONOSUMDB=$(SPIRE_MODULE);; esac; \
 	  go mod download $(SPIRE_MODULE)@$(SPIRE_VERSION); \
 	  cd "$$(go env GOMODCACHE)/$(SPIRE_MODULE)@$(SPIRE_VERSION)"; \
 	  CGO_ENABLED=1 GOFLAGS=-mod=readonly go build -trimpath \
@@ -66,6 +70,20 @@ dist: install
 test: install
 	-@$(MAKE) --no-print-directory spire
 	SPIRE_BIN=$(SPIRE_BIN) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# tests/spire once per SPIRE release (each built on first use, ~5-8 min cold, one at a
+# time). Every release runs even when one fails; the summary names the failures.
+test-spire-matrix: install
+	@failed=""; for v in $(SPIRE_MATRIX); do \
+	  echo "=== SPIRE $$v"; \
+	  if ! $(MAKE) --no-print-directory spire SPIRE_VERSION=$$v SPIRE_BIN=$(SPIRE_CACHE)/$$v/bin \
+	      || [ ! -x $(SPIRE_CACHE)/$$v/bin/spire-server ]; then \
+	    failed="$$failed $$v(build)"; continue; fi; \
+	  SPIRE_BIN=$(SPIRE_CACHE)/$$v/bin $(PY) -m pytest -q -ra tests/spire $(PYTEST_ARGS) \
+	    || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "SPIRE matrix failed:$$failed"; exit 1; fi; \
+	echo "SPIRE matrix passed: $(SPIRE_MATRIX)"
 
 demo: install
 	$(PY) -m spire_tpm_attestor.testing.demo

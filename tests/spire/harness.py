@@ -162,7 +162,7 @@ class SpireServer:
     def healthy(self) -> bool:
         return self.cli("healthcheck").returncode == 0
 
-    def decisions(self, decision: str = "admit") -> int:
+    def decisions(self, decision: str = "admitted") -> int:
         """How many attestations the server plugin decided so (its audit lines)."""
         return len(re.findall(rf"decision={decision}\b", self.daemon.log()))
 
