@@ -48,9 +48,9 @@ proto:
 # build its two commands in place with the module's own go.mod/go.sum (the same
 # build list `go install pkg@version` would use). cgo is required for SQLite.
 SPIRE_MODULE := github.com/spiffe/spire
-spire: $(SPIRE_BIN)/spire-server
-
-$(SPIRE_BIN)/spire-server:
+# v1.9.x: the SPIRE module itself is not looked up in the checksum database (go.sum
+# still verifies every dependency).
+define build_spire_command
 	@if command -v go >/dev/null; then \
 	  set -e; mkdir -p $(SPIRE_BIN); \
 	  case "$(SPIRE_VERSION)" in v1.9.*) export GONOSUMDB=$(SPIRE_MODULE);; esac; \
@@ -58,8 +58,20 @@ $(SPIRE_BIN)/spire-server:
 	  cd "$$(go env GOMODCACHE)/$(SPIRE_MODULE)@$(SPIRE_VERSION)"; \
 	  CGO_ENABLED=1 GOFLAGS=-mod=readonly go build -trimpath \
 	    -ldflags '-X $(SPIRE_MODULE)/pkg/common/version.gittag=$(SPIRE_VERSION:v%=%)' \
-	    -o $(SPIRE_BIN)/ ./cmd/spire-server ./cmd/spire-agent; \
+	    -o $(SPIRE_BIN)/ ./cmd/$(1); \
 	else echo "go not found: real-SPIRE tests will be skipped"; fi
+endef
+
+spire: $(SPIRE_BIN)/spire-server
+
+# The agent first and on its own: a release whose server needs a module the proxy
+# refuses (v1.15.x: ejbca-go-client-sdk v1.1.0, imported only by the server's EJBCA
+# UpstreamAuthority) still yields an agent to test against an older server.
+$(SPIRE_BIN)/spire-agent:
+	$(call build_spire_command,spire-agent)
+
+$(SPIRE_BIN)/spire-server: $(SPIRE_BIN)/spire-agent
+	$(call build_spire_command,spire-server)
 
 # One self-contained executable per plugin and the operator CLI (PyInstaller one-file,
 # linux/amd64, for the glibc of this machine), plus dist/SHA256SUMS for plugin_checksum.
@@ -71,19 +83,28 @@ test: install
 	-@$(MAKE) --no-print-directory spire
 	SPIRE_BIN=$(SPIRE_BIN) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-# tests/spire once per SPIRE release (each built on first use, ~5-8 min cold, one at a
-# time). Every release runs even when one fails; the summary names the failures.
+# tests/spire once per SPIRE release (each built on first use, ~5-10 min cold, one at a
+# time). Every release runs even when one fails; the summary names the failures. A
+# release whose server does not build here runs its agent against SPIRE_VERSION's server.
 test-spire-matrix: install
-	@failed=""; for v in $(SPIRE_MATRIX); do \
+	@failed=""; passed=""; for v in $(SPIRE_MATRIX); do \
 	  echo "=== SPIRE $$v"; \
-	  if ! $(MAKE) --no-print-directory spire SPIRE_VERSION=$$v SPIRE_BIN=$(SPIRE_CACHE)/$$v/bin \
-	      || [ ! -x $(SPIRE_CACHE)/$$v/bin/spire-server ]; then \
-	    failed="$$failed $$v(build)"; continue; fi; \
-	  SPIRE_BIN=$(SPIRE_CACHE)/$$v/bin $(PY) -m pytest -q -ra tests/spire $(PYTEST_ARGS) \
-	    || failed="$$failed $$v"; \
+	  bin=$(SPIRE_CACHE)/$$v/bin; server_bin=$$bin; agent_bin=""; label=$$v; \
+	  $(MAKE) --no-print-directory spire SPIRE_VERSION=$$v SPIRE_BIN=$$bin || true; \
+	  if [ ! -x $$bin/spire-server ]; then \
+	    if [ ! -x $$bin/spire-agent ]; then failed="$$failed $$v(build)"; continue; fi; \
+	    $(MAKE) --no-print-directory spire SPIRE_VERSION=$(SPIRE_VERSION) \
+	      SPIRE_BIN=$(SPIRE_CACHE)/$(SPIRE_VERSION)/bin || { failed="$$failed $$v(build)"; continue; }; \
+	    server_bin=$(SPIRE_CACHE)/$(SPIRE_VERSION)/bin; agent_bin=$$bin; \
+	    label="$$v-agent+$(SPIRE_VERSION)-server"; \
+	    echo "=== $$v: no spire-server (see the build output above); its agent against $(SPIRE_VERSION)'s server"; \
+	  fi; \
+	  if SPIRE_BIN=$$server_bin SPIRE_AGENT_BIN=$$agent_bin \
+	      $(PY) -m pytest -q -ra tests/spire $(PYTEST_ARGS); then passed="$$passed $$label"; \
+	  else failed="$$failed $$label"; fi; \
 	done; \
-	if [ -n "$$failed" ]; then echo "SPIRE matrix failed:$$failed"; exit 1; fi; \
-	echo "SPIRE matrix passed: $(SPIRE_MATRIX)"
+	echo "SPIRE matrix passed:$$passed"; \
+	if [ -n "$$failed" ]; then echo "SPIRE matrix failed:$$failed"; exit 1; fi
 
 demo: install
 	$(PY) -m spire_tpm_attestor.testing.demo

@@ -21,14 +21,38 @@ DEFAULT_SPIRE_BIN = Path.home() / ".cache" / "spire-tpm-attestor" / "spire" / "v
 
 
 @pytest.fixture(scope="session")
-def spire_bin() -> Path:
+def spire_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory with spire-server and spire-agent.
+
+    SPIRE_AGENT_BIN, when set, names another release's spire-agent to run against
+    SPIRE_BIN's server (for a release whose server cannot be built here; see the Makefile).
+    """
     if shutil.which("go") is None:
         pytest.skip("Go is not installed, so `make spire` cannot build SPIRE")
     directory = Path(os.environ.get("SPIRE_BIN", DEFAULT_SPIRE_BIN))
     assert (directory / "spire-server").exists(), (
         f"no spire-server in {directory}: run `make spire` (Go is installed, so it must build)"
     )
-    return directory
+    agent_directory = os.environ.get("SPIRE_AGENT_BIN")
+    if not agent_directory:
+        return directory
+    mixed = tmp_path_factory.mktemp("spire-bin")
+    (mixed / "spire-server").symlink_to(directory / "spire-server")
+    (mixed / "spire-agent").symlink_to(Path(agent_directory) / "spire-agent")
+    return mixed
+
+
+def pytest_report_header() -> list[str]:
+    directory = Path(os.environ.get("SPIRE_BIN", DEFAULT_SPIRE_BIN))
+    agent = Path(os.environ.get("SPIRE_AGENT_BIN") or directory) / "spire-agent"
+    lines = []
+    for binary in (directory / "spire-server", agent):
+        if binary.exists():
+            out = subprocess.run(
+                [str(binary), "--version"], capture_output=True, text=True, check=False
+            )
+            lines.append(f"{binary}: {(out.stdout + out.stderr).strip()}")
+    return lines
 
 
 @pytest.fixture(scope="session")
