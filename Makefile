@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc nginx
+APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc nginx postgresql
 # v1.15.x needs a dependency (ejbca-go-client-sdk v1.1.0) the module proxy here does not serve.
 SPIRE_VERSION ?= v1.14.5
 # The releases `make test-spire-matrix` runs tests/spire against (README: Compatibility).
