@@ -17,7 +17,7 @@ import os
 
 def _pin() -> None:
     try:
-        import pyimod02_importers  # PyInstaller's bootstrap module (frozen only)
+        import pyimod02_importers  # type: ignore[import-not-found]  # frozen only
     except ImportError:
         return
     archive = getattr(pyimod02_importers, "pyz_archive", None)
