@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.spire.conftest import dist_checksums
@@ -73,7 +73,7 @@ def test_pinned_executables_attest(
     bare_swtpm: SWTPM,
     ek_certificate: x509.Certificate,
 ) -> None:
-    pub_hash = ekcert.ek_hash(ek_certificate.public_key())
+    pub_hash = ek_hash(ek_certificate.public_key())
     server = start_server(spire_bin, workdir, ek_ca, policy="cert", plugin=pinned(dist, SERVER))
     agent = start_agent(spire_bin, workdir, server, bare_swtpm.tcti, plugin=pinned(dist, AGENT))
     try:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from server_plugin.allowlist import AllowlistEntry
-from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.http_servers import Nginx, TLSFiles, document, publish
 from tests.spire.harness import (
@@ -330,7 +330,7 @@ def test_ha_servers_share_the_allowlist_and_survive_one_stopping(
     ha: tuple[list[SpireServer], Path, FrontDoor],
 ) -> None:
     (server_a, server_b), allowlist, door = ha
-    pub_hash = ekcert.ek_hash(ek_certificate.public_key())
+    pub_hash = ek_hash(ek_certificate.public_key())
     bundle = server_a.cli("bundle", "show")
     assert bundle.returncode == 0, bundle.stderr
     (workdir / "bundle.pem").write_text(bundle.stdout)

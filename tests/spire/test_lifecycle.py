@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from spire_tpm_attestor import ekcert
+from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.spire.conftest import needs_release
@@ -98,7 +98,7 @@ def test_workload_svid_through_a_tpm_selector_across_restart_and_lost_data_dir(
     bare_swtpm: SWTPM,
     ek_certificate: x509.Certificate,
 ) -> None:
-    pub_hash = ekcert.ek_hash(ek_certificate.public_key())
+    pub_hash = ek_hash(ek_certificate.public_key())
     server = start_server(spire_bin, workdir, ek_ca, policy="cert")
     try:
         create_entries(server, pub_hash)
