@@ -125,6 +125,7 @@ class TestCA:
     root_certificate: x509.Certificate
     intermediate_certificate: x509.Certificate
     intermediate_key: CAPrivateKey
+    root_key: CAPrivateKey  # to re-sign an altered intermediate, as a manufacturer would
 
     @classmethod
     def create(
@@ -152,7 +153,7 @@ class TestCA:
             not_after=not_after,
         )
         root, intermediate = root_ca.cert, intermediate_ca.cert
-        ca = cls(Path(directory), root, intermediate, intermediate_key)
+        ca = cls(Path(directory), root, intermediate, intermediate_key, root_key)
         ca.directory.mkdir(parents=True, exist_ok=True)
         root_pem = root.public_bytes(serialization.Encoding.PEM)
         intermediate_pem = intermediate.public_bytes(serialization.Encoding.PEM)
@@ -172,6 +173,14 @@ class TestCA:
     @property
     def bundle_path(self) -> Path:
         return self.directory / "bundle.pem"
+
+    @property
+    def root(self) -> Issued:
+        return Issued(self.root_certificate, self.root_key)
+
+    @property
+    def intermediate(self) -> Issued:
+        return Issued(self.intermediate_certificate, self.intermediate_key)
 
     def issue_ek_certificate(
         self,

@@ -1,10 +1,13 @@
 """One X.509 certificate, as it was signed: EK, DevID and CA certificates alike.
 
-`load_certificate` takes PEM, DER or what an NV read returns (a TCG header in front,
-padding behind) and keeps the original DER, TBS bytes, signature and
-SubjectPublicKeyInfo for signature checks. `cryptography` reads the fields, from a
-canonically re-encoded copy (`der.canonical`) when it refuses the original, and RSA keys
-in an id-RSAES-OAEP SubjectPublicKeyInfo (common in EK certificates) are read here.
+`load_certificate` takes PEM (with any text around it), DER or what an NV read returns
+(a TCG header or TPM 1.2 stored-certificate structure in front, padding or other bytes
+behind) and keeps the original DER, TBS bytes, signature and SubjectPublicKeyInfo for
+signature checks. `cryptography` reads the fields, from a canonical re-encoding
+(`der.canonical_certificate`) when it refuses the original; the serial number and the
+subject key (including RSA keys in an id-RSAES-OAEP SubjectPublicKeyInfo, common in EK
+certificates) are read here from the original bytes. Every deviation tolerated on the
+way is named in `Certificate.quirks`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import binascii
 import hashlib
 import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,7 +26,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from spire_tpm_attestor.errors import MalformedInput
 from spire_tpm_attestor.tpm.constants import OID_TCG_MANUFACTURER, OID_TCG_MODEL, OID_TCG_VERSION
@@ -30,8 +34,11 @@ from spire_tpm_attestor.x509 import der
 
 MAX_CERTIFICATE_SIZE = 64 * 1024
 
-# TCG PC-Client NV header in front of some EK certificates: 10 01 00, UINT16 length.
-_TCG_NV_HEADER = b"\x10\x01\x00"
+# TCG PC Client NV structures in front of some EK certificates: TCG_PCCLIENT_STORED_CERT
+# (tag 10 01, certType 0 = full, UINT16 size), then on TPM 1.2-era parts TCG_FULL_CERT's
+# tag (10 02) before the DER.
+_TCG_STORED_CERT = b"\x10\x01"
+_TCG_FULL_CERT = b"\x10\x02"
 # DER of OID 1.2.840.113549.1.1.7 (id-RSAES-OAEP), used in some EK certificates' SPKI.
 _OID_RSAES_OAEP = bytes.fromhex("06092a864886f70d010107")
 
@@ -49,22 +56,53 @@ _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL
 )
 
+# Deviations outside the DER (see der.QUIRK_* for those inside), by the name `quirks` gives.
+QUIRK_TCG_NV_HEADER = "tcg-nv-header"
+QUIRK_TCG_STORED_CERTIFICATE = "tcg-stored-certificate"
+QUIRK_NV_PADDING = "nv-padding"
+QUIRK_TRAILING_BYTES = "trailing-bytes"
+QUIRK_PEM_SURROUNDING_TEXT = "pem-surrounding-text"
+QUIRK_LONG_SERIAL = "long-serial"
+QUIRK_RSAES_OAEP_KEY = "rsaes-oaep-key"
+MAX_SERIAL_OCTETS = 20  # RFC 5280 4.1.2.2
+
+# The extensions a certificate may mark critical: the ones chain verification applies
+# or that only describe (RFC 5280 6.1.3 lets a verifier ignore no other critical one).
+UNDERSTOOD_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,  # critical in EK certificates (empty subject)
+        ExtensionOID.ISSUER_ALTERNATIVE_NAME,
+        ExtensionOID.CERTIFICATE_POLICIES,  # critical in some EK certificates; any policy
+        ExtensionOID.SUBJECT_DIRECTORY_ATTRIBUTES,  # TCG: TPM specification, security level
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+        ExtensionOID.CRL_DISTRIBUTION_POINTS,
+        ExtensionOID.AUTHORITY_INFORMATION_ACCESS,
+    }
+)
+
 
 @dataclass(frozen=True, eq=False)
 class Certificate:
     """An X.509 certificate as it was signed, plus its fields as `cryptography` reads them.
 
-    `der`, `tbs_bytes`, `signature` and `spki` are the original bytes. `certificate` is
-    the `cryptography` object; when `lenient` is true it was parsed from a canonical
-    re-encoding because `cryptography` refused the original DER.
+    `der`, `tbs_bytes`, `signature`, `spki` and `serial_number` are the original bytes
+    and value. `certificate` is the `cryptography` object; when `lenient` is true it was
+    parsed from a canonical re-encoding because `cryptography` refused the original DER.
+    `quirks` names, sorted, every deviation tolerated in reading it.
     """
 
     der: bytes
     tbs_bytes: bytes
     signature: bytes
     spki: bytes
+    serial_number: int
     certificate: x509.Certificate
     lenient: bool
+    quirks: tuple[str, ...] = ()
 
     @property
     def signature_algorithm_oid(self) -> x509.ObjectIdentifier:
@@ -77,10 +115,6 @@ class Certificate:
     @property
     def subject(self) -> x509.Name:
         return self.certificate.subject
-
-    @property
-    def serial_number(self) -> int:
-        return self.certificate.serial_number
 
     @property
     def not_valid_before(self) -> datetime:
@@ -132,6 +166,15 @@ class Certificate:
             return False
         return constraints.value.ca
 
+    @property
+    def unknown_critical_extensions(self) -> list[str]:
+        """The dotted OIDs of critical extensions outside UNDERSTOOD_EXTENSIONS."""
+        return [
+            extension.oid.dotted_string
+            for extension in self.certificate.extensions
+            if extension.critical and extension.oid not in UNDERSTOOD_EXTENSIONS
+        ]
+
     def public_key(self) -> PublicKeyTypes:
         """The subject key, including RSA keys in an id-RSAES-OAEP SubjectPublicKeyInfo."""
         spki = der.children(der.read_element(self.spki)[1])
@@ -143,7 +186,7 @@ class Certificate:
         try:
             return serialization.load_der_public_key(self.spki)
         except _PARSE_ERRORS as exc:
-            raise MalformedInput(f"unsupported certificate public key: {exc}") from None
+            raise MalformedInput(f"unsupported certificate public key: {one_line(exc)}") from None
 
     def _tcg_attribute(self, oid: x509.ObjectIdentifier) -> str | None:
         try:
@@ -184,27 +227,58 @@ def _rsa_key_from_bit_string(bit_string: bytes) -> RSAPublicKey:
         raise MalformedInput(f"invalid RSA public key: {exc}") from None
 
 
-def strip_nv_wrapping(data: bytes) -> bytes:
-    """The certificate DER from an NV read: drop the TCG header and trailing padding."""
-    if data.startswith(_TCG_NV_HEADER):
+def one_line(exc: Exception) -> str:
+    """A library's error message on one line, for reasons and audit lines."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def strip_nv_wrapping(data: bytes, quirks: set[str]) -> bytes:
+    """The certificate DER from an NV read or a DER file: without a TCG header in front
+    (adding to `quirks` which) or anything behind."""
+    bound = len(data)
+    if data.startswith(_TCG_STORED_CERT):
         if len(data) < 5:
-            raise MalformedInput("EK certificate: truncated TCG NV header")
-        (length,) = struct.unpack(">H", data[3:5])
-        data = data[5 : 5 + length]
-    tag, _, end = der.read_element(data)
-    if tag != der.TAG_SEQUENCE:
+            raise MalformedInput("certificate: truncated TCG NV header")
+        if data[2] != 0:
+            raise MalformedInput(
+                f"certificate: TCG stored certificate of type {data[2]}; "
+                "only full certificates (type 0) are supported"
+            )
+        (size,) = struct.unpack(">H", data[3:5])
+        start = 5
+        if data[5:7] == _TCG_FULL_CERT:
+            quirks.add(QUIRK_TCG_STORED_CERTIFICATE)
+            start = 7  # the size may count this tag or not: either way it bounds the DER
+        else:
+            quirks.add(QUIRK_TCG_NV_HEADER)
+        bound, data = size, data[start:]
+    if data[:1] != bytes([der.TAG_SEQUENCE]):
         raise MalformedInput("certificate is neither PEM nor a DER SEQUENCE")
+    _, _, end = der.read_element(data)
+    if end > bound:
+        raise MalformedInput("certificate: longer than the size in its TCG NV header")
+    rest = data[end:]
+    if rest:
+        padding = rest.strip(b"\xff") == b"" or rest.strip(b"\x00") == b""
+        quirks.add(QUIRK_NV_PADDING if padding else QUIRK_TRAILING_BYTES)
     return data[:end]
+
+
+def pem_blocks(data: bytes) -> list[bytes]:
+    """The base64 text of every CERTIFICATE block in PEM `data`, in order."""
+    return [match.group(1) for match in _PEM_CERTIFICATE.finditer(data)]
+
+
+def decode_pem_block(text: bytes) -> bytes:
+    try:
+        return base64.b64decode(b"".join(text.split()), validate=True)
+    except binascii.Error as exc:
+        raise MalformedInput(f"PEM: bad base64: {exc}") from None
 
 
 def pem_certificates(data: bytes) -> list[bytes]:
     """The DER of every CERTIFICATE block in PEM `data` (at least one)."""
-    blocks = []
-    for match in _PEM_CERTIFICATE.finditer(data):
-        try:
-            blocks.append(base64.b64decode(b"".join(match.group(1).split()), validate=True))
-        except binascii.Error as exc:
-            raise MalformedInput(f"PEM: bad base64: {exc}") from None
+    blocks = [decode_pem_block(text) for text in pem_blocks(data)]
     if not blocks:
         raise MalformedInput("PEM: no CERTIFICATE block")
     return blocks
@@ -212,12 +286,25 @@ def pem_certificates(data: bytes) -> list[bytes]:
 
 def _parse_x509(encoded: bytes) -> x509.Certificate:
     certificate = x509.load_der_x509_certificate(encoded)
-    certificate.extensions  # noqa: B018 - parse extensions now, not on first use
+    # Parse everything read later now, so that a refusal happens here and only here.
+    certificate.extensions  # noqa: B018
+    certificate.subject  # noqa: B018
+    certificate.issuer  # noqa: B018
+    certificate.signature_algorithm_oid  # noqa: B018
     return certificate
 
 
-def from_der(encoded: bytes) -> Certificate:
-    """The certificate whose DER is `encoded`, exactly as signed."""
+def _parse_strictly(encoded: bytes) -> x509.Certificate | None:
+    """The certificate as `cryptography` reads the original DER, or None if it refuses."""
+    try:
+        return _parse_x509(encoded)
+    except _PARSE_ERRORS:
+        return None
+
+
+def from_der(encoded: bytes, quirks: Iterable[str] = ()) -> Certificate:
+    """The certificate whose DER is `encoded`, exactly as signed; `quirks` are the
+    deviations already met in unwrapping it."""
     tag, content, end = der.read_element(encoded)
     parts = der.children(content)
     if tag != der.TAG_SEQUENCE or end != len(encoded) or len(parts) != 3:
@@ -232,38 +319,65 @@ def from_der(encoded: bytes) -> Certificate:
     sig_tag, sig_bits, _ = der.read_element(signature)
     if sig_tag != der.TAG_BIT_STRING or not sig_bits or sig_bits[0] != 0:
         raise MalformedInput("certificate: malformed signature BIT STRING")
-    lenient = False
-    try:
-        certificate = _parse_x509(encoded)
-    except _PARSE_ERRORS:
-        lenient = True
+    serial_number = der.read_integer(tbs_fields[first])
+    spki = tbs_fields[first + 5]
+    found = set(quirks)
+    if len(der.read_element(tbs_fields[first])[1]) > MAX_SERIAL_OCTETS:
+        found.add(QUIRK_LONG_SERIAL)
+    if _OID_RSAES_OAEP in spki[: 2 + len(_OID_RSAES_OAEP) + 8]:
+        found.add(QUIRK_RSAES_OAEP_KEY)
+    # cryptography reads a serial number that is not positive, but warns on stderr.
+    certificate = _parse_strictly(encoded) if serial_number > 0 else None
+    lenient = certificate is None
+    if certificate is None:
+        canonical, repaired = der.canonical_certificate(encoded)
+        found |= repaired
         try:
-            certificate = _parse_x509(der.canonical(encoded))
+            certificate = _parse_x509(canonical)
         except _PARSE_ERRORS as exc:
-            raise MalformedInput(f"certificate cannot be parsed: {exc}") from None
+            raise MalformedInput(f"certificate cannot be parsed: {one_line(exc)}") from None
     return Certificate(
         der=encoded,
         tbs_bytes=tbs,
         signature=sig_bits[1:],
-        spki=tbs_fields[first + 5],
+        spki=spki,
+        serial_number=serial_number,
         certificate=certificate,
         lenient=lenient,
+        quirks=tuple(sorted(found)),
     )
+
+
+def is_pem(data: bytes) -> bool:
+    """Whether `data` is PEM text rather than DER or an NV read (which may hold anything)."""
+    binary = data[:1] == b"\x30" or data.startswith(_TCG_STORED_CERT)
+    return not binary and b"-----BEGIN" in data
+
+
+def unwrap_certificate(data: bytes) -> tuple[bytes, set[str]]:
+    """The DER of the one certificate in PEM, DER or an NV read, exactly as it was signed,
+    and the names of the wrapping deviations met (text around PEM, TCG NV structures,
+    padding or other trailing bytes)."""
+    if len(data) > MAX_CERTIFICATE_SIZE:
+        raise MalformedInput(f"certificate is {len(data)} bytes, limit is {MAX_CERTIFICATE_SIZE}")
+    quirks: set[str] = set()
+    if is_pem(data):
+        blocks = pem_certificates(data)
+        if len(blocks) != 1:
+            raise MalformedInput(f"PEM: expected one certificate, found {len(blocks)}")
+        text = data.strip()
+        if not (text.startswith(b"-----BEGIN") and text.endswith(b"-----")):
+            quirks.add(QUIRK_PEM_SURROUNDING_TEXT)
+        return blocks[0], quirks
+    return strip_nv_wrapping(data, quirks), quirks
 
 
 def certificate_der(data: bytes) -> bytes:
     """The DER of the one certificate in PEM, DER or an NV read (TCG header, padding),
     exactly as it was signed."""
-    if len(data) > MAX_CERTIFICATE_SIZE:
-        raise MalformedInput(f"certificate is {len(data)} bytes, limit is {MAX_CERTIFICATE_SIZE}")
-    if data.lstrip().startswith(b"-----BEGIN"):
-        blocks = pem_certificates(data)
-        if len(blocks) != 1:
-            raise MalformedInput(f"PEM: expected one certificate, found {len(blocks)}")
-        return blocks[0]
-    return strip_nv_wrapping(data)
+    return unwrap_certificate(data)[0]
 
 
 def load_certificate(data: bytes) -> Certificate:
     """Load one certificate from PEM, DER, or an NV read (TCG header, padding)."""
-    return from_der(certificate_der(data))
+    return from_der(*unwrap_certificate(data))

@@ -92,29 +92,57 @@ def _verify_signature(child: Certificate, parent: Certificate) -> bool:
     return True
 
 
-def check_validity(cert: Certificate, now: datetime) -> None:
-    """Prove `now` lies within the certificate's validity period."""
+class Expired(NotProven):
+    """A certificate of the chain is past its notAfter."""
+
+
+def check_validity(cert: Certificate, now: datetime, *, enforce_expiry: bool = True) -> None:
+    """Prove `now` lies within the certificate's validity period (or only after its
+    notBefore, without `enforce_expiry`: TPM manufacturers certify EKs for the life of
+    the part, and many of those certificates have passed their notAfter)."""
     if now < cert.not_valid_before:
         raise NotProven(f"certificate {cert.describe()} is not yet valid")
-    if now > cert.not_valid_after:
-        raise NotProven(f"certificate {cert.describe()} has expired")
+    if enforce_expiry and now > cert.not_valid_after:
+        raise Expired(f"certificate {cert.describe()} has expired")
 
 
-def _issuer_problem(parent: Certificate, cas_below: int, now: datetime) -> str | None:
-    """Why `parent`, which signed the certificate below it, cannot act as its issuer."""
-    if not parent.is_ca:
-        return f"issuer {parent.describe()} is not a CA"
-    usage = parent.key_usage
+def check_understood(cert: Certificate) -> None:
+    """Prove the certificate has no critical extension this verifier does not apply."""
+    unknown = cert.unknown_critical_extensions
+    if unknown:
+        raise NotProven(
+            f"certificate {cert.describe()} has an unknown critical extension {unknown[0]}"
+        )
+
+
+def signing_problem(cert: Certificate) -> str | None:
+    """Why `cert` cannot issue certificates at all, or None: whatever the chain."""
+    if not cert.is_ca:
+        return f"{cert.describe()} is not a CA"
+    usage = cert.key_usage
     if usage is not None and not usage.key_cert_sign:
-        return f"issuer {parent.describe()} may not sign certificates"
+        return f"{cert.describe()} may not sign certificates"
+    unknown = cert.unknown_critical_extensions
+    if unknown:
+        return f"{cert.describe()} has an unknown critical extension {unknown[0]}"
+    return None
+
+
+def _issuer_problem(
+    parent: Certificate, cas_below: int, now: datetime, enforce_expiry: bool
+) -> NotProven | None:
+    """Why `parent`, which signed the certificate below it, cannot act as its issuer."""
+    problem = signing_problem(parent)
+    if problem is not None:
+        return NotProven(f"issuer {problem}")
     extensions = parent.certificate.extensions
     path_length = extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
     if path_length is not None and cas_below > path_length:
-        return f"issuer {parent.describe()} exceeds its path length"
+        return NotProven(f"issuer {parent.describe()} exceeds its path length")
     try:
-        check_validity(parent, now)
+        check_validity(parent, now, enforce_expiry=enforce_expiry)
     except NotProven as exc:
-        return str(exc)
+        return exc
     return None
 
 
@@ -132,26 +160,31 @@ def verify_chain(
     intermediates: Sequence[Certificate],
     bundle: Sequence[Certificate],
     now: datetime,
+    *,
+    enforce_expiry: bool = True,
 ) -> list[Certificate]:
     """Verify `leaf` chains to a certificate of `bundle`, possibly through intermediates.
 
     Parents are found by signature over every candidate, never by encoded issuer name
     (equal names are encoded differently in practice). Every parent must be a CA allowed
-    to sign certificates, every certificate valid at `now` (timezone-aware), and the
-    chain at most MAX_CHAIN_DEPTH long. Returns [leaf, intermediates..., anchor]. The
+    to sign certificates, every certificate valid at `now` (timezone-aware; past its
+    notAfter too without `enforce_expiry`), none with a critical extension this verifier
+    does not apply, and the chain at most MAX_CHAIN_DEPTH long. A failure is `Expired`
+    when expiry alone stood in the way. Returns [leaf, intermediates..., anchor]. The
     anchor is a self-signed root of `bundle` whenever one is reachable, so it does not
     depend on whether an intermediate was configured in the bundle or sent by the agent;
     otherwise it is the nearest bundle certificate.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    check_validity(leaf, now)
+    check_validity(leaf, now, enforce_expiry=enforce_expiry)
+    check_understood(leaf)
     trusted = {cert.der for cert in bundle}
     pool = list({cert.der: cert for cert in [*bundle, *intermediates]}.values())
     queue: deque[list[Certificate]] = deque([[leaf]])
     expanded = {leaf.der}
     nearest: list[Certificate] | None = None
-    problems: list[str] = []
+    problems: list[NotProven] = []
     # Breadth first with each certificate expanded once: the shortest chain wins, and
     # cross-signed certificates cannot make the search explode.
     while queue:
@@ -159,7 +192,7 @@ def verify_chain(
         for parent in _candidates(path[-1], pool):
             if parent.der in expanded or not _signed_by(path[-1], parent):
                 continue
-            problem = _issuer_problem(parent, len(path) - 1, now)
+            problem = _issuer_problem(parent, len(path) - 1, now, enforce_expiry)
             if problem is not None:
                 problems.append(problem)
                 continue
@@ -173,5 +206,5 @@ def verify_chain(
                 queue.append(chain)
     if nearest is not None:
         return nearest
-    reason = problems[0] if problems else "no trusted issuer signed it"
-    raise NotProven(f"certificate {leaf.describe()} does not chain to a trusted CA: {reason}")
+    failure = problems[0] if problems else NotProven("no trusted issuer signed it")
+    raise type(failure)(f"certificate {leaf.describe()} does not chain to a trusted CA: {failure}")
