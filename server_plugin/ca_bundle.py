@@ -1,52 +1,106 @@
 """CA bundles given as files or directories (ek_ca_path, devid_ca_path), as loaded by
-`Reloading`.
+`Reloading`, and by `spire-tpm-attestor ek verify`.
 
-At Configure every path must load and hold certificates; anything else is a
-configuration problem. On a reload, removing trust material is an intentional change: a
-deleted path or file contributes nothing and an emptied directory nothing either, so a
-removed CA is never trusted again; when nothing remains, nothing is trusted. A file that
-is there but does not load (a half-written or truncated PEM) keeps its own last good
+Every certificate found is a trust anchor, self-signed or not: an operator may trust a
+manufacturer's intermediate alone. A directory is read recursively, so the packages
+operators download (one folder per manufacturer, roots and intermediates apart) keep
+their layout; hidden entries are skipped (Kubernetes mounts keep `..data` there).
+
+A file, or one certificate of a bundle, that cannot be used (unreadable, undecodable,
+not a CA) is skipped with a warning naming the file and the reason, and reported by
+Validate. Only an option whose paths hold no usable certificate at all is a
+configuration problem.
+
+On a reload, removing trust material is an intentional change: a deleted path or file
+contributes nothing and an emptied directory nothing either, so a removed CA is never
+trusted again; when nothing remains, nothing is trusted. A file that is there but yields
+no usable certificate (a half-written or truncated PEM) keeps its own last good
 certificates, and only those: the last good value is kept per file, never per bundle.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from spire_tpm_attestor.errors import AttestorError
+from server_plugin.reload import MAX_TREE_ENTRIES, visible_tree
 from spire_tpm_attestor.runtime.config import ConfigProblems
-from spire_tpm_attestor.x509 import Certificate, load_ca_bundle
+from spire_tpm_attestor.x509 import Certificate, ca_certificates_in
+from spire_tpm_attestor.x509.bundle import MAX_BUNDLE_FILE_SIZE
 
 log = logging.getLogger(__name__)
 
 Certificates = list[Certificate]
-_LOAD_ERRORS = (OSError, ValueError, AttestorError)
 
 
-def _files(path: str) -> list[str]:
-    """The files load_ca_bundle reads for `path` (hidden entries and
-    subdirectories skipped, as Kubernetes mounts keep `..data` there)."""
+@dataclass(frozen=True)
+class Skipped:
+    """A CA file, or certificates in it, that could not be used, and why."""
+
+    path: str
+    reason: str
+
+
+def ca_files(path: str) -> tuple[list[str], list[Skipped]]:
+    """The files read for `path` (itself, or every visible file below it), and the
+    subdirectories that could not be listed."""
     if not os.path.isdir(path):
-        return [path]
-    return sorted(
-        entry.path
-        for entry in os.scandir(path)
-        if not entry.name.startswith(".") and entry.is_file()
-    )
+        return [path], []
+    os.listdir(path)  # raises OSError when `path` itself cannot be listed
+    unlisted: list[Skipped] = []
+
+    def cannot_list(error: OSError) -> None:
+        unlisted.append(Skipped(error.filename or path, error.strerror or str(error)))
+
+    entries = list(itertools.islice(visible_tree(path, cannot_list), MAX_TREE_ENTRIES + 1))
+    if len(entries) > MAX_TREE_ENTRIES:
+        raise OSError(f"{path} holds more than {MAX_TREE_ENTRIES} entries; not a CA directory")
+    return [entry for entry in entries if not os.path.isdir(entry)], unlisted
 
 
-def _under(file: str, path: str) -> bool:
-    return file == path or file.startswith(path.rstrip(os.sep) + os.sep)
+def load_ca_file(file: str) -> tuple[Certificates, list[Skipped]]:
+    """The usable CA certificates of one file, and what was skipped in it."""
+    try:
+        with open(file, "rb") as f:
+            data = f.read(MAX_BUNDLE_FILE_SIZE + 1)
+    except OSError as exc:
+        return [], [Skipped(file, exc.strerror or str(exc))]
+    certificates, unusable = ca_certificates_in(data)
+    return certificates, [Skipped(file, reason) for reason in unusable]
+
+
+def load_ca_paths(paths: Sequence[str]) -> tuple[dict[str, Certificates], list[Skipped]]:
+    """The usable CA certificates under `paths`, by file, and everything skipped."""
+    loaded: dict[str, Certificates] = {}
+    skipped: list[Skipped] = []
+    for path in paths:
+        if not os.path.exists(path):
+            skipped.append(Skipped(path, "No such file or directory"))
+            continue
+        try:
+            files, unlisted = ca_files(path)
+        except OSError as exc:
+            skipped.append(Skipped(path, str(exc)))
+            continue
+        skipped.extend(unlisted)
+        for file in files:
+            loaded[file], unusable = load_ca_file(file)
+            skipped.extend(unusable)
+    return loaded, skipped
 
 
 class CABundle:
-    """`load()` for a Reloading CA bundle: strict the first time, per file after."""
+    """`load()` for a Reloading CA bundle: all paths the first time, per file after.
+
+    `skipped` is what the first load could not use, for Validate's notes."""
 
     def __init__(self, option: str, paths: Sequence[str]) -> None:
         self.option = option
         self.paths = list(paths)
+        self.skipped: list[Skipped] = []
         self._last_good: dict[str, Certificates] | None = None  # per file
 
     def __call__(self) -> Certificates:
@@ -57,20 +111,15 @@ class CABundle:
         return [cert for certificates in self._last_good.values() for cert in certificates]
 
     def _load_configured(self) -> dict[str, Certificates]:
-        """Every path loads and holds certificates, or ConfigProblems names each that does not."""
-        loaded: dict[str, Certificates] = {}
-        problems: list[str] = []
-        for path in self.paths:
-            try:
-                files = {file: load_ca_bundle(file) for file in _files(path)}
-            except _LOAD_ERRORS as exc:
-                problems.append(f"{self.option}: {exc}")
-                continue
-            if not any(files.values()):
-                problems.append(f"{self.option}: {path} holds no certificates")
-            loaded.update(files)
-        if problems:
-            raise ConfigProblems(problems)
+        """What the paths hold; ConfigProblems if no usable certificate at all."""
+        loaded, self.skipped = load_ca_paths(self.paths)
+        for skipped in self.skipped:
+            self._skipping(skipped)
+        if not any(loaded.values()):
+            reasons = "".join(f"; {s.path}: {s.reason}" for s in self.skipped)
+            raise ConfigProblems(
+                [f"{self.option}: no usable CA certificate in {', '.join(self.paths)}{reasons}"]
+            )
         return loaded
 
     def _load_again(self, last_good: dict[str, Certificates]) -> dict[str, Certificates]:
@@ -80,20 +129,25 @@ class CABundle:
                 self._warn(f"{path} was removed; its certificates are no longer trusted", path)
                 continue
             try:
-                files = _files(path)
+                files, unlisted = ca_files(path)
             except OSError as exc:  # an unreadable directory is not an emptied one
-                self._keeping(path, exc)
+                self._keeping(path, str(exc))
                 loaded.update({f: c for f, c in last_good.items() if _under(f, path)})
                 continue
+            for skipped in unlisted:
+                self._keeping(skipped.path, f"{skipped.path}: {skipped.reason}")
+                loaded.update({f: c for f, c in last_good.items() if _under(f, skipped.path)})
             found = 0
             for file in files:
-                try:
-                    certificates = load_ca_bundle(file)
-                except _LOAD_ERRORS as exc:
-                    if not os.path.exists(file):
-                        continue  # removed while we listed it
-                    self._keeping(file, exc)
-                    certificates = last_good.get(file, [])
+                certificates, unusable = load_ca_file(file)
+                if not certificates and not os.path.exists(file):
+                    continue  # removed while we listed it
+                for skipped in unusable:
+                    self._skipping(skipped)
+                if not certificates and file in last_good:
+                    reasons = "; ".join(skipped.reason for skipped in unusable)
+                    self._keeping(file, f"{file}: no usable certificate: {reasons}")
+                    certificates = last_good[file]
                 loaded[file] = certificates
                 found += len(certificates)
             if not found:
@@ -108,9 +162,23 @@ class CABundle:
     def _warn(self, message: str, path: str) -> None:
         log.warning(f"{self.option}: {message}", extra={"what": self.option, "paths": path})
 
-    def _keeping(self, path: str, exc: Exception) -> None:
+    def _skipping(self, skipped: Skipped) -> None:
+        log.warning(
+            f"{self.option}: skipping a CA certificate that cannot be used",
+            extra={
+                "what": self.option,
+                "paths": skipped.path,
+                "reason": f"{skipped.path}: {skipped.reason}",
+            },
+        )
+
+    def _keeping(self, path: str, reason: str) -> None:
         # The wording Reloading uses, for the same situation: a file half written.
         log.warning(
             "reload failed; keeping the last good value",
-            extra={"what": self.option, "paths": path, "reason": str(exc)},
+            extra={"what": self.option, "paths": path, "reason": reason},
         )
+
+
+def _under(file: str, path: str) -> bool:
+    return file == path or file.startswith(path.rstrip(os.sep) + os.sep)

@@ -188,6 +188,7 @@ class ServerConfig:
     max_pending_challenges: int = DEFAULT_MAX_PENDING_CHALLENGES
     ek_aia_fetch: AIAFetch | None = None
     ek_cert_download: EKCertDownload | None = None
+    notes: tuple[str, ...] = ()  # what Validate reports about an accepted configuration
 
     @property
     def ek_ca_bundle(self) -> list[Certificate]:
@@ -238,16 +239,21 @@ def reloading_ca_bundle(
     """The CA bundle in `paths`, reloaded when they change once started; None (and
     problems) if unusable.
 
-    A path that is missing or holds no certificates is a problem here; removed later, it
-    is simply no longer trusted (see ca_bundle)."""
+    Paths that hold no usable certificate at all are a problem here; a file or
+    certificate that cannot be used is skipped, with a note. Removed later, a path is
+    simply no longer trusted (see ca_bundle)."""
     if not paths:
         return None
+    bundle = CABundle(option, paths)
     try:
-        return Reloading(option, paths, CABundle(option, paths))
+        reloading = Reloading(option, paths, bundle)
     except ConfigProblems as problems:
         for problem in problems.problems:
             reader.problem(problem)
         return None
+    for skipped in bundle.skipped:
+        reader.note(f"{option}: skipped {skipped.path}: {skipped.reason}")
+    return reloading
 
 
 def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
@@ -297,6 +303,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         ),
         ek_aia_fetch=aia_fetch,
         ek_cert_download=cert_download,
+        notes=tuple(reader.notes),
     )
 
 

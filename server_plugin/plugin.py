@@ -262,6 +262,10 @@ def start_config(config: ServerConfig) -> None:
     config.start()
 
 
+def validation_notes(config: ServerConfig) -> tuple[str, ...]:
+    return config.notes
+
+
 def register(server: Any, holder: ConfigHolder[ServerConfig]) -> None:
     server_pb2_grpc.add_NodeAttestorServicer_to_server(ServerNodeAttestor(holder), server)
 
@@ -272,4 +276,5 @@ SPEC = PluginSpec(
     build_config=build_config,
     register_service=register,
     start_config=start_config,
+    validation_notes=validation_notes,
 )

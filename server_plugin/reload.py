@@ -18,7 +18,8 @@ Usage, for a CA bundle given as a list of files or directories:
     bundle.close()
 
 A file is watched through its parent directory, so replacing it by rename (editors,
-`mv`, Kubernetes ConfigMap/Secret mounts swapping their `..data` symlink) is seen too.
+`mv`, Kubernetes ConfigMap/Secret mounts swapping their `..data` symlink) is seen too; a
+directory is watched with its subdirectories, which `visible_tree` lists.
 Every event in a watched directory only triggers a cheap stat fingerprint of the paths;
 `load()` runs when that fingerprint changed (`touch` forces a reload). One watchdog
 Observer thread serves the whole process, with one watch per directory however many
@@ -28,10 +29,11 @@ changed on another host) need a local touch, or a configuration reload, to be se
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from watchdog.events import (
@@ -66,6 +68,9 @@ _CHANGES = frozenset(
 )
 
 Fingerprint = tuple[object, ...]
+# Directories of trust material hold hundreds of files; beyond this many entries, a
+# path is not one (a loader refuses it, and its fingerprint stops there).
+MAX_TREE_ENTRIES = 10_000
 
 
 def _stat_key(path: str) -> object:
@@ -76,6 +81,25 @@ def _stat_key(path: str) -> object:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def visible_tree(
+    directory: str, on_error: Callable[[OSError], None] | None = None
+) -> Iterator[str]:
+    """Every entry below `directory`, recursively, in a stable order, but none that is
+    hidden (a name starting with "."): Kubernetes mounts keep their `..data` machinery
+    there, and the visible names link into it. Symlinked directories are followed, each
+    once. Lazy, so that a caller can stop early in a directory far too large."""
+    seen: set[str] = set()
+    for top, directories, files in os.walk(directory, onerror=on_error, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            directories.clear()
+            continue
+        seen.add(real)
+        directories[:] = sorted(name for name in directories if not name.startswith("."))
+        yield from (os.path.join(top, name) for name in directories)
+        yield from (os.path.join(top, name) for name in sorted(files) if not name.startswith("."))
+
+
 def fingerprint(paths: Sequence[str]) -> Fingerprint:
     """What changes when the content under `paths` may have changed."""
     parts: list[object] = []
@@ -83,11 +107,16 @@ def fingerprint(paths: Sequence[str]) -> Fingerprint:
         parts.append(_stat_key(path))
         if os.path.isdir(path):
             try:
-                names = sorted(os.listdir(path))
+                names = sorted(os.listdir(path))  # hidden ones too: `..data` swaps
             except OSError as exc:
                 parts.append(exc.errno)
                 continue
             parts.extend((name, _stat_key(os.path.join(path, name))) for name in names)
+            errors: list[OSError] = []
+            tree = itertools.islice(visible_tree(path, errors.append), MAX_TREE_ENTRIES + 1)
+            nested = [entry for entry in tree if os.path.dirname(entry) != path]
+            parts.extend((entry, _stat_key(entry)) for entry in nested)
+            parts.extend(error.errno for error in errors)
     return tuple(parts)
 
 
@@ -109,37 +138,42 @@ class DirectoryWatches:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._observer: BaseObserver | None = None
-        self._watches: dict[str, tuple[ObservedWatch, _Dispatch]] = {}
+        self._watches: dict[tuple[str, bool], tuple[ObservedWatch, _Dispatch]] = {}
 
-    def add(self, directory: str, callback: Callable[[], None]) -> None:
+    def add(self, directory: str, callback: Callable[[], None], recursive: bool = False) -> None:
         with self._lock:
             if self._observer is None:
                 self._observer = Observer()  # a daemon thread, like its emitters
                 self._observer.start()
-            if directory not in self._watches:
+            key = (directory, recursive)
+            if key not in self._watches:
                 dispatch = _Dispatch()
-                watch = self._observer.schedule(dispatch, directory, recursive=False)
-                self._watches[directory] = (watch, dispatch)
-            self._watches[directory][1].callbacks.append(callback)
+                watch = self._observer.schedule(dispatch, directory, recursive=recursive)
+                self._watches[key] = (watch, dispatch)
+            self._watches[key][1].callbacks.append(callback)
 
-    def remove(self, directory: str, callback: Callable[[], None]) -> None:
+    def remove(self, directory: str, callback: Callable[[], None], recursive: bool = False) -> None:
         with self._lock:
-            watch, dispatch = self._watches[directory]
+            key = (directory, recursive)
+            watch, dispatch = self._watches[key]
             dispatch.callbacks.remove(callback)
             if not dispatch.callbacks and self._observer is not None:
-                del self._watches[directory]
+                del self._watches[key]
                 self._observer.unschedule(watch)
 
     def watched(self) -> list[str]:
         with self._lock:
-            return sorted(self._watches)
+            return sorted(directory for directory, _ in self._watches)
 
 
 WATCHES = DirectoryWatches()
 
 
-def _watched_directory(path: str) -> str:
-    return path if os.path.isdir(path) else os.path.dirname(path) or "."
+def _watch_for(path: str) -> tuple[str, bool]:
+    """The directory to watch for `path`, and whether with its subdirectories."""
+    if os.path.isdir(path):
+        return path, True
+    return os.path.dirname(path) or ".", False
 
 
 class Reloading(Generic[T]):
@@ -164,7 +198,7 @@ class Reloading(Generic[T]):
         self._timer: threading.Timer | None = None
         self._closed = False
         self._watching = False
-        self._directories = sorted({_watched_directory(path) for path in self.paths})
+        self._directories = sorted({_watch_for(path) for path in self.paths})
 
     def start(self) -> None:
         """Starts watching (once, unless closed); a change since the first load is
@@ -173,8 +207,8 @@ class Reloading(Generic[T]):
             if self._watching or self._closed:
                 return
             self._watching = True
-        for directory in self._directories:
-            WATCHES.add(directory, self._changed)
+        for directory, recursive in self._directories:
+            WATCHES.add(directory, self._changed, recursive)
         self.reload()
 
     @property
@@ -220,5 +254,5 @@ class Reloading(Generic[T]):
                 self._timer.cancel()
             watching, self._watching = self._watching, False
         if watching:
-            for directory in self._directories:
-                WATCHES.remove(directory, self._changed)
+            for directory, recursive in self._directories:
+                WATCHES.remove(directory, self._changed, recursive)

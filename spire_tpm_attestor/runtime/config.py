@@ -182,22 +182,34 @@ class ConfigReader:
     """Takes declared options out of one HCL object, recording problems under `prefix`."""
 
     def __init__(
-        self, data: dict[str, Any], problems: list[str], options: Options, prefix: str = ""
+        self,
+        data: dict[str, Any],
+        problems: list[str],
+        options: Options,
+        prefix: str = "",
+        notes: list[str] | None = None,
     ) -> None:
         self._data = data
         self._problems = problems
         self._options = options
         self._prefix = prefix
+        self.notes: list[str] = [] if notes is None else notes
 
     def problem(self, message: str) -> None:
         self._problems.append(message)
+
+    def note(self, message: str) -> None:
+        """Something the configuration leaves out without being wrong, for Validate."""
+        self.notes.append(message)
 
     def key(self, name: str) -> str:
         return f"{self._prefix}{name}"
 
     def declaring(self, options: Options) -> ConfigReader:
         """This reader with more options declared (a block whose type decides the rest)."""
-        return ConfigReader(self._data, self._problems, {**self._options, **options}, self._prefix)
+        return ConfigReader(
+            self._data, self._problems, {**self._options, **options}, self._prefix, self.notes
+        )
 
     def _declared(self, name: str, type_: str | None = None) -> Option:
         """The declaration of `name`; reading an undeclared option, or as another type,
@@ -318,7 +330,8 @@ class ConfigReader:
                     self.problem(f"{self.key(name)}: {label!r} is configured twice")
                     continue
                 prefix = f"{self.key(name)}.{label}."
-                blocks.append((label, ConfigReader(body, self._problems, options, prefix)))
+                reader = ConfigReader(body, self._problems, options, prefix, self.notes)
+                blocks.append((label, reader))
         return blocks
 
     def block(self, name: str, options: Options) -> ConfigReader | None:
@@ -332,7 +345,7 @@ class ConfigReader:
         if not isinstance(value, dict):
             self._wrong_type(name, "a block: " + name + " { ... }", value)
             return None
-        return ConfigReader(value, self._problems, options, f"{self.key(name)}.")
+        return ConfigReader(value, self._problems, options, f"{self.key(name)}.", self.notes)
 
     def raw(self, name: str) -> Any:
         """A block option as written, for its own parser to judge."""

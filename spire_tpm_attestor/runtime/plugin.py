@@ -24,7 +24,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -94,6 +94,10 @@ def _nothing_to_start(config: object) -> None:
     """Most configurations start nothing: building them is all there is."""
 
 
+def _no_notes(config: object) -> Sequence[str]:
+    return ()
+
+
 @dataclass(frozen=True)
 class PluginSpec(Generic[C]):
     """What distinguishes one plugin: its SPIRE service, config builder and servicer.
@@ -101,6 +105,7 @@ class PluginSpec(Generic[C]):
     `build_config` is inert: Validate and a rejected Configure build a configuration
     and close it. `start_config` starts what a built configuration watches or fetches,
     for the one Configure commits, before it is swapped in (both on a worker thread).
+    `validation_notes` is what Validate reports about a configuration it accepts.
     `register_service` gets a `grpc.aio.Server`; the servicer's methods may be `async`
     (run on the event loop) or plain (run on a worker thread)."""
 
@@ -109,6 +114,7 @@ class PluginSpec(Generic[C]):
     build_config: Callable[[str, CoreConfig], C]
     register_service: Callable[[Any, ConfigHolder[C]], None]
     start_config: Callable[[C], None] = _nothing_to_start
+    validation_notes: Callable[[C], Sequence[str]] = _no_notes
 
 
 def abort_with(context: grpc.ServicerContext, error: PluginError) -> None:
@@ -259,9 +265,11 @@ class ConfigService(spire_config_pb2_grpc.ConfigServicer, Generic[C]):
                 config = self._spec.build_config(request.hcl_configuration, core)
             except ConfigProblems as problems:
                 return spire_config_pb2.ValidateResponse(valid=False, notes=problems.problems)
+            notes = list(self._spec.validation_notes(config))
             config.close()
-            # SPIRE treats any note as a problem, so a good config gets none.
-            return spire_config_pb2.ValidateResponse(valid=True)
+            # SPIRE treats any note as a problem, so a good config gets none; one that
+            # leaves something out (a CA file that cannot be used) says so all the same.
+            return spire_config_pb2.ValidateResponse(valid=True, notes=notes)
 
         return await run_guarded(context, asyncio.to_thread(validate))
 
