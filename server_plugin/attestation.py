@@ -32,7 +32,7 @@ from server_plugin.checks import (
     verify_ek_chain,
     verify_eks_match,
 )
-from server_plugin.config import ServerConfig
+from server_plugin.config import ALLOWLIST_SUFFICES, ServerConfig
 from server_plugin.event_log_policy import EventLogPolicy, ProvenBoot
 from server_plugin.evidence_checks import (
     VerifiedDevID,
@@ -51,7 +51,7 @@ from spire_tpm_attestor import eventlog, wire
 from spire_tpm_attestor.identity import TemplateError, agent_spiffe_id, selector_safe
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb.spire_server_nodeattestor_pb2 import AgentAttributes
-from spire_tpm_attestor.runtime.status import Unavailable
+from spire_tpm_attestor.runtime.status import InvalidArgument, Unavailable
 from spire_tpm_attestor.tpm.credential import make_credential
 from spire_tpm_attestor.tpm.structures import PublicArea
 from spire_tpm_attestor.x509 import Certificate
@@ -67,6 +67,7 @@ class Evidence:
     ek_certificate: VerifiedEKCertificate | None
     allowlist_entry: AllowlistEntry | None
     devid: VerifiedDevID | None
+    ek_certificate_ignored: str | None = None  # why a certificate sent was set aside
 
 
 @dataclass(frozen=True)
@@ -113,20 +114,39 @@ def check_payload(config: ServerConfig, payload: attestation_pb2.Payload) -> Evi
     try:
         check_denylist(config.denylist, pub_hash)  # a denied EK goes no further, under any policy
         ak = verify_ak_public(payload.ak_public)
-        certificate = (
-            load_ek_certificate(payload.ek_certificate) if payload.ek_certificate else None
-        )
-        if certificate is not None:
-            # Under every policy: a certificate we report facts from must be this EK's.
-            verify_eks_match(certificate, ek)
+        certificate, unreadable = read_ek_certificate(config, payload.ek_certificate, ek)
         verified, entry = establish_ek_trust(
-            config, ek, pub_hash, certificate, list(payload.ek_intermediates)
+            config, ek, pub_hash, certificate, list(payload.ek_intermediates), unreadable
         )
         devid = establish_devid(config, payload)
     except Rejected as rejected:
         rejected.ek_hash = pub_hash
         raise
-    return Evidence(pub_hash, ek, ak, verified, entry, devid)
+    ignored = unreadable.error.message if unreadable else None
+    return Evidence(pub_hash, ek, ak, verified, entry, devid, ignored)
+
+
+def read_ek_certificate(
+    config: ServerConfig, data: bytes, ek: PublicArea
+) -> tuple[Certificate | None, Rejected | None]:
+    """The EK certificate the agent sent (None if none), proven to be this EK's.
+
+    Under the policies an allowlist can satisfy, a certificate that cannot be read does
+    not refuse: it is set aside, returned as the second value, and the EK hash (taken
+    from the EK public area the challenge is encrypted to) decides. A certificate for
+    another key refuses under every policy: we report facts from it only if it is this
+    EK's, and it is no honest mistake.
+    """
+    if not data:
+        return None, None
+    try:
+        certificate = load_ek_certificate(data)
+        verify_eks_match(certificate, ek)
+    except Rejected as rejected:
+        if config.ek_policy in ALLOWLIST_SUFFICES and isinstance(rejected.error, InvalidArgument):
+            return None, rejected
+        raise
+    return certificate, None
 
 
 def establish_devid(config: ServerConfig, payload: attestation_pb2.Payload) -> VerifiedDevID | None:
@@ -147,11 +167,13 @@ def establish_ek_trust(
     pub_hash: str,
     certificate: Certificate | None,
     intermediates: Sequence[bytes],
+    unreadable: Rejected | None = None,
 ) -> tuple[VerifiedEKCertificate | None, AllowlistEntry | None]:
-    """Apply `ek_policy` to the EK certificate chain and the allowlist.
+    """Apply `ek_policy` to the EK certificate chain and the allowlist; `unreadable` is
+    why a certificate sent was set aside.
 
-    With `ek_cert_download`, an EK the agent sent no certificate for gets the one its
-    manufacturer publishes, when the policy still needs a certificate."""
+    With `ek_cert_download`, an EK the agent sent no (readable) certificate for gets
+    the one its manufacturer publishes, when the policy still needs a certificate."""
     entry = look_up_allowlist(config.allowlist, pub_hash) if config.allowlist else None
     download = config.ek_cert_download
     # Under cert_or_allowlist a listed EK needs no certificate: nothing to download.
@@ -166,7 +188,7 @@ def establish_ek_trust(
     if not config.ek_ca_bundle:
         cert_failure = denied("ek_cert_chain", "no EK CA is configured")
     elif certificate is None:
-        cert_failure = denied(
+        cert_failure = unreadable or denied(
             "ek_certificate",
             "the agent sent no EK certificate"
             + (" and its manufacturer publishes none" if download is not None else ""),
@@ -174,7 +196,11 @@ def establish_ek_trust(
     else:
         try:
             verified = verify_ek_chain(
-                certificate, intermediates, config.ek_ca_bundle, config.ek_aia_fetch
+                certificate,
+                intermediates,
+                config.ek_ca_bundle,
+                config.ek_aia_fetch,
+                enforce_expiry=config.enforce_ek_cert_expiry,
             )
         except Rejected as rejected:
             cert_failure = rejected

@@ -30,6 +30,7 @@ from spire_tpm_attestor.tpm.keys import check_ak_public, check_ek_template
 from spire_tpm_attestor.tpm.structures import PublicArea, parse_tpm2b_public
 from spire_tpm_attestor.x509 import (
     Certificate,
+    Expired,
     certificate_matches_public_area,
     load_certificate,
     verify_chain,
@@ -131,13 +132,30 @@ class VerifiedEKCertificate:
     anchor_fingerprint: str
 
 
+def _ek_chain(
+    certificate: Certificate,
+    intermediates: Sequence[Certificate],
+    bundle: Sequence[Certificate],
+    enforce_expiry: bool,
+) -> list[Certificate]:
+    try:
+        return verify_chain(
+            certificate, intermediates, bundle, datetime.now(UTC), enforce_expiry=enforce_expiry
+        )
+    except Expired as exc:  # name the option that would accept it
+        raise Expired(f'{exc} (ek_cert_expiry = "enforce")') from None
+
+
 def verify_ek_chain(
     certificate: Certificate,
     intermediates: Sequence[bytes],
     bundle: Sequence[Certificate],
     aia: AIAFetch | None = None,
+    *,
+    enforce_expiry: bool = True,
 ) -> VerifiedEKCertificate:
-    """The EK certificate chains to a configured manufacturer/organisation CA.
+    """The EK certificate chains to a configured manufacturer/organisation CA; past
+    their notAfter, the certificates of the chain count only without `enforce_expiry`.
 
     With `aia`, a chain that does not verify is retried with the issuer its top
     certificate's caIssuers URL serves, link by link: fetched certificates are
@@ -152,7 +170,7 @@ def verify_ek_chain(
                 "EK certificate does not chain to ek_ca_path",
                 every_failure=NotProven,
             ):
-                chain = verify_chain(certificate, extra, bundle, datetime.now(UTC))
+                chain = _ek_chain(certificate, extra, bundle, enforce_expiry)
             break
         except Rejected:
             if aia is None or top.der in asked or len(asked) >= MAX_CHAIN_DEPTH:

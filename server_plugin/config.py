@@ -38,6 +38,9 @@ from spire_tpm_attestor.runtime.config import (
 from spire_tpm_attestor.x509 import Certificate
 
 EK_POLICIES = ("cert", "allowlist", "cert_or_allowlist", "cert_and_allowlist")
+# The policies under which an allowlist entry alone admits.
+ALLOWLIST_SUFFICES = ("allowlist", "cert_or_allowlist")
+EK_CERT_EXPIRY = ("enforce", "ignore")
 DEFAULT_CHALLENGE_TIMEOUT = 60.0
 # A waiting attestation holds no thread, only memory: about 21 KiB of RSS for a stream
 # that says nothing, 15 KiB for one holding an unanswered challenge (make
@@ -58,6 +61,15 @@ SERVER_OPTIONS = declare(
         "strings",
         "a file or directory of PEM/DER CA certificates (roots and intermediates), or a list "
         "of them; reloaded when they change",
+    ),
+    Option(
+        "ek_cert_expiry",
+        "string",
+        "`enforce` or `ignore`: whether an EK certificate, or a CA certificate of its chain, "
+        "past its notAfter still counts. Manufacturers certify EKs for the life of the part, "
+        "and many such certificates have expired; `ignore` accepts them (notBefore and every "
+        "signature are still checked)",
+        default="enforce",
     ),
     Option(
         "hash_path",
@@ -188,6 +200,7 @@ class ServerConfig:
     max_pending_challenges: int = DEFAULT_MAX_PENDING_CHALLENGES
     ek_aia_fetch: AIAFetch | None = None
     ek_cert_download: EKCertDownload | None = None
+    enforce_ek_cert_expiry: bool = True  # ek_cert_expiry: EK and EK CA certificates alike
     notes: tuple[str, ...] = ()  # what Validate reports about an accepted configuration
 
     @property
@@ -303,6 +316,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         ),
         ek_aia_fetch=aia_fetch,
         ek_cert_download=cert_download,
+        enforce_ek_cert_expiry=reader.choice("ek_cert_expiry", EK_CERT_EXPIRY) == "enforce",
         notes=tuple(reader.notes),
     )
 

@@ -97,17 +97,20 @@ class AuditLine:
             },
         )
 
-    def admitted(self, attributes: server_pb2.AgentAttributes) -> None:
+    def admitted(
+        self, attributes: server_pb2.AgentAttributes, ek_certificate_ignored: str | None = None
+    ) -> None:
         self.written = True
-        audit.info(
-            "attestation admitted",
-            extra={
-                "decision": "admitted",
-                "ek_hash": self.ek_hash,
-                "spiffe_id": fit(attributes.spiffe_id),
-                "selectors": joined_selectors(list(attributes.selector_values)),
-            },
-        )
+        fields = {
+            "decision": "admitted",
+            "ek_hash": self.ek_hash,
+            "spiffe_id": fit(attributes.spiffe_id),
+            "selectors": joined_selectors(list(attributes.selector_values)),
+        }
+        if ek_certificate_ignored is not None:
+            # Admitted by EK hash; the certificate sent could not be read.
+            fields["ek_certificate"] = fit(f"ignored: {ek_certificate_ignored}")
+        audit.info("attestation admitted", extra=fields)
 
 
 class RequestReader:
@@ -234,7 +237,7 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
             # The deny list as it is now, not as it was when the challenge went out.
             attested = attestation.verify_response(self._holder.get(), pending, answer)
             attributes = attestation.agent_attributes(config, attested)
-            line.admitted(attributes)
+            line.admitted(attributes, attested.evidence.ek_certificate_ignored)
             await send(server_pb2.AttestResponse(agent_attributes=attributes))
         except Rejected as rejected:
             line.rejected(rejected.check, rejected.error.message, rejected.ek_hash)

@@ -4,11 +4,15 @@ Every policy against every kind of EK certificate and every allowlist answer. Th
 under test, from the README: a deny-listed EK is refused first, under any policy; a
 certificate the agent sends must be this EK's, under any policy; an allowlist lookup that
 fails refuses (it never admits); then the policy decides between "certified" (the
-certificate chains to ek_ca_path) and "listed" (an allowlist source knows the EK).
+certificate chains to ek_ca_path) and "listed" (an allowlist source knows the EK). A
+certificate that cannot be read is refused where a certificate is required, and set
+aside where the allowlist alone may admit.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import hashlib
 from collections.abc import Callable
 
@@ -16,8 +20,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from server_plugin.attestation import check_payload
-from server_plugin.config import EK_POLICIES
-from spire_tpm_attestor.runtime.status import PermissionDenied, PluginError, Unavailable
+from server_plugin.config import ALLOWLIST_SUFFICES, EK_POLICIES, build_server_config
+from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
+from spire_tpm_attestor.runtime.status import (
+    InvalidArgument,
+    PermissionDenied,
+    PluginError,
+    Unavailable,
+)
 from tests.unit.server_builders import (
     MemoryAllowlist,
     TestCA,
@@ -29,8 +39,9 @@ from tests.unit.server_builders import (
     server_config,
 )
 from tests.unit.software_tpm import SoftwareTPM
+from tests.unit.x509_builders import make_ca, make_ek_cert
 
-CERTIFICATES = ("valid", "other_ca", "none", "other_key")
+CERTIFICATES = ("valid", "other_ca", "none", "other_key", "unreadable")
 ANSWERS = ("listed", "not_listed", "lookup_error", "deny_listed", "deny_lookup_error")
 
 ADMITS: dict[str, Callable[[bool, bool], bool]] = {
@@ -40,6 +51,7 @@ ADMITS: dict[str, Callable[[bool, bool], bool]] = {
     "cert_and_allowlist": lambda certified, listed: certified and listed,
 }
 CERTIFICATE_FAILURE = {"other_ca": "ek_cert_chain", "none": "ek_certificate"}
+DAY = datetime.timedelta(days=1)
 
 
 def expected_rejection(
@@ -52,6 +64,8 @@ def expected_rejection(
         return "denylist_lookup", Unavailable
     if certificate == "other_key":
         return "ek_cert_key", PermissionDenied
+    if certificate == "unreadable" and policy not in ALLOWLIST_SUFFICES:
+        return "ek_certificate", InvalidArgument
     if answer == "lookup_error":
         return "allowlist_lookup", Unavailable
     certified, listed = certificate == "valid", answer == "listed"
@@ -71,6 +85,8 @@ def test_the_rules_cover_every_policy() -> None:
 def ek_certificate(kind: str, tpm: SoftwareTPM, ek_ca: TestCA, rogue_ca: TestCA) -> bytes:
     if kind == "none":
         return b""
+    if kind == "unreadable":
+        return b"\x30\x03\x02\x01\x01"  # a SEQUENCE, but no certificate
     issuer = rogue_ca if kind == "other_ca" else ek_ca
     key = tpm.ek_key.public_key()
     if kind == "other_key":  # a genuine certificate from the trusted CA, for another EK
@@ -119,6 +135,12 @@ def test_ek_policy(
         assert evidence.ek_certificate.anchor_fingerprint == hashlib.sha256(root).hexdigest()
     else:
         assert evidence.ek_certificate is None
+    if certificate == "unreadable":
+        assert evidence.ek_certificate_ignored == (
+            "EK certificate cannot be parsed: certificate: not a SEQUENCE of three elements"
+        )
+    else:
+        assert evidence.ek_certificate_ignored is None
     if answer == "listed":
         assert evidence.allowlist_entry is not None
         assert (evidence.allowlist_entry.pub_hash, evidence.allowlist_entry.name) == (
@@ -167,3 +189,44 @@ def test_allowlist_sources_are_asked_in_order(order: tuple[str, str], admitted: 
         assert entry is not None and entry.source == "first"
     else:
         rejected("allowlist_lookup", Unavailable, check_payload, config, tpm.payload())
+
+
+def test_an_unreadable_certificate_names_itself_when_nothing_else_admits(ek_ca: TestCA) -> None:
+    tpm = SoftwareTPM()
+    payload = tpm.payload(b"\x30\x03\x02\x01\x01")
+    config = server_config(ek_policy="cert_or_allowlist", ek_ca=bundle(ek_ca), allowlist=[])
+    refusal = rejected("ek_trust", PermissionDenied, check_payload, config, payload)
+    assert "EK certificate cannot be parsed: certificate: not a SEQUENCE" in str(refusal)
+
+
+def test_expired_ek_certificates_count_only_with_ek_cert_expiry_ignore(ek_ca: TestCA) -> None:
+    tpm = SoftwareTPM()
+    now = datetime.datetime.now(datetime.UTC)
+    expired = make_ek_cert(
+        tpm.ek_key.public_key(), ek_ca.intermediate, not_before=now - 9 * DAY, not_after=now - DAY
+    )
+    payload = tpm.payload(der(expired), ek_intermediates=[der(ek_ca.intermediate_certificate)])
+    enforcing = server_config(ek_policy="cert", ek_ca=bundle(ek_ca))
+    refusal = rejected("ek_cert_chain", PermissionDenied, check_payload, enforcing, payload)
+    assert str(refusal).endswith('has expired (ek_cert_expiry = "enforce")')
+    ignoring = dataclasses.replace(enforcing, enforce_ek_cert_expiry=False)
+    assert check_payload(ignoring, payload).ek_certificate is not None
+    # Never a signature: the same certificate from another CA is refused all the same.
+    forged = make_ek_cert(
+        tpm.ek_key.public_key(),
+        make_ca("Test TPM EK Intermediate CA"),
+        not_before=now - 9 * DAY,
+        not_after=now - DAY,
+    )
+    rejected("ek_cert_chain", PermissionDenied, check_payload, ignoring, tpm.payload(der(forged)))
+
+
+def test_ek_cert_expiry_option(ek_ca: TestCA) -> None:
+    core = CoreConfig("example.org")
+    base = f'ek_ca_path = "{ek_ca.root_path}"\n'
+    for text, enforced in ((base, True), (base + 'ek_cert_expiry = "ignore"', False)):
+        config = build_server_config(text, core)
+        config.close()
+        assert config.enforce_ek_cert_expiry == enforced
+    with pytest.raises(ConfigProblems, match="ek_cert_expiry: 'never' is not one of"):
+        build_server_config(base + 'ek_cert_expiry = "never"', core)
