@@ -9,6 +9,8 @@
 - `eventlog inspect`: what a firmware event log says and the selectors it yields.
 - `devid create`: a DevID key in this machine's TPM, for a CA to certify.
 - `allowlist add|remove|list|export`: provisioning allowlist directories.
+- `ek inspect|verify`: what the server reads from an EK certificate, and its chain.
+- `ca import`: CA bundles split into one file per CA, for ek_ca_path.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from spire_tpm_attestor import __version__, wire
 from spire_tpm_attestor.cli.allowlist import add_allowlist_commands
+from spire_tpm_attestor.cli.ca import add_ca_commands
 from spire_tpm_attestor.cli.devid import add_devid_commands
+from spire_tpm_attestor.cli.ek import add_ek_commands
 from spire_tpm_attestor.cli.eventlog import DEFAULT_PCRS, add_eventlog_commands
 from spire_tpm_attestor.cli.spire_config import PluginConfigFile
 from spire_tpm_attestor.ek_download import (
@@ -212,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = hash_cmd.add_mutually_exclusive_group()
     source.add_argument("--agent-config", help="read the EK from the TPM this agent config uses")
-    source.add_argument("--certificate", help="EK certificate file (PEM or DER)")
+    source.add_argument("--certificate", help="EK certificate file (PEM, DER or a raw NV read)")
     source.add_argument("--public-key", help="EK public key file (PEM or DER SubjectPublicKeyInfo)")
     hash_cmd.add_argument(
         "--urls",
@@ -246,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_devid_commands(commands)
     add_allowlist_commands(commands)
     add_eventlog_commands(commands)
+    add_ek_commands(commands)
+    add_ca_commands(commands)
     return parser
 
 

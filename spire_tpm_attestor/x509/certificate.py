@@ -276,6 +276,13 @@ def decode_pem_block(text: bytes) -> bytes:
         raise MalformedInput(f"PEM: bad base64: {exc}") from None
 
 
+def to_pem(encoded: bytes) -> bytes:
+    """PEM of certificate DER exactly as it is (no re-encoding)."""
+    text = base64.b64encode(encoded)
+    lines = b"".join(text[at : at + 64] + b"\n" for at in range(0, len(text), 64))  # RFC 7468
+    return b"-----BEGIN CERTIFICATE-----\n" + lines + b"-----END CERTIFICATE-----\n"
+
+
 def pem_certificates(data: bytes) -> list[bytes]:
     """The DER of every CERTIFICATE block in PEM `data` (at least one)."""
     blocks = [decode_pem_block(text) for text in pem_blocks(data)]

@@ -15,7 +15,8 @@ from server_plugin.config import build_server_config
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.x509 import Certificate, load_certificate, verify_chain
-from tests.unit.x509_builders import Node, add_extension, der, make_ca, pem_of, resign
+from spire_tpm_attestor.x509.certificate import to_pem
+from tests.unit.x509_builders import Node, add_extension, der, make_ca, resign
 
 NOW = datetime.datetime.now(datetime.UTC)
 CORE = CoreConfig("example.org")
@@ -92,7 +93,7 @@ def test_certificates_that_cannot_be_used_are_skipped_with_a_reason(
         + ca.root.pem
         + b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
         + not_a_ca
-        + pem_of(with_unknown_critical_extension(ca))
+        + to_pem(with_unknown_critical_extension(ca))
     )
     (tmp_path / "garbage.der").write_bytes(b"\x30\x03\x02\x01")
     certificates, skipped = loaded([bundle, tmp_path / "garbage.der", tmp_path / "missing"])

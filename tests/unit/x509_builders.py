@@ -9,7 +9,6 @@ manufacturers' EK and CA certificates, and where in the bytes to alter one to fo
 
 from __future__ import annotations
 
-import base64
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,12 +90,6 @@ def make_ek_cert(
 
 def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
-
-
-def pem_of(data: bytes) -> bytes:
-    """PEM of DER bytes as they are (`cryptography` would not write a deviant one)."""
-    body = base64.encodebytes(data)
-    return b"-----BEGIN CERTIFICATE-----\n" + body + b"-----END CERTIFICATE-----\n"
 
 
 # --- DER tree editing -------------------------------------------------------------------
