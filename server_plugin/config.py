@@ -60,7 +60,10 @@ SERVER_OPTIONS = declare(
         "ek_ca_path",
         "strings",
         "a file or directory of PEM/DER CA certificates (roots and intermediates), or a list "
-        "of them; reloaded when they change",
+        "of them; reloaded when they change. Every certificate in it is a trust anchor, "
+        "self-signed or not; directories are read recursively (hidden entries skipped); a "
+        "file or certificate that cannot be used is skipped with a warning (see [CA bundles]"
+        "(#ca-bundles))",
     ),
     Option(
         "ek_cert_expiry",
