@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import struct
@@ -102,19 +103,14 @@ class Certificate:
     serial_number: int
     certificate: x509.Certificate
     lenient: bool
-    quirks: tuple[str, ...] = ()
+    quirks: tuple[str, ...]
+    # Read once: `cryptography` builds these anew on each access, and chains compare them.
+    subject: x509.Name
+    issuer: x509.Name
 
     @property
     def signature_algorithm_oid(self) -> x509.ObjectIdentifier:
         return self.certificate.signature_algorithm_oid
-
-    @property
-    def issuer(self) -> x509.Name:
-        return self.certificate.issuer
-
-    @property
-    def subject(self) -> x509.Name:
-        return self.certificate.subject
 
     @property
     def not_valid_before(self) -> datetime:
@@ -166,7 +162,7 @@ class Certificate:
             return False
         return constraints.value.ca
 
-    @property
+    @functools.cached_property
     def unknown_critical_extensions(self) -> list[str]:
         """The dotted OIDs of critical extensions outside UNDERSTOOD_EXTENSIONS."""
         return [
@@ -295,8 +291,6 @@ def _parse_x509(encoded: bytes) -> x509.Certificate:
     certificate = x509.load_der_x509_certificate(encoded)
     # Parse everything read later now, so that a refusal happens here and only here.
     certificate.extensions  # noqa: B018
-    certificate.subject  # noqa: B018
-    certificate.issuer  # noqa: B018
     certificate.signature_algorithm_oid  # noqa: B018
     return certificate
 
@@ -343,6 +337,10 @@ def from_der(encoded: bytes, quirks: Iterable[str] = ()) -> Certificate:
             certificate = _parse_x509(canonical)
         except _PARSE_ERRORS as exc:
             raise MalformedInput(f"certificate cannot be parsed: {one_line(exc)}") from None
+    try:
+        subject, issuer = certificate.subject, certificate.issuer
+    except _PARSE_ERRORS as exc:
+        raise MalformedInput(f"certificate cannot be parsed: {one_line(exc)}") from None
     return Certificate(
         der=encoded,
         tbs_bytes=tbs,
@@ -352,6 +350,8 @@ def from_der(encoded: bytes, quirks: Iterable[str] = ()) -> Certificate:
         certificate=certificate,
         lenient=lenient,
         quirks=tuple(sorted(found)),
+        subject=subject,
+        issuer=issuer,
     )
 
 
