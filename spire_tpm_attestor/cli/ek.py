@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.errors import MalformedInput, NotProven
 from spire_tpm_attestor.x509 import Certificate, certificates_in, load_certificate, verify_chain
 
-EXIT_VERIFIED, EXIT_NOT_VERIFIED, EXIT_UNUSABLE = 0, 1, 2
+EXIT_VERIFIED, EXIT_NOT_VERIFIED = 0, 1  # and 2, from main(): input that cannot be used
 _CURVES = {"secp256r1": "p256", "secp384r1": "p384", "secp521r1": "p521"}
 
 
@@ -41,14 +40,19 @@ def rfc3339(moment: datetime) -> str:
 
 
 def read_ek_certificate(path: str) -> tuple[Certificate, dict[str, Any]]:
-    """The EK certificate in a file (DER, PEM or raw NV read) and what `inspect` shows."""
-    cert = load_certificate(Path(path).read_bytes())
-    if cert.is_ca:
-        raise MalformedInput(f"{cert.describe()} is a CA certificate, not an EK certificate")
-    key = cert.public_key()
+    """The EK certificate in a file (DER, PEM or raw NV read) and what `inspect` shows;
+    MalformedInput naming the file when it holds no usable EK certificate."""
+    try:
+        cert = load_certificate(Path(path).read_bytes())
+        if cert.is_ca:
+            raise MalformedInput(f"{cert.describe()} is a CA certificate, not an EK certificate")
+        key = cert.public_key()
+        name = key_name(key)
+    except (OSError, MalformedInput) as exc:
+        raise MalformedInput(f"{path} is not a usable EK certificate: {exc}") from None
     facts = {
         "ek_hash": ek_hash(key),
-        "key": key_name(key),
+        "key": name,
         "manufacturer": cert.tcg_manufacturer,
         "model": cert.tcg_model,
         "version": cert.tcg_version,
@@ -73,29 +77,18 @@ def show(facts: dict[str, Any], as_json: bool) -> None:
         print(f"{key}: {value}")
 
 
-def unusable(what: str, exc: Exception) -> int:
-    print(f"error: {what}: {exc}", file=sys.stderr)
-    return EXIT_UNUSABLE
-
-
 def cmd_ek_inspect(args: argparse.Namespace) -> int:
-    try:
-        _, facts = read_ek_certificate(args.file)
-    except (OSError, MalformedInput) as exc:
-        return unusable(f"{args.file} is not a usable EK certificate", exc)
+    _, facts = read_ek_certificate(args.file)  # main() makes its errors exit 2
     show(facts, args.json)
     return EXIT_VERIFIED
 
 
 def cmd_ek_verify(args: argparse.Namespace) -> int:
-    try:
-        cert, facts = read_ek_certificate(args.file)
-    except (OSError, MalformedInput) as exc:
-        return unusable(f"{args.file} is not a usable EK certificate", exc)
+    cert, facts = read_ek_certificate(args.file)
     try:
         sent = certificates_in(Path(args.intermediates).read_bytes()) if args.intermediates else []
     except (OSError, MalformedInput) as exc:
-        return unusable(f"intermediates {args.intermediates}", exc)
+        raise MalformedInput(f"intermediates {args.intermediates}: {exc}") from None
     by_file, skipped = load_ca_paths(args.ca_path)
     anchors = [anchor for certificates in by_file.values() for anchor in certificates]
     chain: list[Certificate] = []
