@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server_plugin.reload import MAX_TREE_ENTRIES, visible_tree
+from spire_tpm_attestor.files import FileTooLarge, read_bounded
 from spire_tpm_attestor.runtime.config import ConfigProblems
 from spire_tpm_attestor.x509 import Certificate, ca_certificates_in
 from spire_tpm_attestor.x509.bundle import MAX_BUNDLE_FILE_SIZE
@@ -64,10 +65,11 @@ def ca_files(path: str) -> tuple[list[str], list[Skipped]]:
 def load_ca_file(file: str) -> tuple[Certificates, list[Skipped]]:
     """The usable CA certificates of one file, and what was skipped in it."""
     try:
-        with open(file, "rb") as f:
-            data = f.read(MAX_BUNDLE_FILE_SIZE + 1)
+        data = read_bounded(file, MAX_BUNDLE_FILE_SIZE)
     except OSError as exc:
         return [], [Skipped(file, exc.strerror or str(exc))]
+    except FileTooLarge:
+        return [], [Skipped(file, f"larger than {MAX_BUNDLE_FILE_SIZE} bytes")]
     certificates, unusable = ca_certificates_in(data)
     return certificates, [Skipped(file, reason) for reason in unusable]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -20,7 +19,10 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from server_plugin.ca_bundle import load_ca_paths
 from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.errors import MalformedInput, NotProven
+from spire_tpm_attestor.files import read_bounded
 from spire_tpm_attestor.x509 import Certificate, certificates_in, load_certificate, verify_chain
+from spire_tpm_attestor.x509.bundle import MAX_BUNDLE_FILE_SIZE
+from spire_tpm_attestor.x509.certificate import MAX_CERTIFICATE_SIZE
 
 EXIT_VERIFIED, EXIT_NOT_VERIFIED = 0, 1  # and 2, from main(): input that cannot be used
 _CURVES = {"secp256r1": "p256", "secp384r1": "p384", "secp521r1": "p521"}
@@ -43,7 +45,7 @@ def read_ek_certificate(path: str) -> tuple[Certificate, dict[str, Any]]:
     """The EK certificate in a file (DER, PEM or raw NV read) and what `inspect` shows;
     MalformedInput naming the file when it holds no usable EK certificate."""
     try:
-        cert = load_certificate(Path(path).read_bytes())
+        cert = load_certificate(read_bounded(path, MAX_CERTIFICATE_SIZE))
         if cert.is_ca:
             raise MalformedInput(f"{cert.describe()} is a CA certificate, not an EK certificate")
         key = cert.public_key()
@@ -85,10 +87,12 @@ def cmd_ek_inspect(args: argparse.Namespace) -> int:
 
 def cmd_ek_verify(args: argparse.Namespace) -> int:
     cert, facts = read_ek_certificate(args.file)
-    try:
-        sent = certificates_in(Path(args.intermediates).read_bytes()) if args.intermediates else []
-    except (OSError, MalformedInput) as exc:
-        raise MalformedInput(f"intermediates {args.intermediates}: {exc}") from None
+    sent: list[Certificate] = []
+    if args.intermediates:
+        try:
+            sent = certificates_in(read_bounded(args.intermediates, MAX_BUNDLE_FILE_SIZE))
+        except (OSError, MalformedInput) as exc:
+            raise MalformedInput(f"intermediates {args.intermediates}: {exc}") from None
     by_file, skipped = load_ca_paths(args.ca_path)
     anchors = [anchor for certificates in by_file.values() for anchor in certificates]
     chain: list[Certificate] = []

@@ -105,10 +105,10 @@ def test_issuer_certificate_answer_forms(ek_ca: TestCA, form: str) -> None:
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (b"<html>not found</html>", "runs past the end"),
+        (b"<html>not found</html>", "neither PEM nor a DER SEQUENCE"),
         (b"\x04\x03abc", "neither PEM nor a DER SEQUENCE"),
         (b"-----BEGIN PKCS7-----\nAAAA\n", "without its END line"),
-        (b"", "truncated"),
+        (b"", "neither PEM nor a DER SEQUENCE"),
     ],
 )
 def test_issuer_certificate_answer_garbage(body: bytes, reason: str) -> None:

@@ -324,8 +324,8 @@ def test_a_server_configuration_watches_its_files_only_once_started(
     from spire_tpm_attestor.runtime.config import CoreConfig
 
     watched: list[str] = []
-    monkeypatch.setattr(WATCHES, "add", lambda directory, _: watched.append(directory))
-    monkeypatch.setattr(WATCHES, "remove", lambda directory, _: watched.remove(directory))
+    monkeypatch.setattr(WATCHES, "add", lambda directory, *_: watched.append(directory))
+    monkeypatch.setattr(WATCHES, "remove", lambda directory, *_: watched.remove(directory))
     for name in ("ek", "devid", "pcr"):
         (tmp_path / name).mkdir()
     (tmp_path / "ek" / "ca.pem").write_bytes(make_ca("EK CA").pem)
