@@ -173,12 +173,9 @@ class Certificate:
 
     def public_key(self) -> PublicKeyTypes:
         """The subject key, including RSA keys in an id-RSAES-OAEP SubjectPublicKeyInfo."""
-        spki = der.children(der.read_element(self.spki)[1])
-        algorithm = der.children(der.read_element(spki[0])[1]) if len(spki) == 2 else []
-        if not algorithm:
-            raise MalformedInput("SubjectPublicKeyInfo: not an algorithm and a key")
-        if algorithm[0] == _OID_RSAES_OAEP:
-            return _rsa_key_from_bit_string(spki[1])
+        algorithm, bit_string = _spki_parts(self.spki)
+        if algorithm == _OID_RSAES_OAEP:
+            return _rsa_key_from_bit_string(bit_string)
         try:
             return serialization.load_der_public_key(self.spki)
         except _PARSE_ERRORS as exc:
@@ -206,6 +203,15 @@ def _first_value(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
         if isinstance(attribute.value, str):
             return attribute.value
     return None
+
+
+def _spki_parts(spki: bytes) -> tuple[bytes, bytes]:
+    """A SubjectPublicKeyInfo's algorithm OID and subjectPublicKey, as encoded."""
+    parts = der.children(der.read_element(spki)[1])
+    algorithm = der.children(der.read_element(parts[0])[1]) if len(parts) == 2 else []
+    if not algorithm:
+        raise MalformedInput("SubjectPublicKeyInfo: not an algorithm and a key")
+    return algorithm[0], parts[1]
 
 
 def _rsa_key_from_bit_string(bit_string: bytes) -> RSAPublicKey:
@@ -325,7 +331,7 @@ def from_der(encoded: bytes, quirks: Iterable[str] = ()) -> Certificate:
     found = set(quirks)
     if len(der.read_element(tbs_fields[first])[1]) > MAX_SERIAL_OCTETS:
         found.add(QUIRK_LONG_SERIAL)
-    if _OID_RSAES_OAEP in spki[: 2 + len(_OID_RSAES_OAEP) + 8]:
+    if _spki_parts(spki)[0] == _OID_RSAES_OAEP:
         found.add(QUIRK_RSAES_OAEP_KEY)
     # cryptography reads a serial number that is not positive, but warns on stderr.
     certificate = _parse_strictly(encoded) if serial_number > 0 else None

@@ -83,7 +83,7 @@ def test_certificate_der_strips_padding_and_header(ek_ca: TestCA) -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"", "truncated element header"),
+        (b"", "neither PEM nor a DER SEQUENCE"),
         (b"\x04\x03abc", "neither PEM nor a DER SEQUENCE"),
         (b"\x30\x85\x00\x00\x00\x00\x01", "unsupported length encoding"),
         (b"\x30\x82\x01\x00" + b"\x00" * 10, "runs past the end"),
@@ -209,7 +209,7 @@ def test_unreadable_cert_path_is_reported(bare_swtpm: SWTPM, tmp_path: Path) -> 
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"hello")
     with TPMSession(bare_swtpm.tcti) as tpm:
-        with pytest.raises(TPMAccessError, match="runs past the end"):
+        with pytest.raises(TPMAccessError, match="neither PEM nor a DER SEQUENCE"):
             tpm.read_ek("rsa2048", cert_path=str(garbage))
         with pytest.raises(TPMAccessError, match="cannot read the EK certificate file"):
             tpm.read_ek("rsa2048", cert_path=str(tmp_path / "missing.pem"))
