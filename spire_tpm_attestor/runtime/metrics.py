@@ -1,0 +1,309 @@
+"""Prometheus metrics: declared anywhere, counted everywhere, exported only when asked.
+
+A module declares its metrics once, at import:
+
+    ATTESTATIONS = Counter("attestations_total", "...", ("decision", "check"))
+
+and calls them unconditionally (`ATTESTATIONS.inc(decision="admitted", check="")`).
+Until telemetry is configured every call is one attribute test and nothing else:
+`prometheus_client` is not even imported. `enable()` (on the first Configure that asks
+for a Prometheus endpoint) imports it, creates the real metric behind every declaration,
+past and future, and from then on calls count. Counters are never reset: a
+reconfiguration keeps them, as Prometheus expects.
+
+`Sampled` is a gauge read when scraped (the age of an allowlist copy, the challenges
+waiting), from a function its owner registers with `sample_with`.
+
+The endpoint (`MetricsEndpoint`) is its own HTTP server on its own thread: it shares
+nothing with an attestation but the GIL, holds a handful of connections at most, gives
+each a few seconds, and renders the page at most once per `RENDER_INTERVAL` however
+often it is scraped (README, "Metrics").
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger("spire_tpm_attestor.metrics")
+
+PREFIX = "spire_tpm_attestor_"
+# Attestation steps take milliseconds (server checks) to seconds (a TPM, a round trip).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Scrapers served at once; more are turned away at once (closed), never queued.
+MAX_CONNECTIONS = 4
+# A scraper that connects and sends nothing, or never reads, is dropped after this.
+CONNECTION_TIMEOUT = 5.0
+# However often scraped, the page is rendered at most this often.
+RENDER_INTERVAL = 1.0
+
+_lock = threading.Lock()
+_declared: list[_Metric] = []
+_registry: Any = None  # a prometheus_client CollectorRegistry once enabled
+
+Samples = Iterable[tuple[Sequence[str], float]]
+
+
+class _Metric:
+    """A declaration; `_real` is the prometheus_client metric once enabled, else None."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        self.name = PREFIX + name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        self._real: Any = None
+        with _lock:
+            _declared.append(self)
+            if _registry is not None:
+                self._attach(_registry)
+
+    def _attach(self, registry: Any) -> None:
+        raise NotImplementedError
+
+    def _child(self, labels: dict[str, str]) -> Any:
+        real = self._real
+        return real.labels(**labels) if labels else real
+
+
+class Counter(_Metric):
+    def _attach(self, registry: Any) -> None:
+        import prometheus_client
+
+        self._real = prometheus_client.Counter(
+            self.name.removesuffix("_total"), self.documentation, self.labels, registry=registry
+        )
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if self._real is not None:
+            self._child(labels).inc(amount)
+
+
+class Gauge(_Metric):
+    def _attach(self, registry: Any) -> None:
+        import prometheus_client
+
+        self._real = prometheus_client.Gauge(
+            self.name, self.documentation, self.labels, registry=registry
+        )
+
+    def set(self, value: float, **labels: str) -> None:
+        if self._real is not None:
+            self._child(labels).set(value)
+
+
+class Histogram(_Metric):
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> None:
+        self.buckets = tuple(buckets)
+        super().__init__(name, documentation, labels)
+
+    def _attach(self, registry: Any) -> None:
+        import prometheus_client
+
+        self._real = prometheus_client.Histogram(
+            self.name, self.documentation, self.labels, registry=registry, buckets=self.buckets
+        )
+
+    def observe(self, seconds: float, **labels: str) -> None:
+        if self._real is not None:
+            self._child(labels).observe(seconds)
+
+    def timer(self, **labels: str) -> Timer:
+        """`with HISTOGRAM.timer(step="quote"): ...` observes the block's duration."""
+        return Timer(self, labels)
+
+
+class Timer:
+    def __init__(self, histogram: Histogram, labels: dict[str, str]) -> None:
+        self._histogram = histogram
+        self._labels = labels
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._histogram.observe(time.perf_counter() - self._started, **self._labels)
+
+
+class Sampled(_Metric):
+    """A gauge whose values are read when scraped, from `sample_with`'s function: one
+    (label values, value) pair per series. A function that fails yields nothing."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        self._sample: Callable[[], Samples] = tuple
+        super().__init__(name, documentation, labels)
+
+    def sample_with(self, sample: Callable[[], Samples]) -> None:
+        self._sample = sample
+
+    def _attach(self, registry: Any) -> None:
+        registry.register(self)
+        self._real = self
+
+    def describe(self) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        return [GaugeMetricFamily(self.name, self.documentation, labels=self.labels)]
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+        try:
+            samples = list(self._sample())
+        except Exception:  # a scrape must never fail because one reading did
+            log.warning("a metric could not be read", extra={"metric": self.name}, exc_info=True)
+            samples = []
+        for values, value in samples:
+            family.add_metric(list(values), value)
+        yield family
+
+
+def enabled() -> bool:
+    return _registry is not None
+
+
+def enable() -> None:
+    """Make every declared metric count from now on (once; imports prometheus_client)."""
+    global _registry
+    with _lock:
+        if _registry is not None:
+            return
+        import prometheus_client
+
+        _registry = prometheus_client.CollectorRegistry()
+        for metric in _declared:
+            metric._attach(_registry)
+
+
+def render() -> bytes:
+    """The exposition text of every metric (enable() first)."""
+    from prometheus_client import generate_latest
+
+    return bytes(generate_latest(_registry))
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    host: str
+    port: int
+
+
+class _Page:
+    """The rendered page, rendered again only once it is RENDER_INTERVAL old."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._body = b""
+        self._rendered_at = float("-inf")
+
+    def body(self) -> bytes:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._rendered_at >= RENDER_INTERVAL:
+                self._body = render()
+                self._rendered_at = now
+            return self._body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = CONNECTION_TIMEOUT  # applies to every read and write on the connection
+    server: _Server
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        body = self.server.page.body()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, settings: PrometheusSettings) -> None:
+        self.page = _Page()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
+        self.address_family = infos[0][0]
+        super().__init__((settings.host, settings.port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: turned away, never queued
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper that went away or timed out is not an error of the plugin."""
+
+
+class MetricsEndpoint:
+    """The process's one Prometheus endpoint, following the committed configuration."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settings: PrometheusSettings | None = None
+        self._server: _Server | None = None
+
+    def serve(self, settings: PrometheusSettings | None) -> None:
+        """Serve at `settings` (None: serve nothing). The same address keeps its
+        listener; a new one is bound before the old one closes, so a failure to bind
+        (OSError) leaves the endpoint as it was."""
+        with self._lock:
+            if settings == self._settings:
+                return
+            server = None
+            if settings is not None:
+                enable()
+                server = _Server(settings)
+            self._stop()
+            self._settings, self._server = settings, server
+            if server is not None:
+                threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+                host, port = server.server_address[:2]
+                log.info("serving metrics", extra={"host": str(host), "port": str(port)})
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+            self._settings = None
+
+    def _stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+ENDPOINT = MetricsEndpoint()
