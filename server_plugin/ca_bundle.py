@@ -48,6 +48,7 @@ class CABundle:
         self.option = option
         self.paths = list(paths)
         self._last_good: dict[str, Certificates] | None = None  # per file
+        self._skipped: dict[str, int] = {}  # per path: its files whose last load failed
 
     def __call__(self) -> Certificates:
         if self._last_good is None:
@@ -55,6 +56,19 @@ class CABundle:
         else:
             self._last_good = self._load_again(self._last_good)
         return [cert for certificates in self._last_good.values() for cert in certificates]
+
+    def counts(self) -> list[tuple[str, int, int]]:
+        """(path, certificates in use, files whose current version does not load) per
+        configured path, for the metrics."""
+        last_good = self._last_good or {}
+        return [
+            (
+                path,
+                sum(len(c) for file, c in last_good.items() if _under(file, path)),
+                self._skipped.get(path, 0),
+            )
+            for path in self.paths
+        ]
 
     def _load_configured(self) -> dict[str, Certificates]:
         """Every path loads and holds certificates, or ConfigProblems names each that does not."""
@@ -75,6 +89,7 @@ class CABundle:
 
     def _load_again(self, last_good: dict[str, Certificates]) -> dict[str, Certificates]:
         loaded: dict[str, Certificates] = {}
+        self._skipped = {}
         for path in self.paths:
             if not os.path.exists(path):
                 self._warn(f"{path} was removed; its certificates are no longer trusted", path)
@@ -83,6 +98,7 @@ class CABundle:
                 files = _files(path)
             except OSError as exc:  # an unreadable directory is not an emptied one
                 self._keeping(path, exc)
+                self._skipped[path] = self._skipped.get(path, 0) + 1
                 loaded.update({f: c for f, c in last_good.items() if _under(f, path)})
                 continue
             found = 0
@@ -93,6 +109,7 @@ class CABundle:
                     if not os.path.exists(file):
                         continue  # removed while we listed it
                     self._keeping(file, exc)
+                    self._skipped[path] = self._skipped.get(path, 0) + 1
                     certificates = last_good.get(file, [])
                 loaded[file] = certificates
                 found += len(certificates)
