@@ -55,10 +55,6 @@ CA_CERTIFICATES = Sampled(
     "or left out because they did not load (state=skipped)",
     ("option", "path", "state"),
 )
-EVENT_LOG_PARSE_FAILURES = Counter(
-    "event_log_parse_failures_total",
-    "Event logs sent by agents that could not be parsed",
-)
 
 
 def sample_from(current: Callable[[], ServerConfig | None], pending: Callable[[], int]) -> None:
