@@ -44,13 +44,13 @@ CONNECTION_TIMEOUT = 5.0
 RENDER_INTERVAL = 1.0
 
 _lock = threading.Lock()
-_declared: list[_Metric] = []
+_declared: list[Metric] = []
 _registry: Any = None  # a prometheus_client CollectorRegistry once enabled
 
 Samples = Iterable[tuple[Sequence[str], float]]
 
 
-class _Metric:
+class Metric:
     """A declaration; `_real` is the prometheus_client metric once enabled, else None."""
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
@@ -71,7 +71,7 @@ class _Metric:
         return real.labels(**labels) if labels else real
 
 
-class Counter(_Metric):
+class Counter(Metric):
     def _attach(self, registry: Any) -> None:
         import prometheus_client
 
@@ -84,7 +84,7 @@ class Counter(_Metric):
             self._child(labels).inc(amount)
 
 
-class Gauge(_Metric):
+class Gauge(Metric):
     def _attach(self, registry: Any) -> None:
         import prometheus_client
 
@@ -97,7 +97,7 @@ class Gauge(_Metric):
             self._child(labels).set(value)
 
 
-class Histogram(_Metric):
+class Histogram(Metric):
     def __init__(
         self,
         name: str,
@@ -137,7 +137,7 @@ class Timer:
         self._histogram.observe(time.perf_counter() - self._started, **self._labels)
 
 
-class Sampled(_Metric):
+class Sampled(Metric):
     """A gauge whose values are read when scraped, from `sample_with`'s function: one
     (label values, value) pair per series. A function that fails yields nothing."""
 
@@ -171,8 +171,10 @@ class Sampled(_Metric):
         yield family
 
 
-def enabled() -> bool:
-    return _registry is not None
+def declared() -> list[Metric]:
+    """Every metric declared so far, in declaration order."""
+    with _lock:
+        return list(_declared)
 
 
 def enable() -> None:
