@@ -13,7 +13,8 @@ from spire_tpm_attestor.runtime.metrics import Counter, Histogram
 STEP_SECONDS = Histogram(
     "agent_step_seconds",
     "Duration of each attestation step that succeeded: open (the TPM and its session), "
-    "ak_create, devid_load, ek_read, activate_credential, quote, devid_certify",
+    "ak_create, devid_load, ek_read, activate_credential, quote, devid_certify, "
+    "event_log_read",
     ("step",),
 )
 TPM_ERRORS = Counter(
