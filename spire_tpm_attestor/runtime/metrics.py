@@ -15,9 +15,10 @@ reconfiguration keeps them, as Prometheus expects.
 waiting), from a function its owner registers with `sample_with`.
 
 The endpoint (`MetricsEndpoint`) is its own HTTP server on its own thread: it shares
-nothing with an attestation but the GIL, holds a handful of connections at most, gives
-each a few seconds, and renders the page at most once per `RENDER_INTERVAL` however
-often it is scraped (README, "Metrics").
+nothing with an attestation but the GIL, accepts at most `MAX_SCRAPES_PER_SECOND`
+connections a second and holds `MAX_CONNECTIONS` at once (closing the others as soon
+as accepted), gives each a few seconds, and renders the page at most once per
+`RENDER_INTERVAL` however often it is scraped (README, "Metrics").
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ MAX_CONNECTIONS = 4
 CONNECTION_TIMEOUT = 5.0
 # However often scraped, the page is rendered at most this often.
 RENDER_INTERVAL = 1.0
+# Connections accepted per second (a burst of as many): beyond, each is closed as soon as
+# accepted, which is all a flood then costs. Prometheus scrapes a target every few seconds.
+MAX_SCRAPES_PER_SECOND = 10
 
 _lock = threading.Lock()
 _declared: list[Metric] = []
@@ -220,6 +224,25 @@ class _Page:
             return self._body
 
 
+class _Budget:
+    """A token bucket: `take()` is True at most `rate` times a second, with bursts of
+    as many; only the server's accepting thread calls it."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._tokens = rate
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
 class _Handler(BaseHTTPRequestHandler):
     timeout = CONNECTION_TIMEOUT  # applies to every read and write on the connection
     server: _Server
@@ -246,13 +269,14 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, settings: PrometheusSettings) -> None:
         self.page = _Page()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._budget = _Budget(MAX_SCRAPES_PER_SECOND)
         infos = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)
         self.address_family = infos[0][0]
         super().__init__((settings.host, settings.port), _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # busy: turned away, never queued
+        if not self._budget.take() or not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too often, or busy: turned away, never queued
             return
         try:
             super().process_request(request, client_address)
