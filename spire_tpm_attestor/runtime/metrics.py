@@ -16,8 +16,9 @@ waiting), from a function its owner registers with `sample_with`.
 
 The endpoint (`MetricsEndpoint`) is its own HTTP server on its own thread: it shares
 nothing with an attestation but the GIL, accepts at most `MAX_SCRAPES_PER_SECOND`
-connections a second and holds `MAX_CONNECTIONS` at once (closing the others as soon
-as accepted), gives each a few seconds, and renders the page at most once per
+connections a second (leaving the rest to the kernel's listen queue) and holds
+`MAX_CONNECTIONS` at once (closing any other as soon as accepted), gives each a few
+seconds, and renders the page at most once per
 `RENDER_INTERVAL` however often it is scraped (README, "Metrics").
 """
 
@@ -43,8 +44,9 @@ MAX_CONNECTIONS = 4
 CONNECTION_TIMEOUT = 5.0
 # However often scraped, the page is rendered at most this often.
 RENDER_INTERVAL = 1.0
-# Connections accepted per second (a burst of as many): beyond, each is closed as soon as
-# accepted, which is all a flood then costs. Prometheus scrapes a target every few seconds.
+# Connections accepted per second (in bursts of as many): beyond, the server does not
+# accept until it may, so a flood waits in the kernel's listen queue (and beyond it is
+# refused by the kernel) at no cost to the plugin. Prometheus scrapes every few seconds.
 MAX_SCRAPES_PER_SECOND = 10
 
 _lock = threading.Lock()
@@ -225,22 +227,22 @@ class _Page:
 
 
 class _Budget:
-    """A token bucket: `take()` is True at most `rate` times a second, with bursts of
-    as many; only the server's accepting thread calls it."""
+    """A token bucket of `rate` a second, in bursts of as many; `wait()` takes a token,
+    sleeping until there is one. Only the server's accepting thread calls it."""
 
     def __init__(self, rate: float) -> None:
         self._rate = rate
         self._tokens = rate
         self._at = time.monotonic()
 
-    def take(self) -> bool:
+    def wait(self) -> None:
         now = time.monotonic()
         self._tokens = min(self._rate, self._tokens + (now - self._at) * self._rate)
         self._at = now
         if self._tokens < 1:
-            return False
+            time.sleep((1 - self._tokens) / self._rate)
+            self._tokens, self._at = 1.0, time.monotonic()
         self._tokens -= 1
-        return True
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -274,9 +276,13 @@ class _Server(ThreadingHTTPServer):
         self.address_family = infos[0][0]
         super().__init__((settings.host, settings.port), _Handler)
 
+    def get_request(self) -> Any:
+        self._budget.wait()  # not before it may: a flood stays in the kernel's queue
+        return super().get_request()
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._budget.take() or not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # too often, or busy: turned away, never queued
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: turned away, never queued
             return
         try:
             super().process_request(request, client_address)
