@@ -41,7 +41,7 @@ LEVELS = {
 }
 PLUGIN_LOGGERS = ("spire_tpm_attestor", "server_plugin", "agent_plugin")
 # SPIRE's own default; a debug line costs CPU on every attestation even when SPIRE,
-# at INFO, drops it (README, "What the logs cost").
+# at INFO, drops it (README, "What logs and metrics cost").
 DEFAULT_LEVEL = "INFO"
 DEFAULT_LIBRARY_LEVEL = "WARN"
 
