@@ -22,7 +22,12 @@ from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2_grpc as agent_pb2_grpc
-from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, stream_guarded
+from spire_tpm_attestor.runtime.plugin import (
+    ConfigHolder,
+    PluginSpec,
+    StreamEnded,
+    stream_guarded,
+)
 from spire_tpm_attestor.runtime.status import Internal, InvalidArgument
 
 SERVICE_NAME = "spire.plugin.agent.nodeattestor.v1.NodeAttestor"
@@ -91,8 +96,8 @@ def answer_challenge(
 
 
 def decode_challenge(message: agent_pb2.Challenge | None) -> attestation_pb2.Challenge:
-    if message is None:
-        raise InvalidArgument("stream ended before the server's challenge")
+    if message is None:  # SPIRE has no challenge to send: the server decided already
+        raise StreamEnded("stream ended before the server's challenge")
     try:
         return wire.decode_challenge(message.challenge)
     except wire.WireError as exc:

@@ -23,7 +23,7 @@ from server_plugin import metrics
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2_grpc as server_pb2_grpc
 from spire_tpm_attestor.runtime.config import CoreConfig
-from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, run_guarded
+from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, peer_ended, run_guarded
 from spire_tpm_attestor.runtime.status import (
     DeadlineExceeded,
     InvalidArgument,
@@ -141,7 +141,8 @@ class RequestReader:
             raise Rejected(
                 check, DeadlineExceeded(f"no {expected} arrived within {timeout:g}s")
             ) from None
-        if request is grpc.aio.EOF:
+        if request is grpc.aio.EOF:  # the peer closed its side, or cancelled (seen as EOF)
+            peer_ended(f"reading the {expected}")
             raise Rejected(expected, InvalidArgument(f"stream ended before the {expected}"))
         kind = request.WhichOneof("request")
         if kind != expected:

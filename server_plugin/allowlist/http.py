@@ -406,7 +406,7 @@ class HTTPAllowlist(AllowlistSource):
                 etag = response.headers.get("ETag")
                 last_modified = response.headers.get("Last-Modified")
         except httpx.HTTPError as exc:
-            raise FetchError(f"{type(exc).__name__}: {exc}", _http_error_reason(exc)) from None
+            raise FetchError(f"{type(exc).__name__}: {exc}", http_error_reason(exc)) from None
         except ssl.SSLError as exc:
             raise FetchError(str(exc), "tls") from None
         except OSError as exc:
@@ -433,7 +433,9 @@ class HTTPAllowlist(AllowlistSource):
             parser.feed(chunk)
 
 
-def _http_error_reason(error: httpx.HTTPError) -> str:
+def http_error_reason(error: httpx.HTTPError) -> str:
+    import httpx
+
     if isinstance(error, httpx.TimeoutException):
         return "timeout"
     context = error.__context__

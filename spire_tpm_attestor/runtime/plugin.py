@@ -65,9 +65,6 @@ HOST_SERVICES_BROKER_ID = 1
 # stream holds none; the pool creates threads lazily.
 WORKER_THREADS = 32
 SHUTDOWN_GRACE_SECONDS = 0.25
-# How long a failing synchronous stream waits to learn whether its peer ended it (the
-# end reaches the handler's thread and the RPC's callbacks in either order).
-PEER_END_GRACE_SECONDS = 0.05
 
 
 INTERNAL_ERRORS = Counter(
@@ -156,31 +153,34 @@ def peer_ended(cause: str) -> None:
     log.debug("stream ended by the peer", extra={"while": cause})
 
 
+class StreamEnded(Exception):
+    """The peer closed its side of a stream before the handler was done with it (SPIRE
+    ends the agent's stream when the server refused the node): not a fault."""
+
+
 def stream_guarded(context: Any, responses: Iterator[R]) -> Iterator[R]:
     """A synchronous streaming handler (run on a worker thread): our errors end it with
     their status, anything else with INTERNAL; the process never dies on bad input.
 
-    A stream the peer ended, which gRPC then stops pulling responses from (closing the
-    generator) or which the handler finds out about (raising whatever it raises), ends
-    with `peer_ended`'s line."""
-    ended = threading.Event()
-    context.add_callback(ended.set)  # called once the RPC is over, however it ended
+    A stream the peer ended ends with `peer_ended`'s line, however the handler learns
+    of it: gRPC stops pulling its responses (and closes the generator), the request
+    iterator fails (a cancelled RPC), or the handler finds it closed (StreamEnded)."""
     try:
         yield from responses
     except GeneratorExit:
         peer_ended("waiting to send")
         raise
+    except (StreamEnded, grpc.RpcError) as exc:
+        peer_ended(type(exc).__name__)
     except Exception as exc:
-        if ended.wait(PEER_END_GRACE_SECONDS):
-            peer_ended(type(exc).__name__)
-            return
         error = exc if isinstance(exc, PluginError) else unexpected()
         context.abort(*answer(error))
 
 
 async def run_guarded(context: Any, action: Awaitable[R]) -> R:
     """An `async` handler: PluginError becomes its status, anything else INTERNAL; a
-    cancelled RPC (the peer ended it) ends with `peer_ended`'s line."""
+    cancelled RPC (the peer ended it) ends with `peer_ended`'s line. (A handler that
+    reads the end of its stream says so itself: a cancel may reach it as that end.)"""
     try:
         return await action
     except asyncio.CancelledError:

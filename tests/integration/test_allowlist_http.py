@@ -9,10 +9,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError
-from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
+from server_plugin.allowlist.document import DocumentError
+from server_plugin.allowlist.http import (
+    FetchError,
+    HTTPAllowlist,
+    HTTPSettings,
+    failure_reason,
+    http_error_reason,
+)
 from tests.integration.http_servers import (
     DocumentServer,
     Nginx,
@@ -406,3 +414,11 @@ def test_validate_and_a_rejected_configure_make_no_request(server: DocumentServe
         assert server.requests == []
         plugin.configure(allowlist)
         eventually(lambda: len(server.requests) == 1, "the committed configuration's fetch")
+
+
+def test_failures_are_counted_by_reason() -> None:
+    assert http_error_reason(httpx.ReadTimeout("slow")) == "timeout"
+    assert http_error_reason(httpx.ConnectError("refused")) == "connection"
+    assert failure_reason(FetchError("HTTP status 503", "http_status")) == "http_status"
+    assert failure_reason(DocumentError("not valid JSON")) == "document"
+    assert failure_reason(RuntimeError("a bug")) == "unexpected"

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server_plugin.allowlist import AllowlistEntry
 from spire_tpm_attestor.runtime.host import AttestationFailed, PluginProcess, relay_attestation
-from spire_tpm_attestor.runtime.metrics import RENDER_INTERVAL
+from spire_tpm_attestor.runtime.metrics_endpoint import RENDER_INTERVAL
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.http_servers import DocumentServer, document, free_port
