@@ -118,6 +118,11 @@ bench: install
 bench-process: install
 	$(PY) -m tests.bench.procbench $(if $(BASELINE),--baseline $(BASELINE)) $(PROCBENCH_ARGS)
 
+# This tree's server plugin at each log level, metrics off and on, and under hostile
+# scrapers (a flood, silent connections), side by side: bench/observe.json.
+bench-process-observe: install
+	$(PY) -m tests.bench.procbench --observe --configs chain $(PROCBENCH_ARGS)
+
 # Where the server plugin process spends its CPU per attestation (py-spy, this tree only).
 bench-process-profile: install
 	$(PY) -m pip install -q py-spy

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent_plugin.devid import DevIDFileError, DevIDKey, load_devid_key
 from agent_plugin.event_log import (
@@ -16,6 +16,11 @@ from spire_tpm_attestor.runtime.config import (
     Option,
     declare,
     read_config,
+)
+from spire_tpm_attestor.runtime.observability import (
+    OBSERVABILITY_OPTIONS,
+    Observability,
+    read_observability,
 )
 from spire_tpm_attestor.tpm.constants import PERSISTENT_FIRST, PERSISTENT_LAST
 
@@ -138,6 +143,7 @@ class AgentConfig:
     allow_unencrypted_sessions: bool
     event_log_path: str = DEFAULT_EVENT_LOG_PATH  # "" sends no event log
     max_event_log_size: int = DEFAULT_MAX_EVENT_LOG_SIZE
+    observability: Observability = field(default_factory=Observability)
 
     def close(self) -> None:
         """Nothing to release: the agent opens the TPM per attestation."""
@@ -185,8 +191,9 @@ def _build(reader: ConfigReader, core: CoreConfig) -> AgentConfig:
         allow_unencrypted_sessions=reader.boolean("allow_unencrypted_sessions"),
         event_log_path=reader.string("event_log_path") or "",
         max_event_log_size=reader.integer("max_event_log_size", 1, MAX_EVENT_LOG_SIZE_LIMIT),
+        observability=read_observability(reader),
     )
 
 
 def build_agent_config(hcl_text: str, core: CoreConfig) -> AgentConfig:
-    return read_config(hcl_text, core, AGENT_OPTIONS, _build)
+    return read_config(hcl_text, core, {**AGENT_OPTIONS, **OBSERVABILITY_OPTIONS}, _build)

@@ -16,12 +16,18 @@ import grpc
 
 from agent_plugin.config import AgentConfig, build_agent_config
 from agent_plugin.event_log import read_event_log
+from agent_plugin.metrics import step
 from agent_plugin.tpm import TPMAccessError, TPMSession
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2_grpc as agent_pb2_grpc
-from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, stream_guarded
+from spire_tpm_attestor.runtime.plugin import (
+    ConfigHolder,
+    PluginSpec,
+    StreamEnded,
+    stream_guarded,
+)
 from spire_tpm_attestor.runtime.status import Internal, InvalidArgument
 
 SERVICE_NAME = "spire.plugin.agent.nodeattestor.v1.NodeAttestor"
@@ -31,12 +37,15 @@ log = logging.getLogger("agent_plugin")
 def build_payload(tpm: TPMSession, config: AgentConfig) -> attestation_pb2.Payload:
     # Keys under the SRK first, the EK last: the SRK then never shares the TPM's object
     # slots (three on swtpm) with the EK, the AK and the DevID key at once.
-    ak_public = tpm.create_ak(config.ak_algorithm, config.ak_handle)
+    with step("ak_create"):
+        ak_public = tpm.create_ak(config.ak_algorithm, config.ak_handle)
     devid = config.devid
-    devid_public = (
-        tpm.load_devid(devid.public, devid.private, devid.parent_handle) if devid else b""
-    )
-    ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
+    devid_public = b""
+    if devid is not None:
+        with step("devid_load"):
+            devid_public = tpm.load_devid(devid.public, devid.private, devid.parent_handle)
+    with step("ek_read"):
+        ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
     log.debug(
         "evidence ready",
         extra={
@@ -59,11 +68,13 @@ def build_payload(tpm: TPMSession, config: AgentConfig) -> attestation_pb2.Paylo
 def answer_challenge(
     tpm: TPMSession, challenge: attestation_pb2.Challenge, config: AgentConfig
 ) -> attestation_pb2.ChallengeResponse:
-    secret = tpm.activate_credential(challenge.credential_blob, challenge.encrypted_secret)
+    with step("activate_credential"):
+        secret = tpm.activate_credential(challenge.credential_blob, challenge.encrypted_secret)
     response = attestation_pb2.ChallengeResponse(version=wire.PROTOCOL_VERSION, secret=secret)
     selection = [(bank.hash_alg, list(bank.indices)) for bank in challenge.pcr_selection]
     if any(indices for _, indices in selection):  # quote only what the server asks for
-        quote = tpm.quote(selection, challenge.nonce)
+        with step("quote"):
+            quote = tpm.quote(selection, challenge.nonce)
         response.quote = quote.attest
         response.quote_signature = quote.signature
         response.pcr_values.extend(
@@ -71,20 +82,22 @@ def answer_challenge(
             for v in quote.pcr_values
         )
     if config.devid is not None:
-        response.devid_certify, response.devid_certify_signature = tpm.certify_devid(
-            challenge.nonce
-        )
-        response.agent_nonce, response.devid_signature = tpm.sign_with_devid(challenge.nonce)
+        with step("devid_certify"):
+            response.devid_certify, response.devid_certify_signature = tpm.certify_devid(
+                challenge.nonce
+            )
+            response.agent_nonce, response.devid_signature = tpm.sign_with_devid(challenge.nonce)
     if challenge.want_event_log:
-        response.event_log, response.event_log_absent = read_event_log(
-            config.event_log_path, config.max_event_log_size
-        )
+        with step("event_log_read"):
+            response.event_log, response.event_log_absent = read_event_log(
+                config.event_log_path, config.max_event_log_size
+            )
     return response
 
 
 def decode_challenge(message: agent_pb2.Challenge | None) -> attestation_pb2.Challenge:
-    if message is None:
-        raise InvalidArgument("stream ended before the server's challenge")
+    if message is None:  # SPIRE has no challenge to send: the server decided already
+        raise StreamEnded("stream ended before the server's challenge")
     try:
         return wire.decode_challenge(message.challenge)
     except wire.WireError as exc:
@@ -105,9 +118,11 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
     ) -> Iterator[agent_pb2.PayloadOrChallengeResponse]:
         config = self._holder.get()
         try:
-            with TPMSession.open(
-                config.tcti, require_encryption=not config.allow_unencrypted_sessions
-            ) as tpm:
+            with step("open"):
+                session = TPMSession.open(
+                    config.tcti, require_encryption=not config.allow_unencrypted_sessions
+                )
+            with session as tpm:
                 payload = build_payload(tpm, config)
                 yield agent_pb2.PayloadOrChallengeResponse(payload=wire.encode(payload))
                 challenge = decode_challenge(next(challenges, None))

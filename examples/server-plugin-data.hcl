@@ -11,3 +11,11 @@ agent_path_template = "{{ .PluginName }}/{{ .Name }}"
 # sha256 PCRs 0-7; its facts become secureboot:/firmware:/boot: selectors and must meet
 # the policy in event-log-policy.hcl (which alone turns the event log on).
 event_log_policy_path = "/etc/spire/tpm/event-log-policy.hcl"
+log_level = "WARN"
+library_log_level = "WARN"
+telemetry {
+    Prometheus {
+        host = "127.0.0.1"
+        port = 9989
+    }
+}

@@ -104,6 +104,7 @@ class CABundle:
         self.paths = list(paths)
         self.skipped: list[Skipped] = []
         self._last_good: dict[str, Certificates] | None = None  # per file
+        self._skipped: dict[str, int] = {}  # per path: its files whose last load failed
 
     def __call__(self) -> Certificates:
         if self._last_good is None:
@@ -112,11 +113,27 @@ class CABundle:
             self._last_good = self._load_again(self._last_good)
         return [cert for certificates in self._last_good.values() for cert in certificates]
 
+    def counts(self) -> list[tuple[str, int, int]]:
+        """(path, certificates in use, files whose current version does not load) per
+        configured path, for the metrics."""
+        last_good = self._last_good or {}
+        return [
+            (
+                path,
+                sum(len(c) for file, c in last_good.items() if _under(file, path)),
+                self._skipped.get(path, 0),
+            )
+            for path in self.paths
+        ]
+
     def _load_configured(self) -> dict[str, Certificates]:
         """What the paths hold; ConfigProblems if no usable certificate at all."""
         loaded, self.skipped = load_ca_paths(self.paths)
         for skipped in self.skipped:
             self._skipping(skipped)
+            for path in self.paths:
+                if _under(skipped.path, path):
+                    self._skipped[path] = self._skipped.get(path, 0) + 1
         if not any(loaded.values()):
             reasons = "".join(f"; {s.path}: {s.reason}" for s in self.skipped)
             raise ConfigProblems(
@@ -126,6 +143,7 @@ class CABundle:
 
     def _load_again(self, last_good: dict[str, Certificates]) -> dict[str, Certificates]:
         loaded: dict[str, Certificates] = {}
+        self._skipped = {}
         for path in self.paths:
             if not os.path.exists(path):
                 self._warn(f"{path} was removed; its certificates are no longer trusted", path)
@@ -134,6 +152,7 @@ class CABundle:
                 files, unlisted = ca_files(path)
             except OSError as exc:  # an unreadable directory is not an emptied one
                 self._keeping(path, str(exc))
+                self._skipped[path] = self._skipped.get(path, 0) + 1
                 loaded.update({f: c for f, c in last_good.items() if _under(f, path)})
                 continue
             for skipped in unlisted:
@@ -146,6 +165,8 @@ class CABundle:
                     continue  # removed while we listed it
                 for skipped in unusable:
                     self._skipping(skipped)
+                if unusable:
+                    self._skipped[path] = self._skipped.get(path, 0) + 1
                 if not certificates and file in last_good:
                     reasons = "; ".join(skipped.reason for skipped in unusable)
                     self._keeping(file, f"{file}: no usable certificate: {reasons}")

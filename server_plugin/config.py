@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from server_plugin.allowlist import AllowlistSource
 from server_plugin.allowlist.config import read_allowlist_sources
@@ -34,6 +34,11 @@ from spire_tpm_attestor.runtime.config import (
     Option,
     declare,
     read_config,
+)
+from spire_tpm_attestor.runtime.observability import (
+    OBSERVABILITY_OPTIONS,
+    Observability,
+    read_observability,
 )
 from spire_tpm_attestor.x509 import Certificate
 
@@ -205,6 +210,7 @@ class ServerConfig:
     ek_cert_download: EKCertDownload | None = None
     enforce_ek_cert_expiry: bool = True  # ek_cert_expiry: EK and EK CA certificates alike
     notes: tuple[str, ...] = ()  # what Validate reports about an accepted configuration
+    observability: Observability = field(default_factory=Observability)
 
     @property
     def ek_ca_bundle(self) -> list[Certificate]:
@@ -216,13 +222,26 @@ class ServerConfig:
         """Whether a payload check may wait on the network (AIA or EK certificate download)."""
         return self.ek_aia_fetch is not None or self.ek_cert_download is not None
 
+    def sources(self) -> list[AllowlistSource]:
+        """Every allowlist and deny-list source, in the order they are consulted."""
+        return [*self.allowlist, *self.denylist]
+
+    def ca_bundles(self) -> list[tuple[str, CABundle]]:
+        """(option, bundle) for each CA path option configured."""
+        bundles = [("ek_ca_path", self.ek_ca), ("devid_ca_path", self.devid.bundle)]
+        return [
+            (option, reloading.loader)
+            for option, reloading in bundles
+            if reloading is not None and isinstance(reloading.loader, CABundle)
+        ]
+
     def start(self) -> None:
         """Starts the file watchers (CA bundles, PCR and event log policies, allowlists)
         and HTTP refreshes: for the configuration that Configure commits only, never one
         that is validated or rejected."""
         if self.ek_ca is not None:
             self.ek_ca.start()
-        for source in [*self.allowlist, *self.denylist]:
+        for source in self.sources():
             source.start()
         self.pcr.start()
         self.devid.start()
@@ -232,7 +251,7 @@ class ServerConfig:
     def close(self) -> None:
         if self.ek_ca is not None:
             self.ek_ca.close()
-        for source in [*self.allowlist, *self.denylist]:
+        for source in self.sources():
             source.close()
         self.pcr.close()
         self.devid.close()
@@ -321,8 +340,9 @@ def _build(reader: ConfigReader, core: CoreConfig) -> ServerConfig:
         ek_cert_download=cert_download,
         enforce_ek_cert_expiry=reader.choice("ek_cert_expiry", EK_CERT_EXPIRY) == "enforce",
         notes=tuple(reader.notes),
+        observability=read_observability(reader),
     )
 
 
 def build_server_config(hcl_text: str, core: CoreConfig) -> ServerConfig:
-    return read_config(hcl_text, core, SERVER_OPTIONS, _build)
+    return read_config(hcl_text, core, {**SERVER_OPTIONS, **OBSERVABILITY_OPTIONS}, _build)

@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc.aio
 
+from server_plugin import metrics
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2_grpc as server_pb2_grpc
 from spire_tpm_attestor.runtime.config import CoreConfig
-from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, run_guarded
+from spire_tpm_attestor.runtime.plugin import ConfigHolder, PluginSpec, peer_ended, run_guarded
 from spire_tpm_attestor.runtime.status import (
     DeadlineExceeded,
     InvalidArgument,
@@ -79,38 +81,47 @@ def joined_selectors(selectors: Sequence[str], budget: int = MAX_SELECTORS_FIELD
 
 
 class AuditLine:
-    """The one audit line of an attestation; `written` says whether it is out."""
+    """The one audit line of an attestation, and its count in the metrics; `written`
+    says whether it is out."""
 
     def __init__(self) -> None:
         self.ek_hash = ""
         self.written = False
+        self._started = time.perf_counter()
+
+    def _decided(self, decision: str, check: str) -> None:
+        self.written = True
+        metrics.ATTESTATIONS.inc(decision=decision, check=check)
+        metrics.ATTESTATION_SECONDS.observe(time.perf_counter() - self._started, decision=decision)
 
     def rejected(self, check: str, reason: str, ek_hash: str = "") -> None:
-        self.written = True
-        audit.warning(
-            "attestation rejected",
-            extra={
-                "decision": "rejected",
-                "check": check,
-                "reason": fit(reason),
-                "ek_hash": self.ek_hash or ek_hash,
-            },
-        )
+        self._decided("rejected", check)
+        if audit.isEnabledFor(logging.WARNING):  # fit() is work; skip it when not written
+            audit.warning(
+                "attestation rejected",
+                extra={
+                    "decision": "rejected",
+                    "check": check,
+                    "reason": fit(reason),
+                    "ek_hash": self.ek_hash or ek_hash,
+                },
+            )
 
     def admitted(
         self, attributes: server_pb2.AgentAttributes, ek_certificate_ignored: str | None = None
     ) -> None:
-        self.written = True
-        fields = {
-            "decision": "admitted",
-            "ek_hash": self.ek_hash,
-            "spiffe_id": fit(attributes.spiffe_id),
-            "selectors": joined_selectors(list(attributes.selector_values)),
-        }
-        if ek_certificate_ignored is not None:
-            # Admitted by EK hash; the certificate sent could not be read.
-            fields["ek_certificate"] = fit(f"ignored: {ek_certificate_ignored}")
-        audit.info("attestation admitted", extra=fields)
+        self._decided("admitted", "")
+        if audit.isEnabledFor(logging.INFO):  # as is joining the selectors
+            fields = {
+                "decision": "admitted",
+                "ek_hash": self.ek_hash,
+                "spiffe_id": fit(attributes.spiffe_id),
+                "selectors": joined_selectors(list(attributes.selector_values)),
+            }
+            if ek_certificate_ignored is not None:
+                # Admitted by EK hash; the certificate sent could not be read.
+                fields["ek_certificate"] = fit(f"ignored: {ek_certificate_ignored}")
+            audit.info("attestation admitted", extra=fields)
 
 
 class RequestReader:
@@ -133,7 +144,8 @@ class RequestReader:
             raise Rejected(
                 check, DeadlineExceeded(f"no {expected} arrived within {timeout:g}s")
             ) from None
-        if request is grpc.aio.EOF:
+        if request is grpc.aio.EOF:  # the peer closed its side, or cancelled (seen as EOF)
+            peer_ended(f"reading the {expected}")
             raise Rejected(expected, InvalidArgument(f"stream ended before the {expected}"))
         kind = request.WhichOneof("request")
         if kind != expected:
@@ -152,6 +164,10 @@ class PendingCount:
 
     def __init__(self) -> None:
         self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
 
     def enter(self, limit: int) -> PendingSlot | None:
         if self._count >= limit:
@@ -177,7 +193,7 @@ class PendingSlot:
 class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
     def __init__(self, holder: ConfigHolder[ServerConfig]) -> None:
         self._holder = holder
-        self._pending = PendingCount()  # per process: it outlives reconfigurations
+        self.pending = PendingCount()  # per process: it outlives reconfigurations
 
     async def Attest(  # noqa: N802 - gRPC method name
         self, request_iterator: Any, context: Any
@@ -192,7 +208,7 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
         config = self._holder.get()
         line = AuditLine()
         # Beyond the cap a stream is refused at once: what silent peers can hold is bounded.
-        slot = self._pending.enter(config.max_pending_challenges)
+        slot = self.pending.enter(config.max_pending_challenges)
         if slot is None:
             error = Unavailable(
                 "too many attestations in progress "
@@ -270,7 +286,9 @@ def validation_notes(config: ServerConfig) -> tuple[str, ...]:
 
 
 def register(server: Any, holder: ConfigHolder[ServerConfig]) -> None:
-    server_pb2_grpc.add_NodeAttestorServicer_to_server(ServerNodeAttestor(holder), server)
+    servicer = ServerNodeAttestor(holder)
+    metrics.sample_from(holder.current, lambda: servicer.pending.count)
+    server_pb2_grpc.add_NodeAttestorServicer_to_server(servicer, server)
 
 
 SPEC = PluginSpec(

@@ -20,8 +20,12 @@ Usage, for a CA bundle given as a list of files or directories:
 A file is watched through its parent directory, so replacing it by rename (editors,
 `mv`, Kubernetes ConfigMap/Secret mounts swapping their `..data` symlink) is seen too; a
 directory is watched with its subdirectories, which `visible_tree` lists.
-Every event in a watched directory only triggers a cheap stat fingerprint of the paths;
-`load()` runs when that fingerprint changed (`touch` forces a reload). One watchdog
+Only events on the entries a value is made of count: the file itself and every symlink
+on the way to its target (or anything below a watched directory given as a path); writes
+to other files beside it (a web root's access log beside a TLS CA file) cost one set
+lookup each, and neither log nor reload anything. A change that counts triggers a cheap
+stat fingerprint of the paths; `load()` runs when that fingerprint changed (`touch`
+forces a reload). One watchdog
 Observer thread serves the whole process, with one watch per directory however many
 values share it. Filesystems that do not deliver inotify events for remote writes (NFS
 changed on another host) need a local touch, or a configuration reload, to be seen.
@@ -71,6 +75,8 @@ Fingerprint = tuple[object, ...]
 # Directories of trust material hold hundreds of files; beyond this many entries, a
 # path is not one (a loader refuses it, and its fingerprint stops there).
 MAX_TREE_ENTRIES = 10_000
+# More symlinks than this on the way to a file is a loop (as the kernel's ELOOP limit).
+MAX_SYMLINKS = 40
 
 
 def _stat_key(path: str) -> object:
@@ -120,16 +126,56 @@ def fingerprint(paths: Sequence[str]) -> Fingerprint:
     return tuple(parts)
 
 
+def resolution_chain(path: str) -> set[str]:
+    """`path` (absolute) and every symlink met on the way to what it names: the entries
+    whose change can change what `path` holds."""
+    chain = {path}
+    pending = path
+    for _ in range(MAX_SYMLINKS):
+        parts = pending.split(os.sep)
+        for end in range(2, len(parts) + 1):
+            prefix = os.sep.join(parts[:end])
+            if os.path.islink(prefix):
+                try:
+                    target = os.readlink(prefix)
+                except OSError:
+                    return chain
+                chain.add(prefix)
+                rest = parts[end:]
+                pending = os.path.normpath(os.path.join(os.path.dirname(prefix), target, *rest))
+                chain.add(pending)
+                break
+        else:
+            return chain
+    return chain
+
+
+def served_entries(paths: Sequence[str]) -> frozenset[str]:
+    """The entries of watched directories whose events count for `paths`: a directory
+    path counts with everything in it (its own events name it or an entry under it)."""
+    entries: set[str] = set()
+    for path in paths:
+        entries |= resolution_chain(path)
+    return frozenset(entries)
+
+
+def _event_paths(event: FileSystemEvent) -> list[str]:
+    paths = [event.src_path, getattr(event, "dest_path", "")]
+    return [os.fsdecode(path) for path in paths if path]
+
+
 class _Dispatch(FileSystemEventHandler):
-    """The one watchdog handler of a directory; calls everyone interested in it."""
+    """The one watchdog handler of a directory; hands each change to everyone
+    watching it, with the paths the change is about."""
 
     def __init__(self) -> None:
-        self.callbacks: list[Callable[[], None]] = []
+        self.callbacks: list[Callable[[list[str]], None]] = []
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in _CHANGES:
+            paths = _event_paths(event)
             for callback in list(self.callbacks):
-                callback()
+                callback(paths)
 
 
 class DirectoryWatches:
@@ -140,7 +186,9 @@ class DirectoryWatches:
         self._observer: BaseObserver | None = None
         self._watches: dict[tuple[str, bool], tuple[ObservedWatch, _Dispatch]] = {}
 
-    def add(self, directory: str, callback: Callable[[], None], recursive: bool = False) -> None:
+    def add(
+        self, directory: str, callback: Callable[[list[str]], None], recursive: bool = False
+    ) -> None:
         with self._lock:
             if self._observer is None:
                 self._observer = Observer()  # a daemon thread, like its emitters
@@ -152,7 +200,9 @@ class DirectoryWatches:
                 self._watches[key] = (watch, dispatch)
             self._watches[key][1].callbacks.append(callback)
 
-    def remove(self, directory: str, callback: Callable[[], None], recursive: bool = False) -> None:
+    def remove(
+        self, directory: str, callback: Callable[[list[str]], None], recursive: bool = False
+    ) -> None:
         with self._lock:
             key = (directory, recursive)
             watch, dispatch = self._watches[key]
@@ -188,7 +238,7 @@ class Reloading(Generic[T]):
     ) -> None:
         self.what = what
         self.paths = [os.path.abspath(path) for path in paths]
-        self._load = load
+        self.loader = load  # e.g. a CABundle, whose counts the metrics read
         self._settle = settle_seconds
         # Taken before loading: a change during the load is then seen as a change.
         self._fingerprint = fingerprint(self.paths)
@@ -199,6 +249,8 @@ class Reloading(Generic[T]):
         self._closed = False
         self._watching = False
         self._directories = sorted({_watch_for(path) for path in self.paths})
+        self._served_directories = frozenset(path for path in self.paths if os.path.isdir(path))
+        self._entries = served_entries(self.paths)
 
     def start(self) -> None:
         """Starts watching (once, unless closed); a change since the first load is
@@ -215,16 +267,39 @@ class Reloading(Generic[T]):
     def value(self) -> T:
         return self._value
 
-    def _changed(self) -> None:
-        """On the observer thread: (re)start the settle timer, so a burst loads once."""
+    def _concerns(self, event_paths: list[str]) -> bool:
+        return any(
+            path in self._entries or self._below_served_directory(path) for path in event_paths
+        )
+
+    def _below_served_directory(self, path: str) -> bool:
+        """A directory given as a path is watched with its subdirectories: any entry at
+        any depth below it (or the directory itself) is part of the value."""
+        directory = path
+        while directory not in self._served_directories:
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                return False
+            directory = parent
+        return True
+
+    def _changed(self, event_paths: list[str]) -> None:
+        """On the observer thread: for a change to what this value is made of, (re)start
+        the settle timer, so a burst loads once."""
+        if not self._concerns(event_paths):
+            return
         with self._lock:
             if self._closed:
                 return
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = threading.Timer(self._settle, self.reload)
+            self._timer = threading.Timer(self._settle, self._settled)
             self._timer.daemon = True
             self._timer.start()
+
+    def _settled(self) -> None:
+        log.debug("files changed; reloading", extra={"what": self.what})
+        self.reload()
 
     def reload(self) -> bool:
         """Load again if the paths changed; True when a new value was swapped in."""
@@ -233,8 +308,9 @@ class Reloading(Generic[T]):
             if current == self._fingerprint or self._closed:
                 return False
             self._fingerprint = current  # a bad state is reported once, not per event
+            self._entries = served_entries(self.paths)  # a symlink may point elsewhere now
             try:
-                value = self._load()
+                value = self.loader()
             except Exception as exc:  # whatever the loader raises, the last good value stays
                 log.warning(
                     "reload failed; keeping the last good value",

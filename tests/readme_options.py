@@ -16,6 +16,7 @@ from server_plugin.config import SERVER_OPTIONS
 from server_plugin.ek_sources import AIA_FETCH_OPTIONS, EK_CERT_DOWNLOAD_OPTIONS
 from server_plugin.event_log_policy import POLICY_RULES
 from spire_tpm_attestor.runtime.config import Options, options_table
+from spire_tpm_attestor.runtime.observability import OBSERVABILITY_OPTIONS
 
 README = Path(__file__).parents[1] / "README.md"
 TABLES: dict[str, Options] = {
@@ -25,6 +26,7 @@ TABLES: dict[str, Options] = {
     "ek_aia_fetch": AIA_FETCH_OPTIONS,
     "ek_cert_download": EK_CERT_DOWNLOAD_OPTIONS,
     "event_log_policy": POLICY_RULES,
+    "observability": OBSERVABILITY_OPTIONS,
 }
 _TABLE = re.compile(r"(<!-- options: (\w+) -->\n).*?(<!-- end options -->)", re.DOTALL)
 

@@ -34,6 +34,15 @@ class AllowlistError(SourceUnavailable):
 
 
 @dataclass(frozen=True)
+class SourceHealth:
+    """What the metrics show of a source; None where the source has no such thing."""
+
+    entries: int | None = None  # in the copy held in memory
+    copy_age: float | None = None  # seconds since the copy was last confirmed
+    max_staleness: float | None = None  # the age past which lookups fail closed
+
+
+@dataclass(frozen=True)
 class AllowlistEntry:
     pub_hash: str
     name: str | None = None
@@ -52,6 +61,8 @@ class AllowlistSource(ABC):
 
     Subclasses implement `_lookup` (given a valid EK hash) and `describe`, and
     `start`/`close` when they watch or refresh anything."""
+
+    name: str  # as configured: `hash_path`, `allowlist "racks"`, `denylist "revoked"`
 
     def lookup(self, pub_hash: str) -> AllowlistEntry | None:
         """The entry for this EK hash, None when absent; AllowlistError when unsure."""
@@ -73,6 +84,10 @@ class AllowlistSource(ABC):
     @abstractmethod
     def describe(self) -> str:
         """A short name for logs and error messages, e.g. `directory /var/lib/hashes`."""
+
+    def health(self) -> SourceHealth:
+        """For the metrics; sources holding a copy in memory say more."""
+        return SourceHealth()
 
     def start(self) -> None:  # noqa: B027 - optional: most sources watch nothing
         """Start watchers or refreshing, for a committed configuration; idempotent."""

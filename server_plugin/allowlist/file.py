@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import os
 
-from server_plugin.allowlist.base import AllowlistEntry, AllowlistError, AllowlistSource
+from server_plugin.allowlist.base import (
+    AllowlistEntry,
+    AllowlistError,
+    AllowlistSource,
+    SourceHealth,
+)
 from server_plugin.allowlist.document import Index, read_document_file
 from server_plugin.reload import Reloading
 
@@ -53,6 +58,10 @@ class DocumentFile(AllowlistSource):
 
     def describe(self) -> str:
         return f"{self.name} (file {self.path})"
+
+    def health(self) -> SourceHealth:
+        index = self._index.value
+        return SourceHealth(entries=None if index is None else len(index))
 
     def start(self) -> None:
         self._index.start()

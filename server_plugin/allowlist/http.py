@@ -5,9 +5,15 @@ Once started, a daemon thread fetches the document at once, then every `refresh_
 retries within 30 s). Requests are conditional (If-None-Match / If-Modified-Since from
 the last accepted document), so an unchanged list costs a 304. Bodies larger than
 `max_body_bytes` (after decompression), responses slower than the timeouts, other
-statuses than 200/304 and documents that do not parse are refused; each refusal is
-logged and the last good copy stays in use, until it is `max_staleness` older than its
-last confirmation: then lookups fail closed (AllowlistError, hence UNAVAILABLE).
+statuses than 200/304 and documents that do not parse are refused and the last good
+copy stays in use, until it is `max_staleness` older than its last confirmation: then
+lookups fail closed (AllowlistError, hence UNAVAILABLE).
+
+An outage is logged by its transitions, not per attempt: the first failed refresh
+(warn, with the reason), half of `max_staleness` gone without a good copy (warn), the
+moment lookups fail closed (error, saying what to do), the recovery (info, with how
+long the source was down). Every failed attempt is counted, by reason, in the
+`allowlist_refresh_failures_total` metric.
 
 TLS trust (`ca_path`, else the system store), the optional client certificate and the
 optional bearer token are files reloaded when they change (Reloading), so rotating
@@ -32,7 +38,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import httpx  # imported when a source first fetches: ≈5 MiB, 20 ms
 
-from server_plugin.allowlist.base import AllowlistEntry, AllowlistError, AllowlistSource
+from server_plugin import metrics
+from server_plugin.allowlist.base import (
+    AllowlistEntry,
+    AllowlistError,
+    AllowlistSource,
+    SourceHealth,
+)
 from server_plugin.allowlist.document import DocumentError, DocumentParser, Index
 from server_plugin.reload import Reloading
 from spire_tpm_attestor.files import read_bounded
@@ -41,6 +53,7 @@ log = logging.getLogger(__name__)
 
 JITTER = 0.1
 RETRY_SECONDS = 30.0
+MIN_WAKE_SECONDS = 0.1  # how late an outage's line may be
 MAX_TOKEN_BYTES = 16 * 1024
 USER_AGENT = "spire-tpm-attestor"
 
@@ -60,7 +73,21 @@ class HTTPSettings:
 
 
 class FetchError(Exception):
-    """This refresh failed; the message says why (no secrets in it)."""
+    """This refresh failed; the message says why (no secrets in it), `reason` in one
+    word, for the failure metric: connection, timeout, tls, http_status, too_large."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+FAILURE_KINDS = {"document": "document rejected", "unexpected": "unexpected error"}
+
+
+def failure_reason(error: Exception) -> str:
+    if isinstance(error, FetchError):
+        return error.reason
+    return "document" if isinstance(error, DocumentError) else "unexpected"
 
 
 @dataclass(frozen=True)
@@ -100,6 +127,7 @@ class HTTPAllowlist(AllowlistSource):
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._last_error = "no fetch has completed yet"
+        self._outage: Outage | None = None  # since the first failed refresh, until one succeeds
         self._first_attempt = threading.Event()
         self._stop = threading.Event()
         self._tls: Reloading[ssl.SSLContext] | None = None
@@ -165,6 +193,19 @@ class HTTPAllowlist(AllowlistSource):
             )
         return snapshot.index.lookup(pub_hash, self.describe())
 
+    def health(self) -> SourceHealth:
+        snapshot = self._snapshot
+        return SourceHealth(
+            entries=None if snapshot is None else len(snapshot.index),
+            copy_age=self.copy_age(),
+            max_staleness=self.settings.max_staleness,
+        )
+
+    def copy_age(self) -> float | None:
+        """Seconds since a good copy was last confirmed; None before the first."""
+        snapshot = self._snapshot
+        return None if snapshot is None else self._clock() - snapshot.confirmed_at
+
     def close(self) -> None:
         """Stop refreshing; a fetch in flight finishes in the background and is dropped."""
         self._stop.set()
@@ -207,21 +248,22 @@ class HTTPAllowlist(AllowlistSource):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                succeeded = self.refresh()
-            except Exception as exc:  # the thread must outlive any one bad refresh
-                self._last_error = f"unexpected error: {exc!r}"
-                log.exception(
-                    "allowlist refresh failed; keeping the last good copy",
-                    extra={"source": self.describe(), "reason": self._last_error},
-                )
-                succeeded = False
-            finally:
-                self._first_attempt.set()
+            succeeded = self.refresh()
+            self._first_attempt.set()
             interval = self.settings.refresh_interval
             if not succeeded:
                 interval = min(interval, RETRY_SECONDS)
-            self._stop.wait(interval * random.uniform(1 - JITTER, 1 + JITTER))
+            self._sleep(interval * random.uniform(1 - JITTER, 1 + JITTER))
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait `seconds` (or until closed); in an outage, wake to log its next line
+        when that is due, not at the next attempt."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            due = self._until_next_outage_line()
+            if self._stop.wait(remaining if due is None else min(remaining, due)):
+                return
+            self.check_staleness()
 
     def refresh(self) -> bool:
         """Fetch once; True when the list is confirmed current (200 accepted or 304)."""
@@ -229,21 +271,77 @@ class HTTPAllowlist(AllowlistSource):
             with self._refreshing:
                 if self._stop.is_set():
                     return False
-                return self._refresh()
+                try:
+                    return self._refresh()
+                except Exception as exc:  # FetchError, DocumentError, or a bug: the
+                    return self._refresh_failed(exc)  # thread outlives it either way
         finally:
             if self._stop.is_set():
                 self._close_client()
 
+    def check_staleness(self) -> None:
+        """Log the outage's next line if its time has come (nothing when healthy)."""
+        with self._refreshing:
+            self._log_outage()
+        if self._stop.is_set():
+            self._close_client()  # as refresh does: close() may have found the lock held
+
+    def _until_next_outage_line(self) -> float | None:
+        """Seconds until the outage's next line is due; None when none is left."""
+        outage, age = self._outage, self.copy_age()
+        if outage is None or age is None or outage.failing_closed:
+            return None
+        limit = self.settings.max_staleness
+        due = limit if outage.warned_stale else limit / 2
+        # Just past the moment, so that it is due; never a busy loop.
+        return max(MIN_WAKE_SECONDS, due - age + 0.001)
+
+    def _log_outage(self) -> None:
+        """The outage's lines whose time has come: half of max_staleness gone (warn),
+        lookups failing closed (error). Called with `_refreshing` held."""
+        outage, age = self._outage, self.copy_age()
+        if outage is None or outage.failing_closed:
+            return
+        limit = self.settings.max_staleness
+        fields = {"source": self.describe(), "reason": self._last_error}
+        if age is not None:
+            fields |= {"age_seconds": f"{age:.0f}", "max_staleness_seconds": f"{limit:g}"}
+        if age is not None and age > limit / 2 and not outage.warned_stale:
+            outage.warned_stale = True
+            log.warning(
+                "allowlist copy is getting stale: half of max_staleness has passed without "
+                "a good copy; lookups fail closed when all of it has",
+                extra=fields,
+            )
+        if age is None or age > limit:
+            outage.failing_closed = outage.warned_stale = True
+            if age is None:
+                why, remedy = "no copy of the list has loaded", "make the URL serve a good document"
+            else:
+                why = "the last good copy is older than max_staleness"
+                remedy = "make the URL serve a good document again, or raise max_staleness"
+            log.error(
+                f"allowlist lookups fail closed: {why}; attestations that need this source "
+                f"are refused (UNAVAILABLE) until a refresh succeeds: {remedy}",
+                extra=fields,
+            )
+
     def _refresh(self) -> bool:
         started = self._clock()
-        try:
-            snapshot = self._fetch(self._snapshot)
-        except (FetchError, DocumentError) as exc:
-            return self._refresh_failed(exc)
+        snapshot = self._fetch(self._snapshot)
         if self._stop.is_set():
             return False
         changed = self._snapshot is None or snapshot.index is not self._snapshot.index
         self._snapshot = snapshot
+        if self._outage is not None:
+            log.info(
+                "allowlist source recovered",
+                extra={
+                    "source": self.describe(),
+                    "down_seconds": f"{self._clock() - self._outage.started:.0f}",
+                },
+            )
+            self._outage = None
         if changed:
             log.info(
                 "allowlist refreshed",
@@ -257,13 +355,26 @@ class HTTPAllowlist(AllowlistSource):
             log.debug("allowlist unchanged (304)", extra={"source": self.describe()})
         return True
 
-    def _refresh_failed(self, error: FetchError | DocumentError) -> bool:
-        self._last_error = str(error)
-        reason = "document rejected" if isinstance(error, DocumentError) else "fetch failed"
-        log.warning(
-            f"allowlist refresh failed ({reason}); keeping the last good copy",
-            extra={"source": self.describe(), "reason": str(error)},
-        )
+    def _refresh_failed(self, error: Exception) -> bool:
+        reason = failure_reason(error)
+        unexpected = reason == "unexpected"
+        self._last_error = f"unexpected error: {error!r}" if unexpected else str(error)
+        metrics.ALLOWLIST_REFRESH_FAILURES.inc(source=self.name, reason=reason)
+        if self._outage is None:
+            self._outage = Outage(self._clock())
+            kind = FAILURE_KINDS.get(reason, "fetch failed")
+            keeping = "keeping the last good copy" if self._snapshot else "no copy of the list yet"
+            log.warning(
+                f"allowlist refresh failed ({kind}); {keeping}",
+                extra={"source": self.describe(), "reason": self._last_error},
+                exc_info=error if unexpected else None,  # a bug: its traceback, once
+            )
+        else:
+            log.debug(
+                "allowlist refresh failed again",
+                extra={"source": self.describe(), "reason": self._last_error},
+            )
+        self._log_outage()
         return False
 
     def _headers(self, snapshot: Snapshot | None) -> dict[str, str]:
@@ -290,14 +401,16 @@ class HTTPAllowlist(AllowlistSource):
                         snapshot.index, snapshot.etag, snapshot.last_modified, self._clock()
                     )
                 if response.status_code != 200:
-                    raise FetchError(f"HTTP status {response.status_code}")
+                    raise FetchError(f"HTTP status {response.status_code}", "http_status")
                 self._read_body(response, parser)
                 etag = response.headers.get("ETag")
                 last_modified = response.headers.get("Last-Modified")
         except httpx.HTTPError as exc:
-            raise FetchError(f"{type(exc).__name__}: {exc}") from None
-        except (OSError, ssl.SSLError) as exc:
-            raise FetchError(str(exc)) from None
+            raise FetchError(f"{type(exc).__name__}: {exc}", http_error_reason(exc)) from None
+        except ssl.SSLError as exc:
+            raise FetchError(str(exc), "tls") from None
+        except OSError as exc:
+            raise FetchError(str(exc), "connection") from None
         # The parser reports problems only now, so a body too large or too slow is a
         # FetchError whatever it holds, as when the body was read whole first.
         index = parser.finish()
@@ -309,10 +422,33 @@ class HTTPAllowlist(AllowlistSource):
         limit = self.settings.max_body_bytes
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise FetchError(f"the body ({declared} bytes) is larger than max_body_bytes ({limit})")
+            raise FetchError(
+                f"the body ({declared} bytes) is larger than max_body_bytes ({limit})", "too_large"
+            )
         size = 0
         for chunk in response.iter_bytes():
             size += len(chunk)
             if size > limit:
-                raise FetchError(f"the body is larger than max_body_bytes ({limit})")
+                raise FetchError(f"the body is larger than max_body_bytes ({limit})", "too_large")
             parser.feed(chunk)
+
+
+def http_error_reason(error: httpx.HTTPError) -> str:
+    import httpx
+
+    if isinstance(error, httpx.TimeoutException):
+        return "timeout"
+    context = error.__context__
+    if isinstance(context, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(error):
+        return "tls"
+    return "connection"
+
+
+@dataclass
+class Outage:
+    """From a source's first failed refresh to its next good one: which of the
+    outage's lines are out."""
+
+    started: float
+    warned_stale: bool = False
+    failing_closed: bool = False

@@ -4,6 +4,12 @@ Every line is one JSON object whose `@level` is one of trace/debug/info/warn/err
 whose `@timestamp` has exactly six fractional digits and an explicit offset, and
 whose values are all strings: a non-string `@message`/`@level`/`@timestamp` would
 crash the goroutine in SPIRE that reads plugin stderr.
+
+Two levels decide what is written: the plugin's own loggers (`spire_tpm_attestor`,
+`server_plugin`, `agent_plugin`) follow `log_level`, every other logger (watchdog, httpx,
+httpcore, grpc, asyncio...) follows `library_log_level`, WARN unless the operator turns
+it up. A line below its logger's level is dropped by `Logger.isEnabledFor` before any
+record is made, so it is never formatted.
 """
 
 from __future__ import annotations
@@ -24,6 +30,35 @@ logging.addLevelName(TRACE, "TRACE")
 _STANDARD_RECORD_KEYS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
 )
+
+
+# SPIRE's log_level names; SPIRE reads them case-insensitively, and so do we.
+LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "ERROR": logging.ERROR,
+}
+PLUGIN_LOGGERS = ("spire_tpm_attestor", "server_plugin", "agent_plugin")
+# SPIRE's own default; a debug line costs CPU on every attestation even when SPIRE,
+# at INFO, drops it (README, "What logs and metrics cost").
+DEFAULT_LEVEL = "INFO"
+DEFAULT_LIBRARY_LEVEL = "WARN"
+
+
+def parse_level(text: str) -> int:
+    """The logging level of one of SPIRE's level names."""
+    level = LEVELS.get(text.upper())
+    if level is None:
+        raise ValueError(f"{text!r} is not one of {', '.join(LEVELS)}")
+    return level
+
+
+def set_levels(plugin_level: int, library_level: int) -> None:
+    """The plugin's loggers at `plugin_level`, every other logger at `library_level`."""
+    logging.getLogger().setLevel(library_level)
+    for name in PLUGIN_LOGGERS:
+        logging.getLogger(name).setLevel(plugin_level)
 
 
 def hclog_level(levelno: int) -> str:
@@ -66,13 +101,14 @@ class HCLogFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=True)
 
 
-def configure_logging(stream: TextIO | None = None, level: int = logging.DEBUG) -> None:
-    """Route all Python logging, warnings and uncaught exceptions to hclog JSON on stderr."""
+def configure_logging(stream: TextIO | None = None) -> None:
+    """Route all Python logging, warnings and uncaught exceptions to hclog JSON on stderr,
+    at the default levels until a configuration sets others."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(HCLogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    set_levels(LEVELS[DEFAULT_LEVEL], LEVELS[DEFAULT_LIBRARY_LEVEL])
     logging.captureWarnings(True)
     warnings.simplefilter("default")
     sys.excepthook = _log_uncaught

@@ -27,7 +27,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -41,9 +41,16 @@ from spire_tpm_attestor.pb import (
     spire_init_pb2,
     spire_init_pb2_grpc,
 )
+from spire_tpm_attestor.runtime import observability
 from spire_tpm_attestor.runtime.config import Closeable, ConfigProblems, CoreConfig
 from spire_tpm_attestor.runtime.logs import configure_logging
-from spire_tpm_attestor.runtime.status import FailedPrecondition, InvalidArgument, PluginError
+from spire_tpm_attestor.runtime.metrics import ENDPOINT, Counter
+from spire_tpm_attestor.runtime.status import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    PluginError,
+)
 
 log = logging.getLogger("spire_tpm_attestor.runtime")
 
@@ -60,7 +67,18 @@ WORKER_THREADS = 32
 SHUTDOWN_GRACE_SECONDS = 0.25
 
 
-C = TypeVar("C", bound=Closeable)
+INTERNAL_ERRORS = Counter(
+    "internal_errors_total",
+    "RPCs answered INTERNAL: a bug (with a traceback in the log) or, on the agent, the TPM",
+)
+
+
+class PluginConfig(Closeable, Protocol):
+    @property
+    def observability(self) -> observability.Observability: ...
+
+
+C = TypeVar("C", bound=PluginConfig)
 R = TypeVar("R")
 
 
@@ -76,6 +94,10 @@ class ConfigHolder(Generic[C]):
         if current is None:
             raise FailedPrecondition("not configured")
         return current
+
+    def current(self) -> C | None:
+        """The configuration in force; None before the first Configure."""
+        return self._current
 
     def swap(self, new: C) -> None:
         with self._lock:
@@ -117,49 +139,62 @@ class PluginSpec(Generic[C]):
     validation_notes: Callable[[C], Sequence[str]] = _no_notes
 
 
-def abort_with(context: grpc.ServicerContext, error: PluginError) -> None:
-    """End the RPC with the error's status; `context.abort` raises, so this never returns."""
-    context.abort(error.code, error.message)
+def answer(error: PluginError) -> tuple[grpc.StatusCode, str]:
+    """The status and details to end an RPC with for `error` (an INTERNAL is counted)."""
+    if error.code == grpc.StatusCode.INTERNAL:
+        INTERNAL_ERRORS.inc()
+    return error.code, error.message
 
 
-def call_guarded(context: grpc.ServicerContext, action: Callable[[], R]) -> R:
-    """Run a synchronous unary handler body, mapping our errors to statuses and anything
-    else to INTERNAL.
-
-    Handlers raise PluginError instead of calling `context.abort` themselves, because
-    abort raises a bare Exception that could not be told apart from a bug here.
-    """
-    try:
-        return action()
-    except PluginError as error:
-        abort_with(context, error)
-    except Exception:
-        log.exception("unexpected error")
-        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the plugin log")
-    raise AssertionError("unreachable: context.abort raises")
+def unexpected() -> Internal:
+    """For what no handler expected (a bug): its one traceback, and INTERNAL."""
+    log.exception("unexpected error")
+    return Internal("internal error; see the plugin log")
 
 
-def stream_guarded(context: grpc.ServicerContext, responses: Iterator[R]) -> Iterator[R]:
-    """The streaming twin of call_guarded: the process never dies on bad input."""
+def peer_ended(cause: str) -> None:
+    """A stream the peer cancelled or closed (SPIRE refusing the node, unloading the
+    plugin, an agent gone mid-challenge) is the normal end of a conversation, not a
+    fault of the plugin's: one debug line."""
+    log.debug("stream ended by the peer", extra={"while": cause})
+
+
+class StreamEnded(Exception):
+    """The peer closed its side of a stream before the handler was done with it (SPIRE
+    ends the agent's stream when the server refused the node): not a fault."""
+
+
+def stream_guarded(context: Any, responses: Iterator[R]) -> Iterator[R]:
+    """A synchronous streaming handler (run on a worker thread): our errors end it with
+    their status, anything else with INTERNAL; the process never dies on bad input.
+
+    A stream the peer ended ends with `peer_ended`'s line, however the handler learns
+    of it: gRPC stops pulling its responses (and closes the generator), the request
+    iterator fails (a cancelled RPC), or the handler finds it closed (StreamEnded)."""
     try:
         yield from responses
-    except PluginError as error:
-        abort_with(context, error)
-    except Exception:
-        log.exception("unexpected error")
-        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the plugin log")
+    except GeneratorExit:
+        peer_ended("waiting to send")
+        raise
+    except (StreamEnded, grpc.RpcError) as exc:
+        peer_ended(type(exc).__name__)
+    except Exception as exc:
+        error = exc if isinstance(exc, PluginError) else unexpected()
+        context.abort(*answer(error))
 
 
-async def run_guarded(context: grpc.aio.ServicerContext, action: Awaitable[R]) -> R:
-    """call_guarded for `async` handlers: PluginError becomes its status, anything else
-    INTERNAL. A cancelled RPC (CancelledError, a BaseException) passes through."""
+async def run_guarded(context: Any, action: Awaitable[R]) -> R:
+    """An `async` handler: PluginError becomes its status, anything else INTERNAL; a
+    cancelled RPC (the peer ended it) ends with `peer_ended`'s line. (A handler that
+    reads the end of its stream says so itself: a cancel may reach it as that end.)"""
     try:
         return await action
-    except PluginError as error:
-        await context.abort(error.code, error.message)
-    except Exception:
-        log.exception("unexpected error")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the plugin log")
+    except asyncio.CancelledError:
+        peer_ended("waiting")
+        raise
+    except Exception as exc:
+        error = exc if isinstance(exc, PluginError) else unexpected()
+        await context.abort(*answer(error))
     raise AssertionError("unreachable: context.abort raises")
 
 
@@ -247,6 +282,7 @@ class ConfigService(spire_config_pb2_grpc.ConfigServicer, Generic[C]):
                 raise InvalidArgument(f"invalid configuration: {problems}") from problems
             try:
                 self._spec.start_config(config)
+                apply_observability(config)
             except BaseException:
                 config.close()
                 raise
@@ -272,6 +308,13 @@ class ConfigService(spire_config_pb2_grpc.ConfigServicer, Generic[C]):
             return spire_config_pb2.ValidateResponse(valid=True, notes=notes)
 
         return await run_guarded(context, asyncio.to_thread(validate))
+
+
+def apply_observability(config: PluginConfig) -> None:
+    try:
+        observability.apply(config.observability)
+    except OSError as exc:  # the endpoint's address is taken or not ours
+        raise FailedPrecondition(f"telemetry: cannot serve metrics: {exc}") from exc
 
 
 def check_launched_by_host() -> str | None:
@@ -333,6 +376,7 @@ async def _serve(spec: PluginSpec[C]) -> None:
     await shutdown.wait()
     await server.stop(SHUTDOWN_GRACE_SECONDS)
     holder.close()
+    ENDPOINT.close()
     shutil.rmtree(socket_dir, ignore_errors=True)
     logging.shutdown()
     # Worker threads may still be inside a TPM command; leave now so SPIRE's 2 s unload

@@ -123,6 +123,10 @@ class AgentConversation:
         self._requests.put(agent_pb2.Challenge(challenge=challenge))
         return bytes(next(self._stream).challenge_response)
 
+    def cancel(self) -> None:
+        """As SPIRE ends a stream it gives up on: cancelled, the requests left open."""
+        self._stream.cancel()
+
     def close(self) -> None:
         self._requests.close()
         self._stream.cancel()
@@ -149,6 +153,10 @@ class ServerConversation:
     def close_requests(self) -> None:
         """Half-close: no more requests, but the responses can still be read."""
         self._requests.close()
+
+    def cancel(self) -> None:
+        """As SPIRE ends a stream it gives up on: cancelled, the requests left open."""
+        self._stream.cancel()
 
     def receive(self) -> server_pb2.AttestResponse:
         """The next response, without sending anything (e.g. to see a silent stream end)."""

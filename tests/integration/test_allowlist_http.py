@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from server_plugin.allowlist import AllowlistEntry, AllowlistError
-from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
+from server_plugin.allowlist.document import DocumentError
+from server_plugin.allowlist.http import (
+    FetchError,
+    HTTPAllowlist,
+    HTTPSettings,
+    failure_reason,
+    http_error_reason,
+)
 from tests.integration.http_servers import (
     DocumentServer,
     Nginx,
@@ -197,6 +206,68 @@ def test_outage_uses_the_last_good_copy_until_max_staleness(
         source.lookup(OTHER.pub_hash)  # an absent EK is no longer a clean "absent" either
 
 
+def test_an_outage_is_logged_by_its_transitions_not_its_attempts(
+    server: DocumentServer, sources: list[HTTPAllowlist], caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    source = open_source(sources, quick(server.url, max_staleness=60), clock)
+    assert source.lookup(NODE.pub_hash) is not None
+    caplog.set_level(logging.DEBUG, logger="server_plugin.allowlist.http")
+    seen = len(caplog.records)
+    server.status = 503
+    clock.now += 10
+    for _ in range(5):  # attempts, each counted but not each a warning
+        assert source.refresh() is False
+    clock.now += 21  # 31 s without a good copy: more than half of max_staleness
+    source.check_staleness()
+    assert source.refresh() is False
+    clock.now += 30  # 61 s: lookups fail closed
+    source.check_staleness()
+    source.check_staleness()
+    with pytest.raises(AllowlistError, match="max_staleness"):
+        source.lookup(NODE.pub_hash)
+    server.status = 200
+    clock.now += 5
+    assert source.refresh() is True
+    assert source.lookup(NODE.pub_hash) is not None
+    records = [r for r in caplog.records[seen:] if r.levelno >= logging.INFO]
+    assert [(r.levelname, r.getMessage().split(":")[0].split(";")[0]) for r in records] == [
+        ("WARNING", "allowlist refresh failed (fetch failed)"),
+        ("WARNING", "allowlist copy is getting stale"),
+        ("ERROR", "allowlist lookups fail closed"),
+        ("INFO", "allowlist source recovered"),
+    ]
+    first, stale, closed, recovered = (r.__dict__ for r in records)
+    assert first["reason"] == "HTTP status 503"
+    assert (stale["age_seconds"], stale["max_staleness_seconds"]) == ("31", "60")
+    assert "raise max_staleness" in records[2].getMessage()
+    assert closed["age_seconds"] == "61"
+    assert recovered["down_seconds"] == "56"  # from the first failure to the recovery
+    again = [r for r in caplog.records[seen:] if r.getMessage() == "allowlist refresh failed again"]
+    assert len(again) == 5
+
+
+def test_a_source_that_never_loaded_says_at_once_that_it_fails_closed(
+    server: DocumentServer, sources: list[HTTPAllowlist], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="server_plugin.allowlist.http")
+    server.status = 503
+    source = open_source(sources, quick(server.url))
+    with pytest.raises(AllowlistError, match="no copy of the list yet"):
+        source.lookup(NODE.pub_hash)
+    assert source.refresh() is False
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "allowlist refresh failed (fetch failed); no copy of the list yet"),
+        (
+            "ERROR",
+            "allowlist lookups fail closed: no copy of the list has loaded; attestations "
+            "that need this source are refused (UNAVAILABLE) until a refresh succeeds: make "
+            "the URL serve a good document",
+        ),
+    ]
+
+
 def test_a_304_confirms_the_copy_as_fresh(
     server: DocumentServer, sources: list[HTTPAllowlist]
 ) -> None:
@@ -343,3 +414,11 @@ def test_validate_and_a_rejected_configure_make_no_request(server: DocumentServe
         assert server.requests == []
         plugin.configure(allowlist)
         eventually(lambda: len(server.requests) == 1, "the committed configuration's fetch")
+
+
+def test_failures_are_counted_by_reason() -> None:
+    assert http_error_reason(httpx.ReadTimeout("slow")) == "timeout"
+    assert http_error_reason(httpx.ConnectError("refused")) == "connection"
+    assert failure_reason(FetchError("HTTP status 503", "http_status")) == "http_status"
+    assert failure_reason(DocumentError("not valid JSON")) == "document"
+    assert failure_reason(RuntimeError("a bug")) == "unexpected"

@@ -65,6 +65,12 @@ def test_spire_server_validate_calls_the_plugin(
     assert "can_reattest: expected a boolean" in bad.stdout + bad.stderr
 
 
+def plugin_lines(log: str) -> list[str]:
+    """The lines of a SPIRE log that our plugin wrote: SPIRE relays them with their
+    `@module` and the plugin's name; its own lines about the plugin have no `@module`."""
+    return [line for line in log.splitlines() if "@module=" in line and "plugin_name=tpm" in line]
+
+
 def test_spire_agent_attests_through_both_plugins(
     spire_bin: Path,
     workdir: Path,
@@ -112,6 +118,15 @@ def test_spire_agent_stops_when_the_server_plugin_denies(
     log = agent.log()
     assert "PermissionDenied" in log, log[-3000:]
     assert "does not chain to ek_ca_path" in log
+    # The refusal ends the agent plugin's stream: a normal end, no error of the plugin's.
+    agent_plugin_lines = plugin_lines(log)
+    assert agent_plugin_lines, log[-3000:]
+    assert [line for line in agent_plugin_lines if "level=error" in line] == []
+    assert any('msg="stream ended by the peer"' in line for line in agent_plugin_lines)
+    # The server plugin wrote the decision once.
+    audit = [line for line in plugin_lines(server.daemon.log()) if "decision=" in line]
+    assert len(audit) == 1, audit
+    assert 'msg="attestation rejected"' in audit[0] and "check=ek_cert_chain" in audit[0]
 
 
 def test_spire_agent_attests_with_a_devid(

@@ -51,6 +51,7 @@ class MemoryAllowlist(AllowlistSource):
     """An allowlist source in memory; with `failure` set, every lookup fails."""
 
     entries: dict[str, AllowlistEntry] = field(default_factory=dict)
+    name: str = "memory"
     failure: str | None = None
 
     def _lookup(self, pub_hash: str) -> AllowlistEntry | None:

@@ -99,6 +99,49 @@ def test_directory_gaining_a_file_is_reloaded(
     eventually(lambda: value.value == ["new.pem"], "the new file")
 
 
+@pytest.mark.parametrize("mount", ["plain", "kubernetes"])
+def test_writes_beside_a_watched_file_neither_reload_nor_log(
+    tmp_path: Path,
+    closing: list[Reloading[Any]],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    mount: str,
+) -> None:
+    # A TLS CA file in a web root whose access log changes on every request.
+    if mount == "plain":
+        (tmp_path / "ca.pem").write_text("1")
+    else:
+        (tmp_path / "..v1").mkdir()
+        (tmp_path / "..v1" / "ca.pem").write_text("1")
+        (tmp_path / "..data").symlink_to("..v1")
+        (tmp_path / "ca.pem").symlink_to("..data/ca.pem")
+    ca = tmp_path / "ca.pem"
+    value = watch(closing, [ca], lambda: read_int(ca))
+    value.start()
+    settled: list[float] = []
+    monkeypatch.setattr(value, "_settled", lambda: settled.append(time.monotonic()))
+    caplog.set_level(logging.DEBUG, logger="server_plugin")
+    with open(tmp_path / "access.log", "a") as access_log:
+        for request in range(500):
+            access_log.write(f"GET /allowlist.json {request}\n")
+            access_log.flush()
+            (tmp_path / f"upload-{request}").write_text("x")
+    time.sleep(10 * SETTLE)  # longer than a settle: a reload now would be a reload apart
+    assert settled == []
+    # The control: a change to the file itself is seen, after every event before it.
+    if mount == "plain":
+        ca.write_text("2")
+    else:
+        (tmp_path / "..v2").mkdir()
+        (tmp_path / "..v2" / "ca.pem").write_text("2")
+        (tmp_path / "..data_tmp").symlink_to("..v2")
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    eventually(lambda: len(settled) == 1, "the change to the CA file")
+    time.sleep(10 * SETTLE)
+    assert len(settled) == 1
+    assert [r for r in caplog.records if r.name.startswith("server_plugin")] == []
+
+
 def test_bad_reload_keeps_the_last_good_value_and_logs_why(
     tmp_path: Path, closing: list[Reloading[Any]], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ SERVER_HOST_SERVICES = [
     "spire.hostservice.common.metrics.v1.Metrics",
 ]
 CONFIGS = ("chain", "allowlist", "noop", "noop-reader", "noop-reader-audit")
+LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 NOOP_FLAGS = {"noop": [], "noop-reader": ["--reader"], "noop-reader-audit": ["--reader", "--audit"]}
 
 
@@ -84,6 +86,31 @@ def plugin(name: str, checkout: Path) -> dict[str, Any]:
         "dir": str(checkout),
         "env": env,
     }
+
+
+def telemetry(port: int) -> str:
+    return f'telemetry {{\nPrometheus {{\nhost = "127.0.0.1"\nport = {port}\n}}\n}}'
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def observe_variants(flood_port: int, silent_port: int) -> list[dict[str, Any]]:
+    """The current tree at each log level, with metrics off and on, and with metrics
+    under hostile scrapers (scraper.py): side by side, batch by batch."""
+    current = plugin("current", ROOT)
+    variants = [
+        {**current, "name": level.lower(), "hcl": f'log_level = "{level}"'} for level in LEVELS
+    ]
+    for level in ("DEBUG", "INFO"):
+        name, hcl_text = f"{level.lower()}+metrics", f'log_level = "{level}"\n{telemetry(0)}'
+        variants.append({**current, "name": name, "hcl": hcl_text})
+    for name, port in (("info+flood", flood_port), ("info+silent", silent_port)):
+        variants.append({**current, "name": name, "hcl": f'log_level = "INFO"\n{telemetry(port)}'})
+    return variants
 
 
 def build_driver(work: Path) -> Path:
@@ -176,13 +203,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--silent-attestations", type=int, default=400, help="honest attestations per phase"
     )
-    parser.add_argument("--out", default=str(ROOT / "bench" / "process.json"))
+    parser.add_argument("--out", help="default bench/process.json (--observe: bench/observe.json)")
+    parser.add_argument(
+        "--observe",
+        action="store_true",
+        help="the current tree at each log level, metrics off, on, and under hostile "
+        "scrapers (no baseline, no starts)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the current plugin with py-spy instead (no baseline, no starts)",
     )
     args = parser.parse_args(argv)
+    args.out = args.out or str(
+        ROOT / "bench" / ("observe.json" if args.observe else "process.json")
+    )
     wanted = [name for name in args.configs.split(",") if name]
     unknown = set(wanted) - set(CONFIGS)
     if unknown:
@@ -197,12 +233,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     plugins: list[dict[str, Any]] = []
     commits = {"current": current_sha + ("+dirty" if dirty else "")}
-    if args.baseline and not args.profile:
+    scrapers = None
+    if args.observe:
+        if args.baseline or args.profile:
+            parser.error("--observe runs the current tree only")
+        args.starts = args.silent = 0
+        flood_port, silent_port = free_port(), free_port()
+        plugins = observe_variants(flood_port, silent_port)
+        scrapers = subprocess.Popen(
+            [sys.executable, str(HERE / "scraper.py"), str(flood_port), str(silent_port)]
+        )
+        atexit.register(scrapers.kill)
+    elif args.baseline and not args.profile:
         report.progress(f"checking out {args.baseline} into {work}")
         path, sha = check_out(args.baseline, work)
         plugins.append(plugin("baseline", path))
         commits["baseline"] = sha
-    plugins.append(plugin("current", ROOT))
+    if not args.observe:
+        plugins.append(plugin("current", ROOT))
 
     report.progress("building the Go driver")
     driver = build_driver(work)
@@ -245,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_path = work / "results.json"
     started = time.monotonic()
     run = subprocess.run([str(driver), "-plan", str(plan_path), "-out", str(results_path)])
+    if scrapers is not None:
+        scrapers.kill()
     if run.returncode != 0:
         for log in sorted(logs.iterdir()):
             print(f"--- {log.name} (last lines)", file=sys.stderr)

@@ -54,6 +54,7 @@ type Plugin struct {
 	Argv []string          `json:"argv"`
 	Dir  string            `json:"dir"`
 	Env  map[string]string `json:"env"`
+	HCL  string            `json:"hcl,omitempty"` // appended to each configuration's (e.g. log_level)
 }
 
 type Node struct {
@@ -607,7 +608,7 @@ func runInstance(plan *Plan, cfg Config, agent *Agent, instance, rounds, next in
 			return next, fmt.Errorf("%s: %w", p.Name, err)
 		}
 		procs[i] = proc
-		if err := proc.Configure(plan.TrustDomain, cfg.HCL); err != nil {
+		if err := proc.Configure(plan.TrustDomain, cfg.HCL+"\n"+p.HCL); err != nil {
 			return next, fmt.Errorf("%s: Configure: %w (see %s)", p.Name, err, log)
 		}
 		result.RSSBytes[p.Name] = append(result.RSSBytes[p.Name], status(proc.Pid(), "VmRSS"))
