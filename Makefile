@@ -15,7 +15,7 @@ SPIRE_CACHE := $(HOME)/.cache/spire-tpm-attestor/spire
 SPIRE_BIN ?= $(SPIRE_CACHE)/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto docs dist test test-spire-matrix demo bench bench-process bench-process-profile lint spire clean
+.PHONY: install system-packages proto docs dist test test-spire-matrix demo bench bench-spire bench-process bench-process-profile lint spire clean
 
 install: $(STAMP)
 
@@ -118,6 +118,11 @@ demo: install
 
 bench: install
 	$(PY) -m tests.bench
+
+# Real SPIRE: `spire-agent run` to the agent SVID, TPM plugins vs join_token (venv and
+# `make dist` executables; the latter only when this tree's build is cached).
+bench-spire: install
+	SPIRE_BIN=$(SPIRE_BIN) $(PY) -m tests.bench spire
 
 # The server plugin as a process, as SPIRE runs it (Go driver over go-plugin gRPC):
 # `make bench-process BASELINE=a19ce94` interleaves batches of that commit and this tree.

@@ -85,14 +85,20 @@ def start_daemon(argv: list[str], log_path: Path) -> Daemon:
     return Daemon(process, log_path)
 
 
-def wait_until(condition: Callable[[], object], daemon: Daemon, timeout: float, what: str) -> None:
+def wait_until(
+    condition: Callable[[], object],
+    daemon: Daemon,
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if daemon.process.poll() is not None:
             raise AssertionError(f"{what}: process exited\n{daemon.log()[-4000:]}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: timed out\n{daemon.log()[-4000:]}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 @dataclass
@@ -125,6 +131,33 @@ def add_plugin_data(config: str, extra: str) -> str:
     marker = "plugin_data {"
     start = config.index(marker, config.index('NodeAttestor "tpm"')) + len(marker)
     return config[:start] + "\n" + extra + config[start:]
+
+
+def block_end(config: str, start: int) -> int:
+    """The index of the `}` that closes the first `{` at or after `start`."""
+    depth = 0
+    for end in range(config.index("{", start), len(config)):
+        depth += {"{": 1, "}": -1}.get(config[end], 0)
+        if depth == 0:
+            return end
+    raise ValueError("unbalanced braces")
+
+
+JOIN_TOKEN_ATTESTOR = 'NodeAttestor "join_token" {\n        plugin_data {}\n    }'
+
+
+def add_join_token(server_config_text: str) -> str:
+    """The server also offers SPIRE's built-in join_token attestor, beside "tpm"."""
+    marker = "plugins {"
+    at = server_config_text.index(marker) + len(marker)
+    return server_config_text[:at] + "\n    " + JOIN_TOKEN_ATTESTOR + server_config_text[at:]
+
+
+def use_join_token(agent_config_text: str) -> str:
+    """The agent attests with join_token instead of "tpm" (run it with -joinToken)."""
+    start = agent_config_text.index('NodeAttestor "tpm"')
+    end = block_end(agent_config_text, start)
+    return agent_config_text[:start] + JOIN_TOKEN_ATTESTOR + agent_config_text[end + 1 :]
 
 
 def plugin_data_to_file(config: str, path: Path) -> str:
@@ -204,6 +237,7 @@ def write_server_config(
     plugin: Plugin | None = None,
     server_options: str = "",
     data_file: bool = False,
+    join_token: bool = False,
 ) -> tuple[Path, int]:
     hashes = workdir / "hashes"
     hashes.mkdir(exist_ok=True)
@@ -215,6 +249,8 @@ def write_server_config(
         text = text.replace("server {", "server {\n" + server_options, 1)
     if data_file:
         text = plugin_data_to_file(text, workdir / "server-plugin-data.hcl")
+    if join_token:
+        text = add_join_token(text)
     config = workdir / "server.conf"
     config.write_text(text)
     return config, port
@@ -229,9 +265,10 @@ def start_server(
     plugin: Plugin | None = None,
     server_options: str = "",
     data_file: bool = False,
+    join_token: bool = False,
 ) -> SpireServer:
     config, port = write_server_config(
-        workdir, ek_ca, policy, extra_plugin_data, plugin, server_options, data_file
+        workdir, ek_ca, policy, extra_plugin_data, plugin, server_options, data_file, join_token
     )
     daemon = start_daemon(
         [str(spire_bin / "spire-server"), "run", "-config", str(config)], workdir / "server.log"
