@@ -1,4 +1,4 @@
-"""hclog-style JSON logging on stderr, the format go-plugin parses (protocol ref. §7).
+"""hclog-style JSON logging on stderr, the format go-plugin parses (docs/protocol.md, "Logs").
 
 Every line is one JSON object whose `@level` is one of trace/debug/info/warn/error,
 whose `@timestamp` has exactly six fractional digits and an explicit offset, and

@@ -1,4 +1,4 @@
-"""Serving a SPIRE external plugin over hashicorp go-plugin (protocol reference §0-§4).
+"""Serving a SPIRE external plugin over hashicorp go-plugin (docs/protocol.md, section 1).
 
 `serve()` does, in order: ignore SIGINT, check the magic cookie and protocol
 version, start JSON logging on stderr, bind a gRPC server on a unix socket in a

@@ -15,7 +15,7 @@ from tests.bench.measure import Table, median, percentile, progress
 __all__ = ["print_decomposition", "print_profiles", "print_tables", "progress", "summarize"]
 
 MIB = 1024 * 1024
-# Issue 12 / performance-anchors.md: this project at a19ce94, as a process, same machines.
+# Issue 12: this project at a19ce94, as a process, measured on these machines.
 ANCHOR_CPU_MS = {"chain": 3.10, "allowlist": 2.78, "noop": 1.11}  # noop: "does nothing"
 ANCHOR_HANDSHAKE_MS = 348.0
 ANCHOR_RSS_MIB = 55.0
