@@ -41,7 +41,7 @@ from spire_tpm_attestor.ek_download import (
     ek_certificate_url,
 )
 from spire_tpm_attestor.ek_hash import ek_hash, load_public_key
-from spire_tpm_attestor.errors import AttestorError
+from spire_tpm_attestor.errors import AttestorError, SourceUnavailable
 from spire_tpm_attestor.runtime.config import ConfigProblems
 from spire_tpm_attestor.runtime.host import AttestationResult
 from spire_tpm_attestor.tpm.constants import BANK_NAMES
@@ -62,14 +62,17 @@ class TPMEK:
 
 def ek_of_tpm(agent_config: PluginConfigFile) -> TPMEK:
     from agent_plugin.config import build_agent_config
-    from agent_plugin.tpm import TPMSession
+    from agent_plugin.tpm import TPMAccessError, TPMSession
     from spire_tpm_attestor.runtime.config import CoreConfig
     from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 
     config = build_agent_config(agent_config.plugin_data, CoreConfig(agent_config.trust_domain))
-    with TPMSession.open(config.tcti) as tpm:
-        ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
-        manufacturer = tpm.manufacturer()
+    try:
+        with TPMSession.open(config.tcti) as tpm:
+            ek = tpm.read_ek(config.ek_algorithm, config.ek_handle, config.ek_cert_path)
+            manufacturer = tpm.manufacturer()
+    except TPMAccessError as exc:  # an error line and exit 2, like any unusable input
+        raise SourceUnavailable(f"TPM ({config.tcti or 'the default device'}): {exc}") from None
     return TPMEK(parse_tpm2b_public(ek.public).public_key(), bool(ek.certificate), manufacturer)
 
 

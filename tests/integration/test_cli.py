@@ -78,6 +78,16 @@ def test_hash_urls_name_the_manufacturer_services(
     assert result.stdout.splitlines() == [ek_hash(key)]
 
 
+def test_hash_of_a_tpm_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("tpm2_pytss")
+    (tmp_path / "agent.hcl").write_text('tcti = "swtpm:host=127.0.0.1,port=1"\n')
+    result = run("hash", "--agent-config", str(tmp_path / "agent.hcl"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: TPM (swtpm:host=127.0.0.1,port=1)")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
 def test_hash_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     result = run("hash", "--certificate", str(tmp_path / "nope.pem"))
     assert result.returncode == 2
