@@ -8,6 +8,8 @@ APT_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc nginx po
 APT_PACKAGES_NO_RECOMMENDS := prometheus
 # v1.15.x needs a dependency (ejbca-go-client-sdk v1.1.0) the module proxy here does not serve.
 SPIRE_VERSION ?= v1.14.5
+# `make test` also runs tests/spire against the oldest supported release (empty: skip it).
+SPIRE_OLDEST ?= v1.9.6
 # The releases `make test-spire-matrix` runs tests/spire against (README: Compatibility).
 SPIRE_MATRIX ?= v1.9.6 v1.10.4 v1.13.3 v1.14.5 v1.15.3
 # Outside the checkout, so fresh clones on the same machine reuse the build.
@@ -15,7 +17,7 @@ SPIRE_CACHE := $(HOME)/.cache/spire-tpm-attestor/spire
 SPIRE_BIN ?= $(SPIRE_CACHE)/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto docs dist test test-spire-matrix demo bench bench-spire bench-process bench-process-profile lint spire clean
+.PHONY: install system-packages proto docs dist test test-spire-oldest test-spire-matrix demo bench bench-spire bench-process bench-process-profile lint spire clean
 
 install: $(STAMP)
 
@@ -86,9 +88,19 @@ $(SPIRE_BIN)/spire-server: $(SPIRE_BIN)/spire-agent
 dist: install
 	$(PY) packaging/build_dist.py --out dist
 
+# The whole suite against the newest SPIRE that builds, then tests/spire against the
+# oldest supported one (SPIRE_OLDEST; skipped when PYTEST_ARGS selects a subset).
 test: install
 	-@$(MAKE) --no-print-directory spire
 	SPIRE_BIN=$(SPIRE_BIN) $(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	@if [ -n "$(SPIRE_OLDEST)" ] && [ -z "$(PYTEST_ARGS)" ]; then \
+	  $(MAKE) --no-print-directory test-spire-oldest; fi
+
+test-spire-oldest: install
+	-@$(MAKE) --no-print-directory spire SPIRE_VERSION=$(SPIRE_OLDEST) \
+	  SPIRE_BIN=$(SPIRE_CACHE)/$(SPIRE_OLDEST)/bin
+	@echo "=== tests/spire against SPIRE $(SPIRE_OLDEST), the oldest supported release"
+	SPIRE_BIN=$(SPIRE_CACHE)/$(SPIRE_OLDEST)/bin $(PY) -m pytest -q -ra tests/spire
 
 # tests/spire once per SPIRE release (each built on first use, ~5-10 min cold, one at a
 # time). Every release runs even when one fails; the summary names the failures. A
