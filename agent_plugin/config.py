@@ -10,6 +10,7 @@ from agent_plugin.event_log import (
     DEFAULT_MAX_EVENT_LOG_SIZE,
     MAX_EVENT_LOG_SIZE_LIMIT,
 )
+from agent_plugin.tpm.session import DEFAULT_TPM_TIMEOUT
 from spire_tpm_attestor.runtime.config import (
     ConfigReader,
     CoreConfig,
@@ -102,6 +103,14 @@ AGENT_OPTIONS = declare(
         default=False,
     ),
     Option(
+        "tpm_timeout",
+        "duration",
+        "longest wait for the TPM to answer one command; past it the attestation fails with "
+        "`UNAVAILABLE` naming the command, and the session's objects are flushed when the "
+        "TPM answers again",
+        default=DEFAULT_TPM_TIMEOUT,
+    ),
+    Option(
         "event_log_path",
         "string",
         'the firmware event log, sent when the server asks for it; `""` sends none',
@@ -143,6 +152,7 @@ class AgentConfig:
     allow_unencrypted_sessions: bool
     event_log_path: str = DEFAULT_EVENT_LOG_PATH  # "" sends no event log
     max_event_log_size: int = DEFAULT_MAX_EVENT_LOG_SIZE
+    tpm_timeout: float = DEFAULT_TPM_TIMEOUT
     observability: Observability = field(default_factory=Observability)
 
     def close(self) -> None:
@@ -191,6 +201,7 @@ def _build(reader: ConfigReader, core: CoreConfig) -> AgentConfig:
         allow_unencrypted_sessions=reader.boolean("allow_unencrypted_sessions"),
         event_log_path=reader.string("event_log_path") or "",
         max_event_log_size=reader.integer("max_event_log_size", 1, MAX_EVENT_LOG_SIZE_LIMIT),
+        tpm_timeout=reader.duration("tpm_timeout", minimum=0.001),
         observability=read_observability(reader),
     )
 

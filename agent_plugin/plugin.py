@@ -17,7 +17,7 @@ import grpc
 from agent_plugin.config import AgentConfig, build_agent_config
 from agent_plugin.event_log import read_event_log
 from agent_plugin.metrics import step
-from agent_plugin.tpm import TPMAccessError, TPMSession
+from agent_plugin.tpm import TPMAccessError, TPMSession, TPMUnresponsive
 from spire_tpm_attestor import wire
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
@@ -28,7 +28,7 @@ from spire_tpm_attestor.runtime.plugin import (
     StreamEnded,
     stream_guarded,
 )
-from spire_tpm_attestor.runtime.status import Internal, InvalidArgument
+from spire_tpm_attestor.runtime.status import Internal, InvalidArgument, Unavailable
 
 SERVICE_NAME = "spire.plugin.agent.nodeattestor.v1.NodeAttestor"
 log = logging.getLogger("agent_plugin")
@@ -120,13 +120,17 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
         try:
             with step("open"):
                 session = TPMSession.open(
-                    config.tcti, require_encryption=not config.allow_unencrypted_sessions
+                    config.tcti,
+                    require_encryption=not config.allow_unencrypted_sessions,
+                    timeout=config.tpm_timeout,
                 )
             with session as tpm:
                 payload = build_payload(tpm, config)
                 yield agent_pb2.PayloadOrChallengeResponse(payload=wire.encode(payload))
                 challenge = decode_challenge(next(challenges, None))
                 response = answer_challenge(tpm, challenge, config)
+        except TPMUnresponsive as exc:  # transient: SPIRE tries again later
+            raise Unavailable(f"TPM: {exc}") from None
         except TPMAccessError as exc:
             raise Internal(f"TPM: {exc}") from None
         # Yield only after the session is closed: gRPC may not resume this generator

@@ -18,15 +18,22 @@ os.environ.setdefault("TSS2_LOG", "all+NONE")
 
 from agent_plugin.tpm.keys import EndorsementKey, KeyOperations
 from agent_plugin.tpm.quote import PCRSelection, PCRValue, Quote, QuoteOperations
-from agent_plugin.tpm.session import TPMAccessError, flush_all_transients
+from agent_plugin.tpm.session import (
+    DEFAULT_TPM_TIMEOUT,
+    TPMAccessError,
+    TPMUnresponsive,
+    flush_all_transients,
+)
 
 __all__ = [
+    "DEFAULT_TPM_TIMEOUT",
     "EndorsementKey",
     "PCRSelection",
     "PCRValue",
     "Quote",
     "TPMAccessError",
     "TPMSession",
+    "TPMUnresponsive",
     "flush_all_transients",
 ]
 

@@ -20,6 +20,7 @@ import tpm2_pytss.utils as tss_utils
 
 from agent_plugin.tpm.nv import NVReader, choose_ek_template, load_certificate_file
 from agent_plugin.tpm.session import (
+    DEFAULT_TPM_TIMEOUT,
     Handle,
     SessionBase,
     TPMAccessError,
@@ -51,8 +52,14 @@ class EndorsementKey:
 class KeyOperations(SessionBase):
     """Loading the EK, the AK and the DevID key, and the proofs they make."""
 
-    def __init__(self, tcti: str | None = None, *, require_encryption: bool = True) -> None:
-        super().__init__(tcti, require_encryption=require_encryption)
+    def __init__(
+        self,
+        tcti: str | None = None,
+        *,
+        require_encryption: bool = True,
+        timeout: float = DEFAULT_TPM_TIMEOUT,
+    ) -> None:
+        super().__init__(tcti, require_encryption=require_encryption, timeout=timeout)
         self._nv = NVReader(self._esapi)
         self._ek_high_range = False
         self._ek_name_alg = 0

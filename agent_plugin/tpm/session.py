@@ -3,13 +3,23 @@
 Every transient object and session a session creates is flushed when it is released
 or when the session closes, on every path: a TPM without a resource manager (swtpm has
 three object slots) would otherwise refuse the next attestation.
+
+Every ESAPI call runs on a thread of the session's own (`TimedESAPI`) and is waited for
+at most `timeout`: libtss2's synchronous calls block until the TPM answers, and a TPM
+behind a socket (swtpm, mssim) that stops answering would hold the attestation forever.
+Past the timeout the session gives up on the TPM (TPMUnresponsive); the call left
+waiting keeps its thread until the TPM answers, and then the session's objects are
+flushed and the context closed, on that thread.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +34,10 @@ Handle = Any
 
 DEFAULT_TCTIS = ("device:/dev/tpmrm0", "device:/dev/tpm0")
 TCTI_NAMES = ("device", "swtpm", "mssim", "tabrmd")
+# The server waits `challenge_timeout` (60 s by default) for each message: a TPM slower
+# than that to answer one command has lost the attestation anyway.
+DEFAULT_TPM_TIMEOUT = 60.0
+TCTI_IO_ERROR = 0xA000A  # TSS2_TCTI_RC_IO_ERROR: the connection to the TPM broke
 
 
 class TPMAccessError(Exception):
@@ -38,13 +52,104 @@ class TPMAccessError(Exception):
         self.rc = rc
 
 
+class TPMUnresponsive(TPMAccessError):
+    """The TPM could not be reached: it did not answer a command within the timeout, or
+    the connection to it broke. Transient, unlike a TPM that answers with a refusal."""
+
+    def __init__(self, message: str, rc: int | None = None, step: str | None = None) -> None:
+        super().__init__(message, rc)
+        self.step = step  # the step that met it (the innermost tpm_step), once named
+
+
 @contextmanager
 def tpm_step(what: str) -> Iterator[None]:
     """Turns a TSS error into a TPMAccessError that says which step failed."""
     try:
         yield
     except tss.TSS2_Exception as error:
+        if int(error.rc) == TCTI_IO_ERROR:
+            raise TPMUnresponsive(f"{what}: {error}", int(error.rc), what) from error
         raise TPMAccessError(f"{what}: {error}", rc=int(error.rc)) from error
+    except TPMUnresponsive as error:
+        if error.step is not None:
+            raise
+        raise TPMUnresponsive(f"{what}: {error}", step=what) from None
+
+
+Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+class TimedESAPI:
+    """An ESAPI context whose calls run on one thread of its own, each waited for at
+    most `timeout` seconds; it stands in for `tss.ESAPI` (same methods).
+
+    After a call the TPM did not answer in time, every call fails at once: the context
+    is busy with the unanswered command. `finish(cleanup)` runs `cleanup` on the real
+    context and ends the thread: at once when the TPM answers, else after the
+    unanswered call returns (if ever), without waiting for it.
+    """
+
+    def __init__(self, tcti: str, timeout: float) -> None:
+        self.tcti = tcti
+        self.timeout = timeout
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._unanswered: str | None = None  # the call the TPM has not answered
+        # A daemon: a thread stuck in libtss2 must not keep the process from exiting.
+        threading.Thread(target=self._serve, name=f"tpm {tcti}", daemon=True).start()
+        try:
+            self._esapi = self._call("opening the TCTI", tss.ESAPI, tcti)
+        except BaseException:
+            self._jobs.put(None)
+            raise
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, function, args, kwargs = job
+            try:
+                future.set_result(function(*args, **kwargs))
+            except BaseException as error:  # handed to the caller, as a call would raise it
+                future.set_exception(error)
+
+    def _call(self, name: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._unanswered is not None:
+            raise TPMUnresponsive(
+                f"the TPM at {self.tcti} has not answered {self._unanswered} yet; not sending "
+                f"{name}"
+            )
+        future: Future[Any] = Future()
+        self._jobs.put((future, function, args, kwargs))
+        try:
+            return future.result(self.timeout)
+        except TimeoutError:
+            self._unanswered = name
+            raise TPMUnresponsive(
+                f"no answer from the TPM at {self.tcti} to {name} within {self.timeout:g}s"
+            ) from None
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):  # not an ESAPI method (and `_esapi` before it is set)
+            raise AttributeError(name)
+        method = getattr(self._esapi, name)
+        return lambda *args, **kwargs: self._call(name, method, *args, **kwargs)
+
+    def finish(self, cleanup: Callable[[Any], None]) -> None:
+        """Runs `cleanup(esapi)` on the thread, then ends it; waits for it (at most
+        `timeout`) only while the TPM answers."""
+        future: Future[Any] = Future()
+        self._jobs.put((future, cleanup, (self._esapi,), {}))
+        self._jobs.put(None)
+        if self._unanswered is None:
+            try:
+                future.result(self.timeout)
+            except TimeoutError:
+                log.warning(
+                    "the TPM did not answer while its objects were flushed; the flush "
+                    "goes on when it answers",
+                    extra={"tcti": self.tcti},
+                )
+
+    def close(self) -> None:
+        self.finish(lambda esapi: esapi.close())
 
 
 def unmarshal_exactly(cls: Any, data: bytes, what: str) -> Any:
@@ -110,8 +215,9 @@ def _device_problem(tcti: str) -> str | None:
     return None
 
 
-def _open_esapi(tcti: str | None) -> tuple[Any, str]:
-    """An ESAPI context on the first TCTI that answers, and that TCTI's string."""
+def _open_esapi(tcti: str | None, timeout: float = DEFAULT_TPM_TIMEOUT) -> tuple[Any, str]:
+    """An ESAPI context (TimedESAPI) on the first TCTI that answers, and that TCTI's
+    string. A TPM that does not answer in time is TPMUnresponsive at once."""
     candidates = [tcti] if tcti else list(DEFAULT_TCTIS)
     failures = []
     for candidate in candidates:
@@ -123,7 +229,7 @@ def _open_esapi(tcti: str | None) -> tuple[Any, str]:
             failures.append(f"{candidate} ({problem})")
             continue
         try:
-            esapi = tss.ESAPI(candidate)
+            esapi = TimedESAPI(candidate, timeout)
         except (tss.TSS2_Exception, RuntimeError) as error:
             failures.append(f"{candidate} ({error})")
             continue
@@ -134,6 +240,9 @@ def _open_esapi(tcti: str | None) -> tuple[Any, str]:
             esapi.close()
             failures.append(f"{candidate} ({error})")
             continue
+        except TPMUnresponsive:
+            esapi.close()
+            raise
         return esapi, candidate
     raise TPMAccessError("cannot open the TPM; tried " + "; ".join(failures))
 
@@ -168,6 +277,20 @@ def flush_all_transients(tcti: str) -> int:
         esapi.close()
 
 
+def _release_all(esapi: Any, handles: list[tuple[Handle, bool]]) -> None:
+    """Flushes the transients and forgets the persistents, last first, then closes the
+    context; on the context's own thread (TimedESAPI.finish)."""
+    for handle, transient in reversed(handles):
+        try:
+            if transient:
+                esapi.flush_context(handle)
+            else:
+                esapi.tr_close(handle)
+        except tss.TSS2_Exception as error:
+            log.warning("could not release TPM handle %#x: %s", int(handle), error)
+    esapi.close()
+
+
 class SessionBase:
     """The TPM connection under every `TPMSession` operation, and what it has loaded.
 
@@ -176,8 +299,14 @@ class SessionBase:
     the session before the EK is loaded).
     """
 
-    def __init__(self, tcti: str | None = None, *, require_encryption: bool = True) -> None:
-        self._esapi, self.tcti = _open_esapi(tcti)
+    def __init__(
+        self,
+        tcti: str | None = None,
+        *,
+        require_encryption: bool = True,
+        timeout: float = DEFAULT_TPM_TIMEOUT,
+    ) -> None:
+        self._esapi, self.tcti = _open_esapi(tcti, timeout)
         self._require_encryption = require_encryption
         log.debug("opened the TPM through %s", self.tcti)
         self._transients: list[Handle] = []  # flushed on release
@@ -188,9 +317,16 @@ class SessionBase:
         self._encrypted: Handle | None = None  # the salted session, started on first use
 
     @classmethod
-    def open(cls, tcti: str | None = None, *, require_encryption: bool = True) -> Self:
-        """Opens the TPM behind `tcti` (None: /dev/tpmrm0, then /dev/tpm0)."""
-        return cls(tcti, require_encryption=require_encryption)
+    def open(
+        cls,
+        tcti: str | None = None,
+        *,
+        require_encryption: bool = True,
+        timeout: float = DEFAULT_TPM_TIMEOUT,
+    ) -> Self:
+        """Opens the TPM behind `tcti` (None: /dev/tpmrm0, then /dev/tpm0); each command
+        waits for the TPM at most `timeout` seconds."""
+        return cls(tcti, require_encryption=require_encryption, timeout=timeout)
 
     def __enter__(self) -> Self:
         return self
@@ -204,14 +340,15 @@ class SessionBase:
         self.close()
 
     def close(self) -> None:
-        """Releases everything this session created. Safe to call twice."""
+        """Releases everything this session created (once the TPM answers, if it
+        stopped answering). Safe to call twice."""
         if self._esapi is None:
             return
-        for handle in reversed(self._transients + self._persistents):
-            self._release(handle)
+        esapi, self._esapi = self._esapi, None
+        handles = [(h, True) for h in self._transients] + [(h, False) for h in self._persistents]
+        self._transients, self._persistents = [], []
         self._ek = self._ak = self._devid = self._encrypted = None
-        self._esapi.close()
-        self._esapi = None
+        esapi.finish(lambda context: _release_all(context, handles))
 
     # -- handle bookkeeping -------------------------------------------------------------
 
@@ -223,16 +360,20 @@ class SessionBase:
         """Flushes a transient (or forgets a persistent) handle; never raises."""
         if handle is None:
             return
-        try:
-            if handle in self._transients:
-                self._transients.remove(handle)
-                self._esapi.flush_context(handle)
-            elif handle in self._persistents:
-                self._persistents.remove(handle)
-                self._esapi.tr_close(handle)
-        except tss.TSS2_Exception as error:
-            # Raising here would hide the error that led to the cleanup.
-            log.warning("could not release TPM handle %#x: %s", int(handle), error)
+        for handles, release in (
+            (self._transients, self._esapi.flush_context),
+            (self._persistents, self._esapi.tr_close),
+        ):
+            if handle in handles:
+                handles.remove(handle)
+                try:
+                    release(handle)
+                except TPMUnresponsive:
+                    handles.append(handle)  # released by close(), when the TPM answers
+                except tss.TSS2_Exception as error:
+                    # Raising here would hide the error that led to the cleanup.
+                    log.warning("could not release TPM handle %#x: %s", int(handle), error)
+                return
 
     def manufacturer(self) -> str:
         """TPM_PT_MANUFACTURER as text: "INTC", "AMD", "IFX", "IBM"..."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -166,6 +167,27 @@ class SWTPM:
         finally:
             if self._owns_state:
                 shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """Kills the simulator at once (SIGKILL), as a crash would; its state stays."""
+        self._kill()
+
+    def restart(self) -> None:
+        """After `kill()`: the simulator again, on the same ports, from its state."""
+        deadline = time.monotonic() + self._startup_timeout
+        while not self._launch():  # the ports may take a moment to be free again
+            if time.monotonic() > deadline:
+                raise SWTPMError(f"swtpm did not restart; its log:\n{self._log_tail()}")
+            time.sleep(0.05)
+
+    def pause(self) -> None:
+        """Stops the simulator (SIGSTOP): connections stay open, nothing is answered."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def _kill(self) -> None:
         if self._process is not None:
