@@ -107,6 +107,13 @@ HTTP_OPTIONS = declare(
         default=DEFAULTS.read_timeout,
     ),
     Option(
+        "fetch_timeout",
+        "duration",
+        "longest a whole fetch may take, from connecting to the last byte; a slower one "
+        "(a body trickled byte by byte) fails the refresh",
+        default=DEFAULTS.fetch_timeout,
+    ),
+    Option(
         "max_body_bytes",
         "integer",
         "larger bodies (after decompression) are refused",
@@ -186,6 +193,7 @@ def _http_source(block: ConfigReader, name: str) -> AllowlistSource | None:
         max_staleness=block.duration("max_staleness", minimum=0.01),
         connect_timeout=block.duration("connect_timeout", minimum=0.01),
         read_timeout=block.duration("read_timeout", minimum=0.01),
+        fetch_timeout=block.duration("fetch_timeout", minimum=0.01),
         max_body_bytes=block.integer("max_body_bytes", minimum=1),
     )
     insecure_http = block.boolean("insecure_http")

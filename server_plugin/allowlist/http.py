@@ -5,7 +5,9 @@ Once started, a daemon thread fetches the document at once, then every `refresh_
 retries within 30 s). Requests are conditional (If-None-Match / If-Modified-Since from
 the last accepted document), so an unchanged list costs a 304. Bodies larger than
 `max_body_bytes` (after decompression), responses slower than the timeouts, other
-statuses than 200/304 and documents that do not parse are refused and the last good
+statuses than 200/304, a whole fetch longer than `fetch_timeout` (a body trickled
+byte by byte never waits `read_timeout` for one read) and documents that do not parse
+are refused and the last good
 copy stays in use, until it is `max_staleness` older than its last confirmation: then
 lookups fail closed (AllowlistError, hence UNAVAILABLE).
 
@@ -69,6 +71,7 @@ class HTTPSettings:
     max_staleness: float = 3600.0
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
+    fetch_timeout: float = 120.0
     max_body_bytes: int = 256 * 2**20
 
 
@@ -391,6 +394,7 @@ class HTTPAllowlist(AllowlistSource):
         import httpx
 
         parser = DocumentParser(self.describe())
+        deadline = time.monotonic() + self.settings.fetch_timeout
         try:
             with self._client().stream(
                 "GET", self.settings.url, headers=self._headers(snapshot)
@@ -402,7 +406,7 @@ class HTTPAllowlist(AllowlistSource):
                     )
                 if response.status_code != 200:
                     raise FetchError(f"HTTP status {response.status_code}", "http_status")
-                self._read_body(response, parser)
+                self._read_body(response, parser, deadline)
                 etag = response.headers.get("ETag")
                 last_modified = response.headers.get("Last-Modified")
         except httpx.HTTPError as exc:
@@ -416,9 +420,13 @@ class HTTPAllowlist(AllowlistSource):
         index = parser.finish()
         return Snapshot(index, etag, last_modified, self._clock())
 
-    def _read_body(self, response: httpx.Response, parser: DocumentParser) -> None:
+    def _read_body(
+        self, response: httpx.Response, parser: DocumentParser, deadline: float
+    ) -> None:
         """Feeds the body to `parser` as it arrives: neither the body nor its text is
-        ever held whole, only the index being built."""
+        ever held whole, only the index being built. Past `deadline` (monotonic) the
+        fetch fails: a trickle of bytes must not hold the refresh, nor the outage lines
+        that wait for it."""
         limit = self.settings.max_body_bytes
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -430,6 +438,12 @@ class HTTPAllowlist(AllowlistSource):
             size += len(chunk)
             if size > limit:
                 raise FetchError(f"the body is larger than max_body_bytes ({limit})", "too_large")
+            if time.monotonic() > deadline:
+                raise FetchError(
+                    f"the response took longer than fetch_timeout "
+                    f"({self.settings.fetch_timeout:g}s)",
+                    "timeout",
+                )
             parser.feed(chunk)
 
 

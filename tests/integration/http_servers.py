@@ -1,5 +1,6 @@
 """HTTP(S) servers on loopback for the allowlist tests: a test TLS CA, nginx, and a tiny
-scriptable Python server for the misbehaving cases (slow, garbage, oversized, 401...)."""
+scriptable Python server for the misbehaving cases (slow, garbage, oversized, 401,
+connections reset, bodies trickled or cut short, a certificate switched...)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -253,9 +255,25 @@ def publish(path: Path, body: bytes) -> None:
     os.replace(temporary, path)
 
 
+# The ways DocumentServer can break an answer (`fault`):
+FAULTS = (
+    "reset_in_headers",  # the connection reset halfway through the status line
+    "reset_in_body",  # reset after the headers and half the body
+    "trickle",  # the body one byte at a time, `trickle_gap` apart: never a read timeout
+    "short_body",  # Content-Length larger than what is sent, then the connection closed
+    "short_chunks",  # chunked, closed before the last chunk
+)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A connection the test breaks on purpose is no error worth a traceback."""
+
+
 @dataclass
 class DocumentServer:
-    """A tiny HTTP(S) server whose behaviour each test sets: status, body, delay, size."""
+    """A tiny HTTP(S) server whose behaviour each test sets: status, body, delay, size,
+    and the faults above."""
 
     tls: TLSFiles | None = None
     body: bytes = document()
@@ -263,11 +281,15 @@ class DocumentServer:
     delay: float = 0.0
     hold: threading.Event | None = None  # when set by a test, each answer waits for it
     chunked: bool = False
+    fault: str | None = None  # one of FAULTS
+    trickle_gap: float = 0.02
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every answer
     token: str | None = None
     requests: list[dict[str, str]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # each request's path
     connections: list[tuple[str, int]] = field(default_factory=list)  # each request's peer
     _server: ThreadingHTTPServer | None = None
+    _context: ssl.SSLContext | None = None
     _open: set[socket.socket] = field(default_factory=set)  # kept-alive connections
 
     @property
@@ -312,11 +334,47 @@ class DocumentServer:
                 else:
                     self._send(owner.status, owner.body)
 
+            def _reset(self) -> None:
+                """Abort the connection: RST, not FIN."""
+                self.wfile.flush()
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.connection.close()
+                self.close_connection = True
+
             def _send(self, status: int, body: bytes) -> None:
+                if owner.fault == "reset_in_headers":
+                    self.wfile.write(b"HTTP/1.1 20")
+                    self._reset()
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
+                for name, value in owner.headers.items():
+                    self.send_header(name, value)
                 if status == 200:
                     self.send_header("ETag", owner.etag)
+                if owner.fault in ("reset_in_body", "trickle", "short_body"):
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    if owner.fault == "trickle":
+                        for index in range(len(body)):
+                            self.wfile.write(body[index : index + 1])
+                            self.wfile.flush()
+                            time.sleep(owner.trickle_gap)
+                        return
+                    self.wfile.write(body[: len(body) // 2])
+                    if owner.fault == "reset_in_body":
+                        self._reset()
+                    self.close_connection = True
+                    return
+                if owner.fault == "short_chunks":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    half = body[: len(body) // 2]
+                    self.wfile.write(f"{len(half):x}\r\n".encode() + half + b"\r\n")
+                    self.close_connection = True
+                    return
                 if owner.chunked and body:
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
@@ -332,10 +390,11 @@ class DocumentServer:
             def log_message(self, format: str, *args: object) -> None:
                 """Quiet: the test's own output is not the place for access logs."""
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _QuietServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         if self.tls is not None:
-            server.socket = self.tls.server_context().wrap_socket(server.socket, server_side=True)
+            self._context = self.tls.server_context()
+            server.socket = self._context.wrap_socket(server.socket, server_side=True)
         self._server = server
         threading.Thread(target=server.serve_forever, daemon=True).start()
         return self
@@ -345,9 +404,20 @@ class DocumentServer:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
         for connection in list(self._open):
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+    def switch_certificate(self, tls: TLSFiles) -> None:
+        """Serve `tls`'s certificate from the next connection on (and drop the open ones,
+        as a restarted server would)."""
+        assert self._context is not None, "a TLS server"
+        self._context.load_cert_chain(tls.server_certificate, tls.server_key)
+        self.tls = tls
+        self.drop_connections()
 
 
 def json_body(value: object) -> bytes:
