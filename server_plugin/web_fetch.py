@@ -2,7 +2,11 @@
 
 `WebFetcher.get(url)` is the one way the server reaches a certificate service: only
 hosts on the allowlist, no redirects, a whole-request deadline and a size limit. It
-blocks its caller for at most `timeout` (callers on an event loop run it in a thread).
+blocks its caller for at most `timeout` (callers on an event loop run it in a thread):
+httpx's timeouts bound each read, not the request, so a `Deadline` shuts the
+connection's socket down when the time is up, which ends even a read that a server
+trickling its headers byte by byte keeps alive. Each fetch has a connection of its own
+(no keep-alive), so the one shut down is its own.
 httpx is imported, and the client built, only at the first fetch,
 so a configuration that is validated, rejected or never needs a fetch opens nothing.
 
@@ -13,15 +17,17 @@ working without a cache, with one warning.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from spire_tpm_attestor.errors import NotProven, SourceUnavailable
@@ -46,6 +52,58 @@ class FetchSettings:
     timeout: float
     max_size: int
     tls: ssl.SSLContext | None = None  # trust for https URLs; None: the system's
+
+
+class Deadline:
+    """Ends a request at a deadline however its server dribbles: the sockets of the
+    connections it opens (seen through httpx's `trace` extension) go into `sockets`,
+    all of which are shut down when `seconds` have passed. Used as a context manager
+    around the request; `expired` says whether it had to."""
+
+    def __init__(self, seconds: float, sockets: list[socket.socket] | None = None) -> None:
+        self.seconds = seconds
+        self.sockets = [] if sockets is None else sockets
+        self.expired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's `trace` extension: keeps the socket of each new connection (the TLS
+        one once there is one: wrapping detaches the plain socket)."""
+        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self.sockets[:] = [s for s in self.sockets if s.fileno() != -1]  # closed ones
+            self.sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self.sockets:
+                _shut(sock)
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut down the connection under `sock`; for a TLS socket, without touching its TLS
+    state (SSLSocket.shutdown drops it under the thread reading from it)."""
+    with contextlib.suppress(OSError):  # closed meanwhile
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def host_allowed(url: str, allowed_hosts: frozenset[str]) -> bool:
@@ -74,6 +132,8 @@ class WebFetcher:
                     timeout=httpx.Timeout(self.settings.timeout),
                     follow_redirects=False,  # a redirect could leave the allowed hosts
                     headers={"User-Agent": USER_AGENT},
+                    # A connection per fetch: the one its Deadline shuts down is its own.
+                    limits=httpx.Limits(max_keepalive_connections=0),
                 )
             return self._client
 
@@ -87,20 +147,26 @@ class WebFetcher:
             )
         import httpx
 
-        deadline = time.monotonic() + settings.timeout
+        too_late = SourceUnavailable(f"{url}: no answer within {settings.timeout:g}s")
+        deadline = Deadline(settings.timeout)
         try:
-            with self._http().stream("GET", url) as response:
+            with (
+                deadline,
+                self._http().stream("GET", url, extensions={"trace": deadline.trace}) as response,
+            ):
                 if response.status_code in (404, 410):
                     raise NotPublished(f"{url}: HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise SourceUnavailable(f"{url}: HTTP status {response.status_code}")
                 return self._read_body(url, response, deadline)
         except httpx.TimeoutException:
-            raise SourceUnavailable(f"{url}: no answer within {settings.timeout:g}s") from None
+            raise too_late from None
         except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            if deadline.expired:
+                raise too_late from None
             raise SourceUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
 
-    def _read_body(self, url: str, response: httpx.Response, deadline: float) -> bytes:
+    def _read_body(self, url: str, response: httpx.Response, deadline: Deadline) -> bytes:
         limit = self.settings.max_size
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -112,7 +178,7 @@ class WebFetcher:
             body += chunk
             if len(body) > limit:
                 raise SourceUnavailable(f"{url}: the answer is larger than max_size ({limit})")
-            if time.monotonic() > deadline:  # a trickle of bytes must not hold the stream
+            if deadline.expired:  # the last bytes came in just before the shutdown
                 raise SourceUnavailable(f"{url}: no answer within {self.settings.timeout:g}s")
         return bytes(body)
 

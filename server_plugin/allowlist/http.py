@@ -5,9 +5,9 @@ Once started, a daemon thread fetches the document at once, then every `refresh_
 retries within 30 s). Requests are conditional (If-None-Match / If-Modified-Since from
 the last accepted document), so an unchanged list costs a 304. Bodies larger than
 `max_body_bytes` (after decompression), responses slower than the timeouts, other
-statuses than 200/304, a whole fetch longer than `fetch_timeout` (a body trickled
-byte by byte never waits `read_timeout` for one read) and documents that do not parse
-are refused and the last good
+statuses than 200/304, a whole fetch longer than `fetch_timeout` (a server trickling
+its headers or body byte by byte never waits `read_timeout` for one read; a `Deadline`
+shuts the connection down) and documents that do not parse are refused and the last good
 copy stays in use, until it is `max_staleness` older than its last confirmation: then
 lookups fail closed (AllowlistError, hence UNAVAILABLE).
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -49,6 +50,7 @@ from server_plugin.allowlist.base import (
 )
 from server_plugin.allowlist.document import DocumentError, DocumentParser, Index
 from server_plugin.reload import Reloading
+from server_plugin.web_fetch import Deadline
 from spire_tpm_attestor.files import read_bounded
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,7 @@ class HTTPAllowlist(AllowlistSource):
         self._refreshing = threading.Lock()  # held by the refresh in progress
         self._http: httpx.Client | None = None  # built by the first refresh
         self._http_verify: ssl.SSLContext | bool = True  # the TLS material it was built with
+        self._sockets: list[socket.socket] = []  # of its connections, for the Deadline
         try:
             if settings.url.startswith("https://"):
                 paths = [
@@ -247,6 +250,7 @@ class HTTPAllowlist(AllowlistSource):
             )
             self._http = httpx.Client(verify=verify, timeout=timeout, follow_redirects=False)
             self._http_verify = verify
+            self._sockets = []
         return self._http
 
     def _run(self) -> None:
@@ -394,11 +398,23 @@ class HTTPAllowlist(AllowlistSource):
         import httpx
 
         parser = DocumentParser(self.describe())
-        deadline = time.monotonic() + self.settings.fetch_timeout
+        client = self._client()
+        # Refreshes never overlap: the connections of this client are this fetch's.
+        deadline = Deadline(self.settings.fetch_timeout, self._sockets)
+        too_late = FetchError(
+            f"the response took longer than fetch_timeout ({self.settings.fetch_timeout:g}s)",
+            "timeout",
+        )
         try:
-            with self._client().stream(
-                "GET", self.settings.url, headers=self._headers(snapshot)
-            ) as response:
+            with (
+                deadline,
+                client.stream(
+                    "GET",
+                    self.settings.url,
+                    headers=self._headers(snapshot),
+                    extensions={"trace": deadline.trace},
+                ) as response,
+            ):
                 if response.status_code == 304 and snapshot is not None:
                     response.read()  # a 304 has no body: reading its end keeps the connection
                     return Snapshot(
@@ -406,27 +422,26 @@ class HTTPAllowlist(AllowlistSource):
                     )
                 if response.status_code != 200:
                     raise FetchError(f"HTTP status {response.status_code}", "http_status")
-                self._read_body(response, parser, deadline)
+                self._read_body(response, parser)
                 etag = response.headers.get("ETag")
                 last_modified = response.headers.get("Last-Modified")
-        except httpx.HTTPError as exc:
-            raise FetchError(f"{type(exc).__name__}: {exc}", http_error_reason(exc)) from None
-        except ssl.SSLError as exc:
-            raise FetchError(str(exc), "tls") from None
-        except OSError as exc:
-            raise FetchError(str(exc), "connection") from None
+        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
+            if deadline.expired:
+                raise too_late from None
+            if isinstance(exc, httpx.HTTPError):
+                raise FetchError(f"{type(exc).__name__}: {exc}", http_error_reason(exc)) from None
+            kind = "tls" if isinstance(exc, ssl.SSLError) else "connection"
+            raise FetchError(str(exc), kind) from None
+        if deadline.expired:  # the last bytes came in just before the shutdown
+            raise too_late
         # The parser reports problems only now, so a body too large or too slow is a
         # FetchError whatever it holds, as when the body was read whole first.
         index = parser.finish()
         return Snapshot(index, etag, last_modified, self._clock())
 
-    def _read_body(
-        self, response: httpx.Response, parser: DocumentParser, deadline: float
-    ) -> None:
+    def _read_body(self, response: httpx.Response, parser: DocumentParser) -> None:
         """Feeds the body to `parser` as it arrives: neither the body nor its text is
-        ever held whole, only the index being built. Past `deadline` (monotonic) the
-        fetch fails: a trickle of bytes must not hold the refresh, nor the outage lines
-        that wait for it."""
+        ever held whole, only the index being built."""
         limit = self.settings.max_body_bytes
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -438,12 +453,6 @@ class HTTPAllowlist(AllowlistSource):
             size += len(chunk)
             if size > limit:
                 raise FetchError(f"the body is larger than max_body_bytes ({limit})", "too_large")
-            if time.monotonic() > deadline:
-                raise FetchError(
-                    f"the response took longer than fetch_timeout "
-                    f"({self.settings.fetch_timeout:g}s)",
-                    "timeout",
-                )
             parser.feed(chunk)
 
 

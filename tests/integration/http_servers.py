@@ -260,6 +260,7 @@ FAULTS = (
     "reset_in_headers",  # the connection reset halfway through the status line
     "reset_in_body",  # reset after the headers and half the body
     "trickle",  # the body one byte at a time, `trickle_gap` apart: never a read timeout
+    "trickle_headers",  # so are the headers (a long one), and the body never comes
     "short_body",  # Content-Length larger than what is sent, then the connection closed
     "short_chunks",  # chunked, closed before the last chunk
 )
@@ -347,6 +348,12 @@ class DocumentServer:
                 if owner.fault == "reset_in_headers":
                     self.wfile.write(b"HTTP/1.1 20")
                     self._reset()
+                    return
+                if owner.fault == "trickle_headers":
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"." * 8000:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(owner.trickle_gap)
                     return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

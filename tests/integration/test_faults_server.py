@@ -50,6 +50,10 @@ FAULTS: dict[str, tuple[Callable[[DocumentServer, TLSFiles], object], str]] = {
         lambda s, _: setattr(s, "fault", "trickle"),
         "the response took longer than fetch_timeout (1s)",
     ),
+    "trickle_headers": (
+        lambda s, _: setattr(s, "fault", "trickle_headers"),
+        "the response took longer than fetch_timeout (1s)",
+    ),
     "short_body": (lambda s, _: setattr(s, "fault", "short_body"), "(received 167 bytes"),
     "short_chunks": (lambda s, _: setattr(s, "fault", "short_chunks"), "incomplete chunked read"),
     "500": (lambda s, _: setattr(s, "status", 500), "HTTP status 500"),
