@@ -3,10 +3,11 @@
 `WebFetcher.get(url)` is the one way the server reaches a certificate service: only
 hosts on the allowlist, no redirects, a whole-request deadline and a size limit. It
 blocks its caller for at most `timeout` (callers on an event loop run it in a thread):
-httpx's timeouts bound each read, not the request, so a `Deadline` shuts the
-connection's socket down when the time is up, which ends even a read that a server
-trickling its headers byte by byte keeps alive. Each fetch has a connection of its own
-(no keep-alive), so the one shut down is its own.
+httpx's timeouts bound each read, not the request, so a `Deadline` shuts the client's
+connections down when the time is up, which ends even a read that a server trickling its
+headers byte by byte keeps alive. Which kept-alive connection a request uses is httpx's
+business, so all of them go: a concurrent fetch on another connection fails too (and is
+retried by its agent), which only happens when a service is failing anyway.
 httpx is imported, and the client built, only at the first fetch,
 so a configuration that is validated, rejected or never needs a fetch opens nothing.
 
@@ -54,37 +55,50 @@ class FetchSettings:
     tls: ssl.SSLContext | None = None  # trust for https URLs; None: the system's
 
 
-class Deadline:
-    """Ends a request at a deadline however its server dribbles: the sockets of the
-    connections it opens (seen through httpx's `trace` extension) go into `sockets`,
-    all of which are shut down when `seconds` have passed. Used as a context manager
-    around the request; `expired` says whether it had to."""
+class Connections:
+    """The sockets of one httpx client's connections, as its requests' `Deadline`s
+    see them opened."""
 
-    def __init__(self, seconds: float, sockets: list[socket.socket] | None = None) -> None:
-        self.seconds = seconds
-        self.sockets = [] if sockets is None else sockets
-        self.expired = False
+    def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            # Closed ones, and plain sockets a TLS one replaced, have no descriptor left.
+            self._sockets = [s for s in self._sockets if s.fileno() != -1]
+            self._sockets.append(sock)
+
+    def shut_all(self) -> None:
+        with self._lock:
+            for sock in self._sockets:
+                _shut(sock)
+
+
+class Deadline:
+    """Ends a request at a deadline however its server dribbles: the connections it
+    opens (seen through httpx's `trace` extension) join `connections`, all of which are
+    shut down when `seconds` have passed. Used as a context manager around the
+    request; `expired` says whether it had to."""
+
+    def __init__(self, seconds: float, connections: Connections) -> None:
+        self.connections = connections
+        self.expired = False
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpx's `trace` extension: keeps the socket of each new connection (the TLS
         one once there is one: wrapping detaches the plain socket)."""
-        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            return
-        sock = info["return_value"].get_extra_info("socket")
-        with self._lock:
-            self.sockets[:] = [s for s in self.sockets if s.fileno() != -1]  # closed ones
-            self.sockets.append(sock)
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            sock = info["return_value"].get_extra_info("socket")
+            self.connections.add(sock)
             if self.expired:
                 _shut(sock)
 
     def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self.sockets:
-                _shut(sock)
+        self.expired = True
+        self.connections.shut_all()
 
     def __enter__(self) -> Deadline:
         self._timer.start()
@@ -117,6 +131,7 @@ class WebFetcher:
     def __init__(self, settings: FetchSettings) -> None:
         self.settings = settings
         self._client: httpx.Client | None = None
+        self._connections = Connections()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -132,8 +147,6 @@ class WebFetcher:
                     timeout=httpx.Timeout(self.settings.timeout),
                     follow_redirects=False,  # a redirect could leave the allowed hosts
                     headers={"User-Agent": USER_AGENT},
-                    # A connection per fetch: the one its Deadline shuts down is its own.
-                    limits=httpx.Limits(max_keepalive_connections=0),
                 )
             return self._client
 
@@ -148,7 +161,7 @@ class WebFetcher:
         import httpx
 
         too_late = SourceUnavailable(f"{url}: no answer within {settings.timeout:g}s")
-        deadline = Deadline(settings.timeout)
+        deadline = Deadline(settings.timeout, self._connections)
         try:
             with (
                 deadline,

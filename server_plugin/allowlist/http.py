@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
@@ -50,7 +49,7 @@ from server_plugin.allowlist.base import (
 )
 from server_plugin.allowlist.document import DocumentError, DocumentParser, Index
 from server_plugin.reload import Reloading
-from server_plugin.web_fetch import Deadline
+from server_plugin.web_fetch import Connections, Deadline
 from spire_tpm_attestor.files import read_bounded
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,7 @@ class HTTPAllowlist(AllowlistSource):
         self._refreshing = threading.Lock()  # held by the refresh in progress
         self._http: httpx.Client | None = None  # built by the first refresh
         self._http_verify: ssl.SSLContext | bool = True  # the TLS material it was built with
-        self._sockets: list[socket.socket] = []  # of its connections, for the Deadline
+        self._connections = Connections()  # the client's, for the Deadline
         try:
             if settings.url.startswith("https://"):
                 paths = [
@@ -250,7 +249,7 @@ class HTTPAllowlist(AllowlistSource):
             )
             self._http = httpx.Client(verify=verify, timeout=timeout, follow_redirects=False)
             self._http_verify = verify
-            self._sockets = []
+            self._connections = Connections()
         return self._http
 
     def _run(self) -> None:
@@ -399,8 +398,8 @@ class HTTPAllowlist(AllowlistSource):
 
         parser = DocumentParser(self.describe())
         client = self._client()
-        # Refreshes never overlap: the connections of this client are this fetch's.
-        deadline = Deadline(self.settings.fetch_timeout, self._sockets)
+        # Refreshes never overlap: the client's connections are this fetch's.
+        deadline = Deadline(self.settings.fetch_timeout, self._connections)
         too_late = FetchError(
             f"the response took longer than fetch_timeout ({self.settings.fetch_timeout:g}s)",
             "timeout",
