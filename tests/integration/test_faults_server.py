@@ -238,3 +238,34 @@ def test_a_certificate_rotated_to_a_new_ca_recovers_when_ca_path_gains_it(
     ca.write_bytes(tls.ca.read_bytes() + stranger.ca.read_bytes())
     wait_for_log(server, said(endpoint, "allowlist source recovered"), seen)
     assert "name:good-copy" in relay_attestation(agent, server).selectors
+
+
+def test_a_deny_list_rewritten_in_place_never_lets_its_eks_through(
+    agent: PluginProcess, server: PluginProcess, pub_hash: str, ek_ca: TestCA, tmp_path: Path
+) -> None:
+    """`>` then a slow write (not a rename): the file is empty, then half written, for
+    longer than the reload's settle time. Neither loads, so the last good deny list
+    stays in force throughout; the finished file then loads."""
+    revoked = tmp_path / "revoked.json"
+    listed = document(AllowlistEntry(pub_hash), AllowlistEntry("ab" * 32))
+    revoked.write_bytes(listed)
+    server.configure(
+        hcl(ek_ca_path=str(ek_ca.bundle_path))
+        + "\n"
+        + hcl_block("denylist", "revoked", type="file", path=str(revoked))
+    )
+    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "on the deny list")
+    seen = len(log_entries(server))
+    with revoked.open("wb") as rewrite:
+        failed = wait_for_log(server, lambda e: e["@message"].startswith("reload failed"), seen)
+        assert "not valid JSON" in failed["reason"] or "empty" in failed["reason"], failed
+        expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "on the deny list")
+        seen = len(log_entries(server))
+        rewrite.write(listed[: len(listed) // 2])
+        rewrite.flush()
+        wait_for_log(server, lambda e: e["@message"].startswith("reload failed"), seen)
+        expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "on the deny list")
+        seen = len(log_entries(server))
+        rewrite.write(listed[len(listed) // 2 :])
+    wait_for_log(server, lambda e: e["@message"] == "reloaded", seen)
+    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "on the deny list")
