@@ -2,9 +2,10 @@
 
 In process, per attestation: the EK chain check with the intermediate sent by the agent
 (the baseline), completed by AIA from the disk cache and from a loopback HTTP server
-(kept-alive connection, each fetch under a Deadline, no cache), and the EK certificate from the download cache and
-from the loopback server. Signature results are cached as in the server, so the figures
-are those of a node that re-attests. Real services add their network round trip.
+(kept-alive connection, each fetch under its Deadline, no cache), and the EK
+certificate from the download cache and from the loopback server. Signature results are
+cached as in the server, so the figures are those of a node that re-attests. Real
+services add their network round trip.
 """
 
 from __future__ import annotations

@@ -60,6 +60,16 @@ def unavailable_answer(conversation: AgentConversation, challenge: bytes) -> str
     return details
 
 
+def unavailable_attestation(agent: PluginProcess, server: PluginProcess) -> str:
+    """A whole attestation ends with the agent's UNAVAILABLE, well before its deadline."""
+    started = time.monotonic()
+    with pytest.raises(AttestationFailed) as failure:
+        relay_attestation(agent, server)
+    assert time.monotonic() - started < NO_HANG
+    assert (failure.value.side, failure.value.code) == ("agent", grpc.StatusCode.UNAVAILABLE)
+    return failure.value.details
+
+
 def test_a_tpm_that_dies_before_the_challenge_is_unavailable_until_it_is_back(
     agent: PluginProcess,
     server: PluginProcess,
@@ -101,13 +111,9 @@ def test_a_tpm_that_stops_answering_during_the_quote_times_out(
     with BusTap(swtpm) as tap:
         configure(agent, server, tap.tcti, ek_ca)
         trap = tap.trap(Trap(TPM2_CC_QUOTE))
-        started = time.monotonic()
-        with pytest.raises(AttestationFailed) as failure:
-            relay_attestation(agent, server)
-        assert time.monotonic() - started < NO_HANG
+        details = unavailable_attestation(agent, server)
         assert trap.reached.is_set()
-        assert (failure.value.side, failure.value.code) == ("agent", grpc.StatusCode.UNAVAILABLE)
-        assert failure.value.details.startswith("TPM: quoting the PCRs: no answer from the TPM")
+        assert details.startswith("TPM: quoting the PCRs: no answer from the TPM"), details
         trap.release.set()  # the TPM answers the quote at last
         for _ in range(2):
             assert relay_attestation(agent, server).spiffe_id
@@ -119,10 +125,8 @@ def test_a_tpm_that_dies_during_the_quote_is_unavailable(
     with BusTap(swtpm) as tap:
         configure(agent, server, tap.tcti, ek_ca)
         tap.trap(Trap(TPM2_CC_QUOTE, cut=swtpm.kill))
-        with pytest.raises(AttestationFailed) as failure:
-            relay_attestation(agent, server)
-        assert (failure.value.side, failure.value.code) == ("agent", grpc.StatusCode.UNAVAILABLE)
-        assert failure.value.details.startswith("TPM: quoting the PCRs: "), failure.value.details
-        assert "IO failure" in failure.value.details
+        details = unavailable_attestation(agent, server)
+        assert details.startswith("TPM: quoting the PCRs: "), details
+        assert "IO failure" in details
         swtpm.restart()
         assert relay_attestation(agent, server).spiffe_id
