@@ -34,9 +34,10 @@ def admissions(fleet: Fleet, known: Known, count: int = AT_ONCE) -> list[Job]:
     return [Job(node, Act.ANSWER, grpc.StatusCode.OK, KINDS[known]) for node in nodes]
 
 
-async def _burst(pid: int, address: str, jobs: list[Job]) -> tuple[list[Outcome], int]:
-    """Every job's stream opened at once, and answered once all are challenged; the
-    most threads the plugin had meanwhile."""
+async def _burst(
+    pid: int, address: str, jobs: list[Job], gate: Gate | None
+) -> tuple[list[Outcome], int]:
+    """Every job's stream opened at once; the most threads the plugin had meanwhile."""
     done = asyncio.Event()
     most = 0
 
@@ -48,18 +49,23 @@ async def _burst(pid: int, address: str, jobs: list[Job]) -> tuple[list[Outcome]
 
     watcher = asyncio.create_task(watch())
     try:
-        return await run(address, jobs, len(jobs), gate=Gate(len(jobs))), most
+        return await run(address, jobs, len(jobs), gate=gate), most
     finally:
         done.set()
         await watcher
 
 
-def burst(server: PluginProcess, jobs: list[Job]) -> tuple[list[Outcome], dict[str, Any]]:
-    """All `jobs` at once through `server`, with the process's figures around them."""
+def burst(
+    server: PluginProcess, jobs: list[Job], held: bool = False
+) -> tuple[list[Outcome], dict[str, Any]]:
+    """All `jobs` at once through `server`, with the process's figures around them;
+    `held`: each answered only once all hold their challenge, so the plugin has them
+    all in progress together (and their latencies are all the burst's)."""
     pid = server.process.pid
     before = ProcessSample.of(pid)
     started = time.perf_counter()
-    outcomes, threads = asyncio.run(_burst(pid, server.handshake.address, jobs))
+    gate = Gate(len(jobs)) if held else None
+    outcomes, threads = asyncio.run(_burst(pid, server.handshake.address, jobs, gate))
     wall = time.perf_counter() - started
     after = ProcessSample.of(pid)
     return outcomes, {

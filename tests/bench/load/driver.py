@@ -57,7 +57,7 @@ class Outcome:
 
     @property
     def as_expected(self) -> bool:
-        return self.code == self.job.expected
+        return self.code is self.job.expected
 
     def describe(self) -> str:
         expected, got = self.job.expected.name, self.code.name
@@ -96,8 +96,8 @@ async def attest(
         await call.write(server_pb2.AttestRequest(payload=payload))
         challenge = (await call.read()).challenge  # a refusal raises
         if waiting is not None:
-            waiting = None
-            await gate.pass_through()
+            arrived, waiting = waiting, None
+            await arrived.pass_through()
         if job.act is Act.CANCEL:
             call.cancel()
             code = grpc.StatusCode.CANCELLED

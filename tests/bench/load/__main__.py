@@ -1,0 +1,103 @@
+"""`python -m tests.bench.load`: the soak (`make soak`); figures to stdout and
+bench/soak.json. Exits 1 when an attestation ended otherwise than expected or resident
+memory grew by 5 MiB or more after the warm-up."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.bench.load.soak import GROWTH_LIMIT, VARIANTS, soak_figures
+from tests.bench.measure import Table, progress
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def table(results: list[dict[str, Any]]) -> Table:
+    out = Table("Soak: one server plugin process", ["figure", *(r["variant"] for r in results)])
+    rows = (
+        ("attestations, unexpected outcomes", "attestations", "unexpected"),
+        ("attestations/s, at concurrency", "attestations_per_second", "concurrency"),
+        ("CPU ms per attestation after warm-up", "cpu_ms_per_attestation"),
+        ("latency p50 / p99 ms (admitted)", "latency_p50_ms", "latency_p99_ms"),
+        (
+            "RSS MiB: start / warmed up / end",
+            "rss_start_mib",
+            "rss_after_warmup_mib",
+            "rss_end_mib",
+        ),
+        ("RSS growth after warm-up MiB", "rss_growth_mib"),
+        ("RSS slope MiB per 10k after warm-up", "rss_slope_mib_per_10k"),
+        ("peak RSS MiB", "peak_rss_mib"),
+        ("threads warmed up / end / max", "threads_after_warmup", "threads_end", "threads_max"),
+        ("fds warmed up / end", "fds_after_warmup", "fds_end"),
+        ("plugin log lines", "log_lines"),
+        ("load average before / after", "load_before", "load_after"),
+    )
+    for name, *keys in rows:
+        out.add(name, *(" / ".join(str(result[key]) for key in keys) for result in results))
+    for result in results:
+        if "metrics_page_bytes_end" in result:
+            out.note(
+                f"{result['variant']}: metrics page {result['metrics_page_bytes_after_warmup']} "
+                f"bytes after warm-up, {result['metrics_page_bytes_end']} at the end"
+            )
+        for line in result["unexpected_first"]:
+            out.note(f"{result['variant']}: {line}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.load", description=__doc__)
+    parser.add_argument("--attestations", type=int, default=20_000)
+    parser.add_argument("--warmup", type=int, default=2_000, help="attestations before the base")
+    parser.add_argument("--every", type=int, default=500, help="attestations between samples")
+    parser.add_argument("--concurrency", type=int, default=16, help="streams at a time")
+    parser.add_argument(
+        "--variants",
+        default="info",
+        help=f"comma-separated, of {', '.join(VARIANTS)}: log level INFO, the same with "
+        "the Prometheus endpoint scraped at every sample, log level DEBUG",
+    )
+    parser.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
+    args = parser.parse_args(argv)
+    variants = [name for name in args.variants.split(",") if name]
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}")
+    results = []
+    for variant in variants:
+        progress(f"soak, {variant}: {args.attestations} attestations")
+        with tempfile.TemporaryDirectory(prefix="soak-") as directory:
+            results.append(
+                soak_figures(
+                    Path(directory), args.attestations, args.warmup, args.every,
+                    args.concurrency, variant,
+                )
+            )  # fmt: skip
+    print(table(results).render())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "what": "soak of one server plugin process (tests/bench/load, make soak)",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "growth_limit_mib": GROWTH_LIMIT / 2**20,
+        "runs": results,
+    }
+    out.write_text(json.dumps(document, indent=1))
+    print(f"\nfigures written to {out}")
+    failed = [r["variant"] for r in results if r["unexpected"] or not r["growth_under_limit"]]
+    if failed:
+        print(f"soak failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""A long mixed run through one server plugin process, watching its memory: `make soak`.
+
+One process, configured `cert_or_allowlist` with the test CA, a flat hash directory and
+an HTTP allowlist (refreshed every second, its document changed at every sample), takes
+`attestations` streams, `concurrency` at a time, in the proportions of `MIX`: new nodes
+and re-attesting ones, refusals of several kinds, streams cancelled or left silent once
+challenged. Every `every` outcomes the process is read from /proc; the growth that
+counts is from the first sample at or after `warmup` (caches filled, allocator settled)
+to the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from spire_tpm_attestor.runtime.host import PluginProcess
+from tests.bench.load.driver import (
+    Act,
+    Job,
+    Outcome,
+    ProcessSample,
+    latency_figures,
+    load_average,
+    run,
+    unexpected,
+)
+from tests.bench.load.fleet import Fleet, Known, Node
+from tests.integration.plugins import start_plugin
+
+Code = grpc.StatusCode
+# Per 100 attestations: what the agent is, does, and how the stream must end.
+MIX: dict[str, tuple[int, Known | None, Act, grpc.StatusCode]] = {
+    "new chain node": (30, Known.CHAIN, Act.ANSWER, Code.OK),
+    "re-attestation, chain": (20, None, Act.ANSWER, Code.OK),
+    "new hash_path node": (10, Known.HASH_PATH, Act.ANSWER, Code.OK),
+    "re-attestation, hash_path": (10, None, Act.ANSWER, Code.OK),
+    "re-attestation, http allowlist": (10, None, Act.ANSWER, Code.OK),
+    "unknown CA": (5, Known.UNKNOWN, Act.ANSWER, Code.PERMISSION_DENIED),
+    "wrong secret": (5, None, Act.WRONG_SECRET, Code.PERMISSION_DENIED),
+    "garbage payload": (3, None, Act.GARBAGE, Code.INVALID_ARGUMENT),
+    "cancelled once challenged": (5, None, Act.CANCEL, Code.CANCELLED),
+    "silent once challenged": (2, None, Act.SILENT, Code.DEADLINE_EXCEEDED),
+}
+POOL = 50  # re-attesting nodes of each kind
+CHALLENGE_TIMEOUT = "2s"  # how long a silent stream holds its slot
+VARIANTS = ("info", "metrics", "debug")
+GROWTH_LIMIT = 5 * 2**20
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Mix:
+    """The jobs of a soak, in MIX's proportions, shuffled within each hundred."""
+
+    fleet: Fleet
+    rng: random.Random = field(default_factory=lambda: random.Random(12))
+    pools: dict[str, list[Node]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, known in (
+            ("re-attestation, chain", Known.CHAIN),
+            ("re-attestation, hash_path", Known.HASH_PATH),
+            ("re-attestation, http allowlist", Known.HTTP),
+        ):
+            self.pools[name] = [self.fleet.node(known) for _ in range(POOL)]
+        self.fleet.publish()
+
+    def jobs(self, count: int) -> Iterator[Job]:
+        hundred = [name for name, (weight, *_) in MIX.items() for _ in range(weight)]
+        for number in range(count):
+            if number % len(hundred) == 0:
+                self.rng.shuffle(hundred)
+            yield self.job(hundred[number % len(hundred)])
+
+    def job(self, name: str) -> Job:
+        _, known, act, expected = MIX[name]
+        if known is not None:
+            node = self.fleet.node(known)
+        else:
+            node = self.rng.choice(self.pools.get(name, self.pools["re-attestation, chain"]))
+        return Job(node, act, expected, name)
+
+
+@dataclass
+class Watch:
+    """Reads the process every `every` outcomes (and changes the HTTP document then)."""
+
+    pid: int
+    fleet: Fleet
+    every: int
+    metrics_url: str | None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def take(self, done: int) -> None:
+        sample = ProcessSample.of(self.pid)
+        row: dict[str, Any] = {
+            "done": done,
+            "seconds": time.monotonic(),
+            "rss": sample.rss,
+            "threads": sample.threads,
+            "fds": sample.fds,
+            "cpu_seconds": sample.cpu_seconds,
+        }
+        if self.metrics_url is not None:
+            with urllib.request.urlopen(self.metrics_url, timeout=10) as page:
+                row["metrics_bytes"] = len(page.read())
+        self.samples.append(row)
+        self.fleet.publish(revision=len(self.samples))
+
+    def on_done(self, outcomes: list[Outcome]) -> None:
+        if len(outcomes) % self.every == 0:
+            self.take(len(outcomes))
+
+
+def slope_per_10k(samples: list[dict[str, Any]]) -> float:
+    """Least-squares RSS growth per 10,000 attestations over `samples`, in bytes."""
+    if len(samples) < 2:
+        return 0.0
+    xs = [row["done"] for row in samples]
+    ys = [row["rss"] for row in samples]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    covariance = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True))
+    return covariance / spread * 10_000 if spread else 0.0
+
+
+def soak_figures(
+    directory: Path,
+    attestations: int = 20_000,
+    warmup: int = 2_000,
+    every: int = 500,
+    concurrency: int = 16,
+    variant: str = "info",
+) -> dict[str, Any]:
+    """One soak of a fresh server plugin process; its figures (see the module)."""
+    fleet = Fleet(directory)
+    mix = Mix(fleet)
+    port = free_port() if variant == "metrics" else None
+    options: dict[str, object] = {"challenge_timeout": CHALLENGE_TIMEOUT}
+    if variant == "debug":
+        options["log_level"] = "DEBUG"
+    text = fleet.hcl(Known.CHAIN, Known.HASH_PATH, Known.HTTP, **options)
+    if port is not None:
+        text += f'\ntelemetry {{\nPrometheus {{\nhost = "127.0.0.1"\nport = {port}\n}}\n}}'
+    load_before = load_average()[0]
+    try:
+        with start_plugin("server") as server:
+            server.configure(text)
+            figures = _soak(server, mix, attestations, warmup, every, concurrency, port)
+            figures["log_lines"] = len(server.stderr_lines)
+    finally:
+        fleet.close()
+    return {
+        "variant": variant,
+        "attestations": attestations,
+        "warmup": warmup,
+        "sample_every": every,
+        "concurrency": concurrency,
+        "load_before": load_before,
+        "load_after": load_average()[0],
+        **figures,
+    }
+
+
+def _soak(
+    server: PluginProcess,
+    mix: Mix,
+    attestations: int,
+    warmup: int,
+    every: int,
+    concurrency: int,
+    port: int | None,
+) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/metrics" if port is not None else None
+    watch = Watch(server.process.pid, mix.fleet, every, url)
+    watch.take(0)
+    started = time.perf_counter()
+    outcomes = asyncio.run(
+        run(server.handshake.address, mix.jobs(attestations), concurrency, on_done=watch.on_done)
+    )
+    wall = time.perf_counter() - started
+    time.sleep(1)  # cancelled and timed-out streams end on the plugin's side
+    watch.take(len(outcomes))
+    samples = watch.samples
+    settled = next(row for row in samples if row["done"] >= min(warmup, len(outcomes)))
+    end = samples[-1]
+    after_warmup = [row for row in samples if row["done"] >= settled["done"]]
+    measured = end["done"] - settled["done"]
+    counts: Counter[tuple[str, str]] = Counter(
+        (outcome.job.kind, outcome.code.name) for outcome in outcomes
+    )
+    wrong = unexpected(outcomes)
+    mib = 2**20
+    figures: dict[str, Any] = {
+        "outcomes": {f"{kind}: {code}": count for (kind, code), count in sorted(counts.items())},
+        "unexpected": len(wrong),
+        "unexpected_first": wrong[:10],
+        "wall_seconds": round(wall, 1),
+        "attestations_per_second": round(len(outcomes) / wall, 1),
+        "cpu_ms_per_attestation": round(
+            (end["cpu_seconds"] - settled["cpu_seconds"]) * 1e3 / max(measured, 1), 3
+        ),
+        **latency_figures(outcomes),
+        "rss_start_mib": round(samples[0]["rss"] / mib, 2),
+        "rss_after_warmup_mib": round(settled["rss"] / mib, 2),
+        "rss_end_mib": round(end["rss"] / mib, 2),
+        "rss_growth_mib": round((end["rss"] - settled["rss"]) / mib, 2),
+        "rss_max_after_warmup_mib": round(max(row["rss"] for row in after_warmup) / mib, 2),
+        "rss_slope_mib_per_10k": round(slope_per_10k(after_warmup) / mib, 2),
+        "peak_rss_mib": round(ProcessSample.of(server.process.pid).peak_rss / mib, 2),
+        "threads_after_warmup": settled["threads"],
+        "threads_end": end["threads"],
+        "threads_max": max(row["threads"] for row in samples),
+        "fds_after_warmup": settled["fds"],
+        "fds_end": end["fds"],
+        "growth_under_limit": end["rss"] - settled["rss"] < GROWTH_LIMIT,
+        "samples": [
+            {key: value for key, value in row.items() if key != "seconds"} for row in samples
+        ],
+    }
+    if port is not None:
+        figures["metrics_page_bytes_after_warmup"] = settled["metrics_bytes"]
+        figures["metrics_page_bytes_end"] = end["metrics_bytes"]
+    return figures
