@@ -15,6 +15,7 @@ from spire_tpm_attestor.runtime.host import PluginProcess
 from tests.bench.load.concurrent import AT_ONCE, admissions, burst
 from tests.bench.load.driver import unexpected
 from tests.bench.load.fleet import Fleet, Known
+from tests.bench.load.soak import MIX, soak_figures
 from tests.integration.plugins import audit_line_after, audit_lines
 
 
@@ -40,3 +41,16 @@ def test_200_attestations_at_once_are_all_admitted(
     decided = audit_lines(server)[seen:]
     assert sorted(line["ek_hash"] for line in decided) == sorted(job.node.pub_hash for job in jobs)
     assert {line["decision"] for line in decided} == {"admitted"}
+
+
+def test_a_mixed_run_ends_every_stream_as_it_should_and_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """The soak's mix, briefly, on a fresh process: new and re-attesting nodes admitted,
+    unknown CA, wrong secret and garbage refused with their statuses, cancelled and
+    silent streams ended; no thread or descriptor per stream stays behind."""
+    figures = soak_figures(tmp_path, attestations=600, warmup=100, every=100)
+    assert figures["unexpected_first"] == []
+    assert {kind.split(":")[0] for kind in figures["outcomes"]} == set(MIX)
+    assert figures["fds_end"] - figures["fds_after_warmup"] < 5
+    assert figures["threads_end"] - figures["threads_after_warmup"] < 5

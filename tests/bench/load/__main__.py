@@ -51,6 +51,8 @@ def table(results: list[dict[str, Any]]) -> Table:
             )
         for line in result["unexpected_first"]:
             out.note(f"{result['variant']}: {line}")
+        for line in result.get("traced_growth_top", []):
+            out.note(f"{result['variant']}, grown after warm-up: {line}")
     return out
 
 
@@ -66,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"comma-separated, of {', '.join(VARIANTS)}: log level INFO, the same with "
         "the Prometheus endpoint scraped at every sample, log level DEBUG",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run the plugin under tracemalloc and print where its allocations grew after "
+        "the warm-up (a debugging run: slower, and its RSS includes tracemalloc's own)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
     args = parser.parse_args(argv)
     variants = [name for name in args.variants.split(",") if name]
@@ -78,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(
                 soak_figures(
                     Path(directory), args.attestations, args.warmup, args.every,
-                    args.concurrency, variant,
+                    args.concurrency, variant, args.trace,
                 )
             )  # fmt: skip
     print(table(results).render())

@@ -12,9 +12,13 @@ to the end.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import socket
+import sys
 import time
+import tracemalloc
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from spire_tpm_attestor.runtime.host import PluginProcess
+from spire_tpm_attestor.runtime.host import SERVER_HOST_SERVICES, PluginProcess
 from tests.bench.load.driver import (
     Act,
     Job,
@@ -56,6 +60,7 @@ POOL = 50  # re-attesting nodes of each kind
 CHALLENGE_TIMEOUT = "2s"  # how long a silent stream holds its slot
 VARIANTS = ("info", "metrics", "debug")
 GROWTH_LIMIT = 5 * 2**20
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def free_port() -> int:
@@ -106,6 +111,7 @@ class Watch:
     fleet: Fleet
     every: int
     metrics_url: str | None
+    trace_dir: Path | None = None  # the plugin dumps tracemalloc snapshots there
     samples: list[dict[str, Any]] = field(default_factory=list)
 
     def take(self, done: int) -> None:
@@ -128,6 +134,25 @@ class Watch:
         if len(outcomes) % self.every == 0:
             self.take(len(outcomes))
 
+    def snapshot(self) -> tracemalloc.Snapshot:
+        """The plugin's allocations now (traced_server.py), once it has written them."""
+        assert self.trace_dir is not None
+        path = self.trace_dir / f"{len(list(self.trace_dir.glob('*.snapshot')))}.snapshot"
+        os.kill(self.pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 120
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the plugin wrote no tracemalloc snapshot")
+            time.sleep(0.1)
+        return tracemalloc.Snapshot.load(str(path))
+
+
+def grown(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> list[str]:
+    """Where Python allocations grew between two snapshots: the top lines, by size."""
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    changes = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "lineno")
+    return [str(change) for change in changes[:15]]
+
 
 def slope_per_10k(samples: list[dict[str, Any]]) -> float:
     """Least-squares RSS growth per 10,000 attestations over `samples`, in bytes."""
@@ -148,8 +173,11 @@ def soak_figures(
     every: int = 500,
     concurrency: int = 16,
     variant: str = "info",
+    trace: bool = False,
 ) -> dict[str, Any]:
-    """One soak of a fresh server plugin process; its figures (see the module)."""
+    """One soak of a fresh server plugin process; its figures (see the module). With
+    `trace`, the plugin runs under tracemalloc and the figures say where its Python
+    allocations grew after the warm-up (slower: a debugging run)."""
     fleet = Fleet(directory)
     mix = Mix(fleet)
     port = free_port() if variant == "metrics" else None
@@ -160,10 +188,12 @@ def soak_figures(
     if port is not None:
         text += f'\ntelemetry {{\nPrometheus {{\nhost = "127.0.0.1"\nport = {port}\n}}\n}}'
     load_before = load_average()[0]
+    trace_dir = directory / "traces" if trace else None
     try:
-        with start_plugin("server") as server:
+        with start_server(trace_dir) as server:
             server.configure(text)
-            figures = _soak(server, mix, attestations, warmup, every, concurrency, port)
+            watch = Watch(server.process.pid, fleet, every, metrics_url(port), trace_dir)
+            figures = _soak(server, mix, watch, attestations, warmup, concurrency)
             figures["log_lines"] = len(server.stderr_lines)
     finally:
         fleet.close()
@@ -173,27 +203,44 @@ def soak_figures(
         "warmup": warmup,
         "sample_every": every,
         "concurrency": concurrency,
+        "traced": trace,
         "load_before": load_before,
         "load_after": load_average()[0],
         **figures,
     }
 
 
+def metrics_url(port: int | None) -> str | None:
+    return f"http://127.0.0.1:{port}/metrics" if port is not None else None
+
+
+def start_server(trace_dir: Path | None) -> PluginProcess:
+    """The installed plugin executable, or with `trace_dir` traced_server.py."""
+    if trace_dir is None:
+        return start_plugin("server")
+    trace_dir.mkdir()
+    return PluginProcess.start(
+        [sys.executable, "-m", "tests.bench.load.traced_server"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SOAK_TRACE_DIR": str(trace_dir)},
+        host_service_names=SERVER_HOST_SERVICES,
+        cwd=str(ROOT),
+    )
+
+
 def _soak(
-    server: PluginProcess,
-    mix: Mix,
-    attestations: int,
-    warmup: int,
-    every: int,
-    concurrency: int,
-    port: int | None,
+    server: PluginProcess, mix: Mix, watch: Watch, attestations: int, warmup: int, concurrency: int
 ) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{port}/metrics" if port is not None else None
-    watch = Watch(server.process.pid, mix.fleet, every, url)
+    warmed: list[tracemalloc.Snapshot] = []
+
+    def on_done(outcomes: list[Outcome]) -> None:
+        watch.on_done(outcomes)
+        if watch.trace_dir is not None and len(outcomes) == warmup:
+            warmed.append(watch.snapshot())
+
     watch.take(0)
     started = time.perf_counter()
     outcomes = asyncio.run(
-        run(server.handshake.address, mix.jobs(attestations), concurrency, on_done=watch.on_done)
+        run(server.handshake.address, mix.jobs(attestations), concurrency, on_done=on_done)
     )
     wall = time.perf_counter() - started
     time.sleep(1)  # cancelled and timed-out streams end on the plugin's side
@@ -235,7 +282,9 @@ def _soak(
             {key: value for key, value in row.items() if key != "seconds"} for row in samples
         ],
     }
-    if port is not None:
+    if "metrics_bytes" in end:
         figures["metrics_page_bytes_after_warmup"] = settled["metrics_bytes"]
         figures["metrics_page_bytes_end"] = end["metrics_bytes"]
+    if warmed:
+        figures["traced_growth_top"] = grown(warmed[0], watch.snapshot())
     return figures
