@@ -156,11 +156,12 @@ bench-process-profile: install
 # re-attesting nodes, refusals, cancelled and silent streams), its RSS read every 500:
 # figures to stdout and bench/soak.json; fails if RSS grew by 5 MiB or more after the
 # 2,000-attestation warm-up. SOAK_VARIANTS="info,metrics,debug" adds the Prometheus
-# endpoint (scraped) and the DEBUG log level, each on a fresh process.
+# endpoint (scraped) and the DEBUG log level, each on a fresh process; SOAK_ARGS=--trace
+# runs the plugin under tracemalloc and names where its allocations grew.
 SOAK_ATTESTATIONS ?= 20000
 SOAK_VARIANTS ?= info
 soak: install
-	$(PY) -m tests.bench.load --attestations $(SOAK_ATTESTATIONS) --variants $(SOAK_VARIANTS)
+	$(PY) -m tests.bench.load --attestations $(SOAK_ATTESTATIONS) --variants $(SOAK_VARIANTS) $(SOAK_ARGS)
 
 # The README's option tables, from the options' declarations (Option, in each config.py).
 docs: install
