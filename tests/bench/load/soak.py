@@ -15,7 +15,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sys
 import time
 import tracemalloc
@@ -40,6 +39,7 @@ from tests.bench.load.driver import (
     unexpected,
 )
 from tests.bench.load.fleet import Fleet, Known, Node
+from tests.integration.http_servers import free_port
 from tests.integration.plugins import start_plugin
 
 Code = grpc.StatusCode
@@ -61,13 +61,6 @@ CHALLENGE_TIMEOUT = "2s"  # how long a silent stream holds its slot
 VARIANTS = ("info", "metrics", "debug")
 GROWTH_LIMIT = 5 * 2**20
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass
