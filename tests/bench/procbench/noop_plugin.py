@@ -35,11 +35,17 @@ READER = "--reader" in sys.argv[1:]
 AUDIT = "--audit" in sys.argv[1:]
 TIMEOUT = 60.0  # the server plugin's default challenge_timeout
 ASYNC_RUNTIME = hasattr(runtime, "run_guarded")  # the grpc.aio runtime
+try:  # a runtime that applies each configuration's log levels and telemetry
+    from spire_tpm_attestor.runtime.observability import Observability
+except ImportError:  # older runtimes (a19ce94) have none
+    Observability = None  # type: ignore[assignment,misc]
 
 
 class NoConfig:
     def __init__(self, trust_domain: str) -> None:
         self.trust_domain = trust_domain
+        if Observability is not None:
+            self.observability = Observability()  # the defaults: INFO, no metrics
 
     def close(self) -> None:
         pass
