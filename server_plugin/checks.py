@@ -9,7 +9,6 @@ of the error tree picks the status (through the one table in
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -184,7 +183,7 @@ def verify_ek_chain(
             extra.extend(cert for cert in fetched if cert.der not in known)
             top = fetched[0]
     anchor = chain[-1]
-    return VerifiedEKCertificate(certificate, hashlib.sha256(anchor.der).hexdigest())
+    return VerifiedEKCertificate(certificate, anchor.sha256_fingerprint)
 
 
 def download_ek_certificate(

@@ -7,6 +7,7 @@ network before anything about them has been verified.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -40,6 +41,11 @@ MAX_PCR_SELECT_SIZE = 8  # 64 PCRs; PC-Client TPMs use 3
 RSA_DEFAULT_EXPONENT = 65537  # what an exponent of 0 in TPMS_RSA_PARMS means
 
 
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
 class Reader:
     """Big-endian reader over a byte string that never reads past its end."""
 
@@ -50,27 +56,32 @@ class Reader:
         self._pos = 0
         self._what = what
 
-    def take(self, n: int, field: str) -> bytes:
-        end = self._pos + n
+    def _advance(self, n: int, field: str) -> int:
+        """Where the next `n` bytes start; they are then consumed."""
+        start = self._pos
+        end = start + n
         if end > len(self._data):
             raise MalformedInput(f"{self._what}: truncated at {field}")
-        chunk = self._data[self._pos : end]
         self._pos = end
-        return chunk
+        return start
+
+    def take(self, n: int, field: str) -> bytes:
+        start = self._advance(n, field)
+        return self._data[start : self._pos]
 
     def u8(self, field: str) -> int:
-        return self.take(1, field)[0]
+        return self._data[self._advance(1, field)]
 
     def u16(self, field: str) -> int:
-        value: int = struct.unpack(">H", self.take(2, field))[0]
+        value: int = _U16.unpack_from(self._data, self._advance(2, field))[0]
         return value
 
     def u32(self, field: str) -> int:
-        value: int = struct.unpack(">I", self.take(4, field))[0]
+        value: int = _U32.unpack_from(self._data, self._advance(4, field))[0]
         return value
 
     def u64(self, field: str) -> int:
-        value: int = struct.unpack(">Q", self.take(8, field))[0]
+        value: int = _U64.unpack_from(self._data, self._advance(8, field))[0]
         return value
 
     def tpm2b(self, field: str, limit: int) -> bytes:
@@ -146,12 +157,22 @@ class PublicArea:
 
     def name(self) -> bytes:
         """The object's Name: nameAlg ‖ H_nameAlg(TPMT_PUBLIC)."""
-        digest = hashes.Hash(hash_algorithm(self.name_alg))
-        digest.update(self.raw)
-        return struct.pack(">H", self.name_alg) + digest.finalize()
+        return self._name
 
     def public_key(self) -> RSAPublicKey | ec.EllipticCurvePublicKey:
         """The key as a `cryptography` object; raises MalformedInput if invalid."""
+        return self._public_key
+
+    # Computed once per parsed area (an attestation asks for each several times): both
+    # depend only on the fields, and an invalid key is not cached, so it raises each time.
+    @functools.cached_property
+    def _name(self) -> bytes:
+        digest = hashes.Hash(hash_algorithm(self.name_alg))
+        digest.update(self.raw)
+        return _U16.pack(self.name_alg) + digest.finalize()
+
+    @functools.cached_property
+    def _public_key(self) -> RSAPublicKey | ec.EllipticCurvePublicKey:
         if self.rsa is not None:
             return _rsa_public_key(self.rsa)
         if self.ecc is not None:

@@ -120,10 +120,21 @@ class Certificate:
     def not_valid_after(self) -> datetime:
         return self.certificate.not_valid_after_utc
 
-    @property
+    # Cached properties: a function of the certificate's bytes alone, computed at most
+    # once per object; CA certificates are loaded once and serve every chain.
+    @functools.cached_property
     def sha256_fingerprint(self) -> str:
         """Lowercase hex SHA-256 of the certificate's DER."""
         return hashlib.sha256(self.der).hexdigest()
+
+    @functools.cached_property
+    def subject_key(self) -> NameKey:
+        """`subject` as `name_key` gives it: compares as the names do."""
+        return name_key(self.subject)
+
+    @functools.cached_property
+    def issuer_key(self) -> NameKey:
+        return name_key(self.issuer)
 
     @property
     def issuer_common_name(self) -> str | None:
@@ -146,7 +157,7 @@ class Certificate:
     def tcg_version(self) -> str | None:
         return self._tcg_attribute(OID_TCG_VERSION)
 
-    @property
+    @functools.cached_property
     def key_usage(self) -> x509.KeyUsage | None:
         """The KeyUsage extension, or None when the certificate has none."""
         try:
@@ -154,13 +165,18 @@ class Certificate:
         except x509.ExtensionNotFound:
             return None
 
+    @functools.cached_property
+    def basic_constraints(self) -> x509.BasicConstraints | None:
+        """The BasicConstraints extension, or None when the certificate has none."""
+        try:
+            return self.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            return None
+
     @property
     def is_ca(self) -> bool:
-        try:
-            constraints = self.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
-        except x509.ExtensionNotFound:
-            return False
-        return constraints.value.ca
+        constraints = self.basic_constraints
+        return constraints is not None and constraints.ca
 
     @functools.cached_property
     def unknown_critical_extensions(self) -> list[str]:
@@ -173,6 +189,10 @@ class Certificate:
 
     def public_key(self) -> PublicKeyTypes:
         """The subject key, including RSA keys in an id-RSAES-OAEP SubjectPublicKeyInfo."""
+        return self._public_key
+
+    @functools.cached_property
+    def _public_key(self) -> PublicKeyTypes:  # a key that cannot be read raises each time
         algorithm, bit_string = _spki_parts(self.spki)
         if algorithm == _OID_RSAES_OAEP:
             return _rsa_key_from_bit_string(bit_string)
@@ -196,6 +216,18 @@ class Certificate:
         """A short label for messages: subject (or serial) and issuer."""
         subject = self.subject.rfc4514_string() or f"serial {self.serial_number}"
         return f"{subject!r} issued by {self.issuer.rfc4514_string()!r}"
+
+
+NameKey = tuple[frozenset[tuple[x509.ObjectIdentifier, str | bytes]], ...]
+
+
+def name_key(name: x509.Name) -> NameKey:
+    """What `x509.Name` equality compares (each RDN's attribute types and values, in
+    RDN order), as one hashable value: two names are equal exactly when their keys are,
+    however either was encoded, and comparing keys costs no Python call per attribute."""
+    return tuple(
+        frozenset((attribute.oid, attribute.value) for attribute in rdn) for rdn in name.rdns
+    )
 
 
 def _first_value(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:

@@ -12,7 +12,6 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from datetime import datetime
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding
@@ -135,8 +134,8 @@ def _issuer_problem(
     problem = signing_problem(parent)
     if problem is not None:
         return NotProven(f"issuer {problem}")
-    extensions = parent.certificate.extensions
-    path_length = extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    constraints = parent.basic_constraints  # present: signing_problem found a CA
+    path_length = constraints.path_length if constraints is not None else None
     if path_length is not None and cas_below > path_length:
         return NotProven(f"issuer {parent.describe()} exceeds its path length")
     try:
@@ -148,11 +147,12 @@ def _issuer_problem(
 
 def _candidates(child: Certificate, pool: Sequence[Certificate]) -> list[Certificate]:
     # Try certificates whose subject equals the issuer first; the signature decides.
-    return sorted(pool, key=lambda cert: cert.subject != child.issuer)
+    issuer = child.issuer_key
+    return sorted(pool, key=lambda cert: cert.subject_key != issuer)
 
 
 def _self_signed(cert: Certificate) -> bool:
-    return cert.subject == cert.issuer and _signed_by(cert, cert)
+    return cert.subject_key == cert.issuer_key and _signed_by(cert, cert)
 
 
 def verify_chain(
