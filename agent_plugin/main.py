@@ -2,10 +2,13 @@
 
 import sys
 
-from spire_tpm_attestor.runtime.plugin import serve
+from spire_tpm_attestor.runtime.grpc_environment import choose_grpc_experiments
 
 
 def main() -> None:
+    choose_grpc_experiments()  # before grpc is imported: it reads them at import
+    from spire_tpm_attestor.runtime.plugin import serve
+
     try:
         from agent_plugin.plugin import SPEC
     except ImportError as exc:

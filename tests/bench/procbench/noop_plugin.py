@@ -1,9 +1,10 @@
 """A server NodeAttestor that does nothing, on the project's own plugin runtime.
 
-The floor under the real plugin: the same interpreter, grpc server, go-plugin services,
-logging and Configure path (`spire_tpm_attestor.runtime.plugin.serve`), and an `Attest`
-that reads the payload, sends a fixed 300-byte challenge, reads the answer and admits
-every node with one selector, with no checks, no audit line and no thread per read.
+The floor under the real plugin: the same interpreter, grpc server (and gRPC experiments,
+`runtime.grpc_environment`), go-plugin services, logging and Configure path
+(`spire_tpm_attestor.runtime.plugin.serve`), and an `Attest` that reads the payload,
+sends a fixed 300-byte challenge, reads the answer and admits every node with one
+selector, with no checks, no audit line and no thread per read.
 `--reader` reads through the real plugin's `RequestReader` (at a19ce94 a thread per read;
 since the grpc.aio runtime an `asyncio.timeout` per read), `--audit` also writes the real
 plugin's audit line: the differences between the three price those two parts of
@@ -15,6 +16,13 @@ Run as a script with PYTHONPATH pointing at the checkout whose runtime is measur
 """
 
 from __future__ import annotations
+
+try:  # the runtime's choice of gRPC experiments, made before grpc is imported
+    from spire_tpm_attestor.runtime.grpc_environment import choose_grpc_experiments
+except ImportError:  # older runtimes (a19ce94) make none
+    pass
+else:
+    choose_grpc_experiments()
 
 import sys
 from collections.abc import Iterator
