@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -145,14 +146,65 @@ def _issuer_problem(
     return None
 
 
-def _candidates(child: Certificate, pool: Sequence[Certificate]) -> list[Certificate]:
-    # Try certificates whose subject equals the issuer first; the signature decides.
+def _named_issuers(child: Certificate, pool: Sequence[Certificate]) -> list[Certificate]:
+    # Names compare as values (x509.Name equality), however either side encoded them.
+    issuer = child.issuer_key
+    return [cert for cert in pool if cert.subject_key == issuer]
+
+
+def _every_candidate(child: Certificate, pool: Sequence[Certificate]) -> list[Certificate]:
+    # Certificates whose subject is the child's issuer first; the signature decides.
     issuer = child.issuer_key
     return sorted(pool, key=lambda cert: cert.subject_key != issuer)
 
 
 def _self_signed(cert: Certificate) -> bool:
     return cert.subject_key == cert.issuer_key and _signed_by(cert, cert)
+
+
+@dataclass
+class _Search:
+    """One breadth-first search for a chain from `leaf` to `trusted`: `root` is the first
+    chain found to a self-signed trusted certificate, `nearest` the first to any trusted
+    one, `problems` why signing certificates were passed over."""
+
+    root: list[Certificate] | None = None
+    nearest: list[Certificate] | None = None
+    problems: list[NotProven] = field(default_factory=list)
+
+
+def _search(
+    leaf: Certificate,
+    pool: Sequence[Certificate],
+    trusted: set[bytes],
+    now: datetime,
+    enforce_expiry: bool,
+    candidates: Callable[[Certificate, Sequence[Certificate]], list[Certificate]],
+) -> _Search:
+    found = _Search()
+    queue: deque[list[Certificate]] = deque([[leaf]])
+    expanded = {leaf.der}
+    # Breadth first with each certificate expanded once: the shortest chain wins, and
+    # cross-signed certificates cannot make the search explode.
+    while queue:
+        path = queue.popleft()
+        for parent in candidates(path[-1], pool):
+            if parent.der in expanded or not _signed_by(path[-1], parent):
+                continue
+            problem = _issuer_problem(parent, len(path) - 1, now, enforce_expiry)
+            if problem is not None:
+                found.problems.append(problem)
+                continue
+            chain = [*path, parent]
+            if parent.der in trusted:
+                if _self_signed(parent):
+                    found.root = chain
+                    return found
+                found.nearest = found.nearest or chain
+            if len(chain) < MAX_CHAIN_DEPTH:
+                expanded.add(parent.der)
+                queue.append(chain)
+    return found
 
 
 def verify_chain(
@@ -165,15 +217,18 @@ def verify_chain(
 ) -> list[Certificate]:
     """Verify `leaf` chains to a certificate of `bundle`, possibly through intermediates.
 
-    Parents are found by signature over every candidate, never by encoded issuer name
-    (equal names are encoded differently in practice). Every parent must be a CA allowed
-    to sign certificates, every certificate valid at `now` (timezone-aware; past its
-    notAfter too without `enforce_expiry`), none with a critical extension this verifier
-    does not apply, and the chain at most MAX_CHAIN_DEPTH long. A failure is `Expired`
-    when expiry alone stood in the way. Returns [leaf, intermediates..., anchor]. The
-    anchor is a self-signed root of `bundle` whenever one is reachable, so it does not
-    depend on whether an intermediate was configured in the bundle or sent by the agent;
-    otherwise it is the nearest bundle certificate.
+    Parents are found by signature, never by encoded issuer name (equal names are
+    encoded differently in practice). The certificates whose subject equals the child's
+    issuer (as names compare, whatever their encoding) are searched first; when they
+    lead to no self-signed root, every candidate is, each by its signature. Every parent
+    must be a CA allowed to sign certificates, every certificate valid at `now`
+    (timezone-aware; past its notAfter too without `enforce_expiry`), none with a
+    critical extension this verifier does not apply, and the chain at most
+    MAX_CHAIN_DEPTH long. A failure is `Expired` when expiry alone stood in the way.
+    Returns [leaf, intermediates..., anchor], the shortest such chain of the search that
+    found it. The anchor is a self-signed root of `bundle` whenever one is reachable, so
+    it does not depend on whether an intermediate was configured in the bundle or sent
+    by the agent; otherwise it is the nearest bundle certificate.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -181,30 +236,14 @@ def verify_chain(
     check_understood(leaf)
     trusted = {cert.der for cert in bundle}
     pool = list({cert.der: cert for cert in [*bundle, *intermediates]}.values())
-    queue: deque[list[Certificate]] = deque([[leaf]])
-    expanded = {leaf.der}
-    nearest: list[Certificate] | None = None
-    problems: list[NotProven] = []
-    # Breadth first with each certificate expanded once: the shortest chain wins, and
-    # cross-signed certificates cannot make the search explode.
-    while queue:
-        path = queue.popleft()
-        for parent in _candidates(path[-1], pool):
-            if parent.der in expanded or not _signed_by(path[-1], parent):
-                continue
-            problem = _issuer_problem(parent, len(path) - 1, now, enforce_expiry)
-            if problem is not None:
-                problems.append(problem)
-                continue
-            chain = [*path, parent]
-            if parent.der in trusted:
-                if _self_signed(parent):
-                    return chain
-                nearest = nearest or chain
-            if len(chain) < MAX_CHAIN_DEPTH:
-                expanded.add(parent.der)
-                queue.append(chain)
-    if nearest is not None:
-        return nearest
+    # By name first: a new leaf's signature is then checked against its issuer only, not
+    # against every other CA of the bundle too.
+    found = _search(leaf, pool, trusted, now, enforce_expiry, _named_issuers)
+    if found.root is None:
+        found = _search(leaf, pool, trusted, now, enforce_expiry, _every_candidate)
+    chain = found.root or found.nearest
+    if chain is not None:
+        return chain
+    problems = found.problems
     failure = problems[0] if problems else NotProven("no trusted issuer signed it")
     raise type(failure)(f"certificate {leaf.describe()} does not chain to a trusted CA: {failure}")

@@ -302,6 +302,36 @@ def test_issuer_name_encoding_differs_from_ca_subject() -> None:
     assert chain[-1].der == der(root.cert)
 
 
+def test_issuer_name_that_differs_from_the_ca_subject_still_chains_by_signature() -> None:
+    """A name that is not equal (here by case) is no issuer by name: the search by every
+    candidate's signature still finds the CA that signed."""
+    root = make_ca("Vendor EK CA")
+    shouting = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "VENDOR EK CA")])
+    leaf = load(make_ek_cert(ek_key(), root, issuer_name=shouting))
+    assert leaf.issuer != load(root).subject  # the premise
+    chain = verify_chain(leaf, [], [load(root)], NOW)
+    assert [c.der for c in chain] == [leaf.der, der(root.cert)]
+
+
+def test_a_new_leaf_is_checked_against_its_named_issuer_only(
+    root: Issued, intermediate: Issued, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root and intermediate both in the bundle, as CA directories hold them: the leaf's
+    # signature is checked with the intermediate's key, not with the root's as well.
+    leaf = load(make_ek_cert(ek_key(), intermediate))
+    checked: list[tuple[bytes, bytes]] = []
+    real_signed_by = chain._signed_by
+
+    def recording(child: Certificate, parent: Certificate) -> bool:
+        checked.append((child.der, parent.der))
+        return real_signed_by(child, parent)
+
+    monkeypatch.setattr(chain, "_signed_by", recording)
+    found = verify_chain(leaf, [], [load(root), load(intermediate)], NOW)
+    assert [c.der for c in found[1:]] == [der(intermediate.cert), der(root.cert)]
+    assert [parent for child, parent in checked if child == leaf.der] == [der(intermediate.cert)]
+
+
 # --- chain failures ---------------------------------------------------------------------
 
 
