@@ -22,14 +22,23 @@ _EK_REQUIRED_ATTRIBUTES = (
     TPMA_OBJECT.RESTRICTED,
     TPMA_OBJECT.DECRYPT,
 )
+_EK_REQUIRED_MASK = sum(attribute.value for attribute in _EK_REQUIRED_ATTRIBUTES)
+
+
+def _missing(area: PublicArea, required: tuple[TPMA_OBJECT, ...], mask: int) -> str | None:
+    """The name of the first required attribute `area` lacks, or None (one test when
+    none is missing: every attestation checks its EK and AK)."""
+    if area.attributes & mask == mask:
+        return None
+    return next(str(attribute.name) for attribute in required if not area.has(attribute))
 
 
 def check_ek_template(ek: PublicArea) -> None:
     """Require an EK-shaped public area: a TPM-resident restricted decryption key whose
     symmetric definition (AES-CFB) and nameAlg can be used for credential activation."""
-    for attribute in _EK_REQUIRED_ATTRIBUTES:
-        if not ek.has(attribute):
-            raise NotProven(f"EK public area: {attribute.name} is not set")
+    missing = _missing(ek, _EK_REQUIRED_ATTRIBUTES, _EK_REQUIRED_MASK)
+    if missing is not None:
+        raise NotProven(f"EK public area: {missing} is not set")
     if ek.has(TPMA_OBJECT.SIGN_ENCRYPT):
         raise NotProven("EK public area: SIGN_ENCRYPT is set")
     if ek.name_alg not in EK_NAME_ALGS:
@@ -58,14 +67,15 @@ _AK_REQUIRED_ATTRIBUTES = (
     TPMA_OBJECT.RESTRICTED,
     TPMA_OBJECT.SIGN_ENCRYPT,
 )
+_AK_REQUIRED_MASK = sum(attribute.value for attribute in _AK_REQUIRED_ATTRIBUTES)
 
 
 def check_ak_public(ak: PublicArea) -> None:
     """Prove the public area describes a genuine AK: a TPM-generated, non-duplicable,
     restricted signing key with a pinned, strong signature scheme."""
-    for attribute in _AK_REQUIRED_ATTRIBUTES:
-        if not ak.has(attribute):
-            raise NotProven(f"AK public area: {attribute.name} is not set")
+    missing = _missing(ak, _AK_REQUIRED_ATTRIBUTES, _AK_REQUIRED_MASK)
+    if missing is not None:
+        raise NotProven(f"AK public area: {missing} is not set")
     if ak.has(TPMA_OBJECT.DECRYPT):
         raise NotProven("AK public area: DECRYPT is set")
     if ak.name_alg != TPM_ALG.SHA256:
