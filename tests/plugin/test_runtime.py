@@ -171,6 +171,28 @@ def test_shutdown_exits_within_two_seconds(plugin: PluginProcess, good_config: s
     assert elapsed < 2.0
 
 
+def test_shutdown_removes_the_socket_and_its_directory(
+    plugin: PluginProcess, good_config: str
+) -> None:
+    socket = Path(plugin.handshake.raw.strip().split("|")[3])
+    assert socket.exists()
+    plugin.configure(good_config)
+    plugin.stop()
+    assert not socket.parent.exists()
+
+
+def test_the_socket_directory_follows_tmpdir(side: str, tmp_path: Path) -> None:
+    executable, _, host_services = PLUGINS[side]
+    environ = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = PluginProcess.start([str(executable)], host_service_names=host_services, env=environ)
+    try:
+        socket = Path(process.handshake.raw.strip().split("|")[3])
+        assert socket.parent.parent == tmp_path
+        assert oct(socket.parent.stat().st_mode & 0o777) == "0o700"
+    finally:
+        process.stop()
+
+
 def test_stdout_carries_only_the_handshake(plugin: PluginProcess, good_config: str) -> None:
     plugin.configure(good_config)
     plugin.validate("bogus = 1")
