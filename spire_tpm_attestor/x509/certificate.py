@@ -123,9 +123,14 @@ class Certificate:
     # Cached properties: a function of the certificate's bytes alone, computed at most
     # once per object; CA certificates are loaded once and serve every chain.
     @functools.cached_property
+    def der_digest(self) -> bytes:
+        """SHA-256 of the certificate's DER."""
+        return hashlib.sha256(self.der).digest()
+
+    @property
     def sha256_fingerprint(self) -> str:
         """Lowercase hex SHA-256 of the certificate's DER."""
-        return hashlib.sha256(self.der).hexdigest()
+        return self.der_digest.hex()
 
     @functools.cached_property
     def subject_key(self) -> NameKey:

@@ -2,7 +2,7 @@
 
 Parents are found by checking signatures over the original TBS bytes, never by
 comparing encoded issuer names (equal names are encoded differently in practice).
-Signature outcomes are cached, keyed by both certificates' whole DER.
+Signature outcomes are cached, keyed by the SHA-256 of both certificates' whole DER.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ _CHAIN_HASHES = (hashes.SHA1, hashes.SHA224, hashes.SHA256, hashes.SHA384, hashe
 
 
 class _SignatureResults:
-    """The outcome of recent signature checks, keyed by both certificates' whole DER.
+    """The outcome of recent signature checks, keyed by both certificates' DER digests.
 
     Chains share their upper links (intermediate by root, the root by itself) and nodes
-    re-attest with the same EK certificate, so most checks repeat; the key holds every
-    signed byte, so a certificate that differs in any byte is checked afresh.
+    re-attest with the same EK certificate, so most checks repeat; the key covers every
+    signed byte, so a certificate that differs in any byte is checked afresh. Digests,
+    not the DER itself: a full cache of 1.2 KiB EK certificates would otherwise hold
+    ~6 MiB of certificate bytes.
     """
 
     def __init__(self, size: int) -> None:
@@ -57,7 +59,7 @@ _signature_results = _SignatureResults(size=4096)
 
 def _signed_by(child: Certificate, parent: Certificate) -> bool:
     """Whether `parent`'s key made `child`'s signature over its original TBS bytes."""
-    key = (child.der, parent.der)
+    key = (child.der_digest, parent.der_digest)
     result = _signature_results.get(key)
     if result is None:
         result = _verify_signature(child, parent)
