@@ -218,9 +218,16 @@ class ServerConfig:
         return self.ek_ca.value if self.ek_ca is not None else []
 
     @property
-    def fetches_certificates(self) -> bool:
-        """Whether a payload check may wait on the network (AIA or EK certificate download)."""
-        return self.ek_aia_fetch is not None or self.ek_cert_download is not None
+    def payload_check_waits(self) -> bool:
+        """Whether a payload check may wait on I/O: a certificate fetched over the network
+        (AIA, EK certificate download) or an allowlist or deny-list entry read from storage."""
+        fetches = self.ek_aia_fetch is not None or self.ek_cert_download is not None
+        return fetches or any(source.lookup_reads_storage for source in self.sources())
+
+    @property
+    def answer_check_waits(self) -> bool:
+        """Whether checking the answer may wait on storage (the deny lists, consulted again)."""
+        return any(source.lookup_reads_storage for source in self.denylist)
 
     def sources(self) -> list[AllowlistSource]:
         """Every allowlist and deny-list source, in the order they are consulted."""

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc.aio
 
@@ -33,6 +33,9 @@ from spire_tpm_attestor.runtime.status import (
 
 if TYPE_CHECKING:
     from server_plugin.config import ServerConfig
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SERVICE_NAME = "spire.plugin.server.nodeattestor.v1.NodeAttestor"
 audit = logging.getLogger("spire_tpm_attestor.audit")
@@ -190,6 +193,15 @@ class PendingSlot:
             count.leave()
 
 
+async def run_step(waits: bool, step: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`step`, on a worker thread when it may wait on I/O (a certificate service, a
+    directory on a stalled NFS mount), so that it stalls no other stream; on the loop
+    otherwise, where CPU work is cheapest."""
+    if waits:
+        return await asyncio.to_thread(step, *args, **kwargs)
+    return step(*args, **kwargs)
+
+
 class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
     def __init__(self, holder: ConfigHolder[ServerConfig]) -> None:
         self._holder = holder
@@ -235,13 +247,9 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
         try:
             payload = await reader.next("payload", config.challenge_timeout, "payload_timeout")
             decoded = attestation.decode_payload(payload)
-            if config.fetches_certificates:
-                # AIA fetches and EK certificate downloads wait on the network: off the
-                # event loop, so one slow manufacturer service cannot stall other streams.
-                evidence = await asyncio.to_thread(attestation.check_payload, config, decoded)
-            else:
-                # CPU work only (HTTP allowlists are looked up in memory): on the loop.
-                evidence = attestation.check_payload(config, decoded)
+            evidence = await run_step(
+                config.payload_check_waits, attestation.check_payload, config, decoded
+            )
             line.ek_hash = evidence.pub_hash
             challenge, pending = attestation.issue_challenge(config, evidence)
             await send(server_pb2.AttestResponse(challenge=challenge))
@@ -251,7 +259,10 @@ class ServerNodeAttestor(server_pb2_grpc.NodeAttestorServicer):
             slot.release()  # what is left is bounded work
             answer = attestation.decode_response(answer_data)
             # The deny list as it is now, not as it was when the challenge went out.
-            attested = attestation.verify_response(self._holder.get(), pending, answer)
+            current = self._holder.get()
+            attested = await run_step(
+                current.answer_check_waits, attestation.verify_response, current, pending, answer
+            )
             attributes = attestation.agent_attributes(config, attested)
             line.admitted(attributes, attested.evidence.ek_certificate_ignored)
             await send(server_pb2.AttestResponse(agent_attributes=attributes))

@@ -63,6 +63,9 @@ class AllowlistSource(ABC):
     `start`/`close` when they watch or refresh anything."""
 
     name: str  # as configured: `hash_path`, `allowlist "racks"`, `denylist "revoked"`
+    # Whether a lookup reads storage (and may wait on it, as on a stalled NFS mount):
+    # such lookups run off the server's event loop.
+    lookup_reads_storage = False
 
     def lookup(self, pub_hash: str) -> AllowlistEntry | None:
         """The entry for this EK hash, None when absent; AllowlistError when unsure."""

@@ -38,9 +38,11 @@ def read_entry_file(path: str, pub_hash: str, source: str) -> AllowlistEntry | N
 
 class DirectorySource(AllowlistSource):
     """An allowlist kept as one file per EK hash under `path`; nothing is cached, so
-    every lookup sees the directory as it is now (NFS, ConfigMaps, git checkouts)."""
+    every lookup sees the directory as it is now (NFS, ConfigMaps, git checkouts). A
+    lookup may wait on storage: the server makes it off its event loop."""
 
     kind = ""
+    lookup_reads_storage = True
 
     def __init__(self, path: str, name: str) -> None:
         self.path = path

@@ -135,9 +135,9 @@ class AgentConversation:
 class ServerConversation:
     """The server side of a hand-driven attestation: the test plays spire-server."""
 
-    def __init__(self, server: PluginProcess) -> None:
+    def __init__(self, server: PluginProcess, timeout: float = 60) -> None:
         self._requests: RequestQueue[server_pb2.AttestRequest] = RequestQueue()
-        self._stream = server.server_stub().Attest(iter(self._requests), timeout=60)
+        self._stream = server.server_stub().Attest(iter(self._requests), timeout=timeout)
 
     def send(self, request: server_pb2.AttestRequest) -> server_pb2.AttestResponse:
         self._requests.put(request)

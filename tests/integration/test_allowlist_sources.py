@@ -7,7 +7,10 @@ deny lists beating every allow, and outages failing closed after max_staleness.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +29,8 @@ from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.http_servers import DocumentServer, Nginx, TLSFiles, document, publish
 from tests.integration.plugins import (
+    AgentConversation,
+    ServerConversation,
     audit_line_after,
     audit_lines,
     expect_rejection,
@@ -33,6 +38,7 @@ from tests.integration.plugins import (
     hcl_block,
     log_entries,
     provisioned_hash,
+    rpc_error,
     wait_for_log,
 )
 
@@ -113,6 +119,101 @@ def test_sources_are_consulted_in_order_hash_path_first(
     assert relay_attestation(agent, server).spiffe_id.endswith("/from-racks")
     write_entry(flat / pub_hash, '{"name": "from-hash-path"}')
     assert relay_attestation(agent, server).spiffe_id.endswith("/from-hash-path")
+
+
+class StalledEntry:
+    """An entry file that is a FIFO: a lookup that opens it waits, as a read from a
+    stalled NFS server does, until the test releases it (as an empty entry)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path)
+        self._path = path
+        self._writer: int | None = None
+
+    def wait_for_reader(self) -> None:
+        """Returns once the server has opened the entry (its read now waits for data)."""
+        deadline = time.monotonic() + 20
+        while self._writer is None:
+            try:  # without a reader, a non-blocking open for writing fails (ENXIO)
+                self._writer = os.open(self._path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as error:
+                assert error.errno == errno.ENXIO, error
+                assert time.monotonic() < deadline, "the server never read the entry"
+                time.sleep(0.01)
+
+    def release(self) -> None:
+        """The read ends on an empty entry: the EK is listed."""
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+
+
+@pytest.mark.parametrize(
+    "stalled", ["allowlist entry, for the payload", "deny entry, for the answer"]
+)
+def test_a_stalled_directory_read_stalls_no_other_stream(
+    agent: PluginProcess, server: PluginProcess, pub_hash: str, tmp_path: Path, stalled: str
+) -> None:
+    """Directory entries are read off the server's event loop: while one stream's read
+    waits, another stream is answered, and then the first completes. (Were the entry read
+    on the loop, no other stream would be answered until the read returned.)"""
+    listed, revoked = tmp_path / "listed", tmp_path / "revoked"
+    listed.mkdir()
+    revoked.mkdir()
+    server.configure(
+        "\n".join(
+            [
+                hcl(ek_policy="allowlist"),
+                hcl_block("allowlist", "racks", type="bucketed_directory", path=str(listed)),
+                hcl_block("denylist", "revoked", type="directory", path=str(revoked)),
+            ]
+        )
+    )
+    node, spire = AgentConversation(agent), ServerConversation(server)
+    payload = node.payload()
+    blocked: Callable[[], object]
+    if stalled.startswith("allowlist"):
+        stall = StalledEntry(bucketed(listed, pub_hash))
+        blocked = lambda: spire.send_payload(payload)  # noqa: E731
+    else:
+        write_entry(bucketed(listed, pub_hash))
+        answer = node.answer(spire.send_payload(payload).challenge)
+        stall = StalledEntry(revoked / pub_hash)  # deny-listed while the agent answered
+        blocked = lambda: spire.send_answer(answer)  # noqa: E731
+    outcome: list[object] = []
+
+    def wait_for_blocked() -> None:
+        try:
+            outcome.append(blocked())
+        except grpc.RpcError as error:
+            outcome.append(error)
+
+    waiting = threading.Thread(target=wait_for_blocked, daemon=True)
+    waiting.start()
+    try:
+        stall.wait_for_reader()
+        other = ServerConversation(server, timeout=10)
+        try:
+            error = rpc_error(lambda: other.send_payload(b"not a payload"))
+        finally:
+            other.close()
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    finally:
+        stall.release()
+        waiting.join(timeout=30)
+    try:
+        if stalled.startswith("allowlist"):
+            challenge = outcome[0].challenge  # type: ignore[attr-defined]
+            attributes = spire.send_answer(node.answer(challenge)).agent_attributes
+            assert attributes.spiffe_id.endswith(f"/tpm/{pub_hash}")
+        else:
+            assert isinstance(outcome[0], grpc.RpcError)
+            assert outcome[0].code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "on the deny list" in str(outcome[0].details())
+    finally:
+        node.close()
+        spire.close()
 
 
 # --- deny lists -----------------------------------------------------------------------
