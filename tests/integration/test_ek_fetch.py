@@ -8,6 +8,7 @@ import base64
 import json
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -68,6 +69,63 @@ def der(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(Encoding.DER)
 
 
+@dataclass(frozen=True)
+class Fetching:
+    """What every test here starts from: the plugins, the EK CA, the test's HTTPS
+    certificate service (`web`, whose CA is in `tls`), and the test's directory."""
+
+    agent: PluginProcess
+    server: PluginProcess
+    ek_ca: TestCA
+    tls: TLSFiles
+    web: DocumentServer
+    directory: Path
+
+    @property
+    def download_cache(self) -> Path:
+        return self.directory / "ek-certs"
+
+    def configure_aia(self, **options: object) -> None:
+        """The root alone in ek_ca_path, and ek_aia_fetch from 127.0.0.1."""
+        self.server.configure(
+            hcl(ek_ca_path=str(self.ek_ca.root_path))
+            + "\n"
+            + aia_options(self.tls, self.directory / "aia", **options)
+        )
+
+    def configure_download(
+        self,
+        manufacturer: str = "intel",
+        server_options: dict[str, object] | None = None,
+        **options: object,
+    ) -> None:
+        """The whole EK CA in ek_ca_path, and ek_cert_download from 127.0.0.1."""
+        self.server.configure(
+            hcl(ek_ca_path=str(self.ek_ca.bundle_path), **(server_options or {}))
+            + "\n"
+            + download_options(self.web, self.tls, self.download_cache, manufacturer, **options)
+        )
+
+    def attest(self) -> str:
+        """The SPIFFE ID of an admitted attestation."""
+        return relay_attestation(self.agent, self.server).spiffe_id
+
+    def expect_rejection(self, code: grpc.StatusCode, words: str) -> dict[str, str]:
+        return expect_rejection(self.agent, self.server, code, words)
+
+
+@pytest.fixture
+def fetching(
+    agent: PluginProcess,
+    server: PluginProcess,
+    ek_ca: TestCA,
+    tls: TLSFiles,
+    web: DocumentServer,
+    tmp_path: Path,
+) -> Fetching:
+    return Fetching(agent, server, ek_ca, tls, web, tmp_path)
+
+
 # -- ek_aia_fetch ---------------------------------------------------------------------
 
 
@@ -82,120 +140,87 @@ def aia_options(tls: TLSFiles, cache: Path, **options: object) -> str:
     return block("ek_aia_fetch", hcl(**settings))
 
 
-def aia_node(
-    agent: PluginProcess, swtpm: SWTPM, issuer: TestCA, url: str, web: DocumentServer, body: bytes
-) -> str:
-    """Puts in NV an EK certificate by `issuer` whose caIssuers URL is `url`, has `web`
-    serve `body` and the agent use the TPM. Returns the EK hash."""
+def aia_node(fetching: Fetching, swtpm: SWTPM, issuer: TestCA, url: str, body: bytes) -> str:
+    """Puts in NV an EK certificate by `issuer` whose caIssuers URL is `url`, has the web
+    server serve `body` and the agent use the TPM. Returns the EK hash."""
     key = ek_public_key(swtpm.tcti)
     certificate = issuer.issue_ek_certificate(key, ca_issuers_url=url)
     write_ek_certificate_nv(swtpm.tcti, RSA_CERT_INDEX, der(certificate))
-    web.body = body
-    agent.configure(hcl(tcti=swtpm.tcti))
+    fetching.web.body = body
+    fetching.agent.configure(hcl(tcti=swtpm.tcti))
     return ek_hash(key)
 
 
-def configure_aia_server(
-    server: PluginProcess, ek_ca: TestCA, tls: TLSFiles, cache: Path, **options: object
-) -> None:
-    """The root alone in ek_ca_path, and ek_aia_fetch from 127.0.0.1."""
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.root_path)) + "\n" + aia_options(tls, cache, **options)
-    )
-
-
 @pytest.fixture
-def genuine_aia_node(
-    agent: PluginProcess, bare_swtpm: SWTPM, ek_ca: TestCA, web: DocumentServer
-) -> str:
+def genuine_aia_node(fetching: Fetching, bare_swtpm: SWTPM) -> str:
     """An EK certificate in NV whose issuer is published at the web server (by AIA) only.
     Returns its EK hash."""
-    url = f"{origin(web)}/ek-ca.cer"
-    return aia_node(agent, bare_swtpm, ek_ca, url, web, der(ek_ca.intermediate_certificate))
+    url = f"{origin(fetching.web)}/ek-ca.cer"
+    intermediate = der(fetching.ek_ca.intermediate_certificate)
+    return aia_node(fetching, bare_swtpm, fetching.ek_ca, url, intermediate)
 
 
-def test_aia_completes_the_chain_and_is_cached(
-    server: PluginProcess,
-    agent: PluginProcess,
-    genuine_aia_node: str,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
-) -> None:
+def test_aia_completes_the_chain_and_is_cached(fetching: Fetching, genuine_aia_node: str) -> None:
     # Without the option the root alone does not verify the EK certificate.
-    server.configure(hcl(ek_ca_path=str(ek_ca.root_path)))
-    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "does not chain")
-    assert web.paths == []
+    fetching.server.configure(hcl(ek_ca_path=str(fetching.ek_ca.root_path)))
+    fetching.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, "does not chain")
+    assert fetching.web.paths == []
 
-    configure_aia_server(server, ek_ca, tls, tmp_path / "aia")
-    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{genuine_aia_node}")
-    assert web.paths == ["/ek-ca.cer"]
+    fetching.configure_aia()
+    assert fetching.attest().endswith(f"/tpm/{genuine_aia_node}")
+    assert fetching.web.paths == ["/ek-ca.cer"]
     # Cached on disk by URL: the next attestation, even with the service gone, needs no fetch.
-    web.stop()
-    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{genuine_aia_node}")
-    assert web.paths == ["/ek-ca.cer"]
+    fetching.web.stop()
+    assert fetching.attest().endswith(f"/tpm/{genuine_aia_node}")
+    assert fetching.web.paths == ["/ek-ca.cer"]
 
 
 @pytest.mark.parametrize("form", ["pem", "pkcs7-der", "pkcs7-pem"])
-def test_aia_answer_forms(
-    server: PluginProcess,
-    agent: PluginProcess,
-    genuine_aia_node: str,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
-    form: str,
-) -> None:
-    intermediate = ek_ca.intermediate_certificate
-    web.body = {
+def test_aia_answer_forms(fetching: Fetching, genuine_aia_node: str, form: str) -> None:
+    intermediate = fetching.ek_ca.intermediate_certificate
+    fetching.web.body = {
         "pem": intermediate.public_bytes(Encoding.PEM),
         "pkcs7-der": pkcs7.serialize_certificates([intermediate], Encoding.DER),
         "pkcs7-pem": pkcs7.serialize_certificates([intermediate], Encoding.PEM),
     }[form]
-    configure_aia_server(server, ek_ca, tls, tmp_path / "aia")
-    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{genuine_aia_node}")
+    fetching.configure_aia()
+    assert fetching.attest().endswith(f"/tpm/{genuine_aia_node}")
 
 
-def test_aia_certificates_are_never_anchors(
-    server: PluginProcess,
-    agent: PluginProcess,
-    bare_swtpm: SWTPM,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
-) -> None:
+def test_aia_certificates_are_never_anchors(fetching: Fetching, bare_swtpm: SWTPM) -> None:
     # A forger's EK certificate whose AIA serves the forger's intermediate and root.
-    rogue = TestCA.create(tmp_path / "rogue", name="Rogue TPM")
+    rogue = TestCA.create(fetching.directory / "rogue", name="Rogue TPM")
     chain = [rogue.intermediate_certificate, rogue.root_certificate]
-    url = f"{origin(web)}/rogue.p7c"
-    aia_node(agent, bare_swtpm, rogue, url, web, pkcs7.serialize_certificates(chain, Encoding.DER))
-    configure_aia_server(server, ek_ca, tls, tmp_path / "aia")
-    audit = expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "does not chain")
+    url = f"{origin(fetching.web)}/rogue.p7c"
+    aia_node(fetching, bare_swtpm, rogue, url, pkcs7.serialize_certificates(chain, Encoding.DER))
+    fetching.configure_aia()
+    audit = fetching.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, "does not chain")
     assert audit["check"] == "ek_cert_chain"
-    assert web.paths == ["/rogue.p7c"]
+    assert fetching.web.paths == ["/rogue.p7c"]
 
 
-def test_aia_host_not_allowed_is_never_contacted(
-    server: PluginProcess,
-    agent: PluginProcess,
-    bare_swtpm: SWTPM,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
-) -> None:
+def test_aia_host_not_allowed_is_never_contacted(fetching: Fetching, bare_swtpm: SWTPM) -> None:
     # "localhost" reaches the same server, but only 127.0.0.1 is allowed.
-    url = f"{origin(web, 'localhost')}/ek-ca.cer"
-    aia_node(agent, bare_swtpm, ek_ca, url, web, der(ek_ca.intermediate_certificate))
-    configure_aia_server(server, ek_ca, tls, tmp_path / "aia")
-    audit = expect_rejection(
-        agent, server, grpc.StatusCode.PERMISSION_DENIED, "not on a host in ek_aia_fetch"
+    url = f"{origin(fetching.web, 'localhost')}/ek-ca.cer"
+    aia_node(
+        fetching, bare_swtpm, fetching.ek_ca, url, der(fetching.ek_ca.intermediate_certificate)
+    )
+    fetching.configure_aia()
+    audit = fetching.expect_rejection(
+        grpc.StatusCode.PERMISSION_DENIED, "not on a host in ek_aia_fetch"
     )
     assert audit["check"] == "ek_aia_fetch"
-    assert web.paths == []
+    assert fetching.web.paths == []
+
+
+def make_trouble(web: DocumentServer, trouble: str) -> None:
+    """The certificate service down, slow (2 s), or answering 503."""
+    if trouble == "down":
+        web.stop()
+    elif trouble == "slow":
+        web.delay = 2
+    elif trouble == "server error":
+        web.status = 503
 
 
 @pytest.mark.parametrize(
@@ -208,54 +233,37 @@ def test_aia_host_not_allowed_is_never_contacted(
     ],
 )
 def test_aia_service_trouble_is_unavailable(
-    server: PluginProcess,
-    agent: PluginProcess,
+    fetching: Fetching,
     genuine_aia_node: str,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
     trouble: str,
     options: dict[str, object],
     words: str,
 ) -> None:
-    if trouble == "down":
-        web.stop()
-    elif trouble == "slow":
-        web.delay = 2
-    elif trouble == "server error":
-        web.status = 503
-    configure_aia_server(server, ek_ca, tls, tmp_path / "aia", **options)
-    audit = expect_rejection(agent, server, grpc.StatusCode.UNAVAILABLE, words)
+    make_trouble(fetching.web, trouble)
+    fetching.configure_aia(**options)
+    audit = fetching.expect_rejection(grpc.StatusCode.UNAVAILABLE, words)
     assert (audit["check"], audit["ek_hash"]) == ("ek_aia_fetch", genuine_aia_node)
 
 
 def test_a_slow_certificate_service_stalls_no_other_stream(
-    server: PluginProcess,
-    agent: PluginProcess,
-    genuine_aia_node: str,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
+    fetching: Fetching, genuine_aia_node: str
 ) -> None:
     """The fetch waits off the server's event loop: while one stream waits on a service
     that has not answered, another stream is served, and then the first completes. (Were
     the loop blocked, the other stream would be answered only once the fetch had timed
     out, and the first attestation would fail.)"""
+    web = fetching.web
     web.hold = threading.Event()
-    configure_aia_server(server, ek_ca, tls, tmp_path / "aia", timeout="10s")
+    fetching.configure_aia(timeout="10s")
     results: list[str] = []
-    slow = threading.Thread(
-        target=lambda: results.append(relay_attestation(agent, server).spiffe_id), daemon=True
-    )
+    slow = threading.Thread(target=lambda: results.append(fetching.attest()), daemon=True)
     slow.start()
     deadline = time.monotonic() + 20
     while not web.paths and time.monotonic() < deadline:
         time.sleep(0.01)
     assert web.paths == ["/ek-ca.cer"], "the slow attestation never reached the service"
 
-    other = ServerConversation(server)
+    other = ServerConversation(fetching.server)
     try:
         error = rpc_error(lambda: other.send_payload(b"not a payload"))
     finally:
@@ -290,36 +298,25 @@ def intel_answer(certificate: x509.Certificate) -> bytes:
 
 
 @pytest.fixture
-def download_node(agent: PluginProcess, bare_swtpm: SWTPM) -> EKKey:
+def download_node(fetching: Fetching, bare_swtpm: SWTPM) -> EKKey:
     """A TPM with no EK certificate in NV (as Intel PTT and AMD fTPM ship): its EK key."""
-    agent.configure(hcl(tcti=bare_swtpm.tcti))
+    fetching.agent.configure(hcl(tcti=bare_swtpm.tcti))
     return ek_public_key(bare_swtpm.tcti)
 
 
 @pytest.mark.parametrize("manufacturer", ["intel", "amd"])
 def test_downloaded_certificate_attests_and_is_cached(
-    server: PluginProcess,
-    agent: PluginProcess,
-    download_node: EKKey,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
-    manufacturer: str,
+    fetching: Fetching, download_node: EKKey, manufacturer: str
 ) -> None:
-    certificate = ek_ca.issue_ek_certificate(download_node)
+    web = fetching.web
+    certificate = fetching.ek_ca.issue_ek_certificate(download_node)
     web.body = intel_answer(certificate) if manufacturer == "intel" else der(certificate)
-    server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path)))
-    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "sent no EK certificate")
+    fetching.server.configure(hcl(ek_ca_path=str(fetching.ek_ca.bundle_path)))
+    fetching.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, "sent no EK certificate")
 
-    cache = tmp_path / "ek-certs"
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.bundle_path))
-        + "\n"
-        + download_options(web, tls, cache, manufacturer)
-    )
+    fetching.configure_download(manufacturer)
     pub_hash = ek_hash(download_node)
-    result = relay_attestation(agent, server)
+    result = relay_attestation(fetching.agent, fetching.server)
     assert result.spiffe_id.endswith(f"/tpm/{pub_hash}")
     assert "ek:model:swtpm" in result.selectors  # facts from the downloaded certificate
     expected = (
@@ -328,10 +325,10 @@ def test_downloaded_certificate_attests_and_is_cached(
         else f"/pki/aia/{amd_ek_path(download_node)}"
     )
     assert web.paths == [expected]
-    assert (cache / f"{pub_hash}.der").read_bytes() == der(certificate)
+    assert (fetching.download_cache / f"{pub_hash}.der").read_bytes() == der(certificate)
     # Offline: the cached certificate is used (and verified again).
     web.stop()
-    assert relay_attestation(agent, server).spiffe_id.endswith(f"/tpm/{pub_hash}")
+    assert fetching.attest().endswith(f"/tpm/{pub_hash}")
 
 
 @pytest.mark.parametrize(
@@ -343,32 +340,20 @@ def test_downloaded_certificate_attests_and_is_cached(
     ],
 )
 def test_wrong_downloaded_certificate_is_denied(
-    server: PluginProcess,
-    agent: PluginProcess,
-    download_node: EKKey,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
-    wrong: str,
-    words: str,
-    check: str,
+    fetching: Fetching, download_node: EKKey, wrong: str, words: str, check: str
 ) -> None:
     if wrong == "another key":
         other = rsa.generate_private_key(65537, 2048).public_key()
-        web.body = intel_answer(ek_ca.issue_ek_certificate(other))
+        fetching.web.body = intel_answer(fetching.ek_ca.issue_ek_certificate(other))
     elif wrong == "another CA":
-        rogue = TestCA.create(tmp_path / "rogue", name="Rogue TPM")
-        web.body = intel_answer(rogue.issue_ek_certificate(download_node))
+        rogue = TestCA.create(fetching.directory / "rogue", name="Rogue TPM")
+        fetching.web.body = intel_answer(rogue.issue_ek_certificate(download_node))
     else:
-        web.body = b'{"certificate": "bm90IGEgY2VydGlmaWNhdGU"}'
-    cache = tmp_path / "ek-certs"
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.bundle_path)) + "\n" + download_options(web, tls, cache)
-    )
-    audit = expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, words)
+        fetching.web.body = b'{"certificate": "bm90IGEgY2VydGlmaWNhdGU"}'
+    fetching.configure_download()
+    audit = fetching.expect_rejection(grpc.StatusCode.PERMISSION_DENIED, words)
     assert audit["check"] == check
-    assert not (cache / f"{ek_hash(download_node)}.der").exists()
+    assert not (fetching.download_cache / f"{ek_hash(download_node)}.der").exists()
 
 
 @pytest.mark.parametrize(
@@ -380,89 +365,48 @@ def test_wrong_downloaded_certificate_is_denied(
     ],
 )
 def test_download_service_trouble_is_unavailable(
-    server: PluginProcess,
-    agent: PluginProcess,
+    fetching: Fetching,
     download_node: EKKey,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
     trouble: str,
     options: dict[str, object],
     words: str,
 ) -> None:
-    web.body = intel_answer(ek_ca.issue_ek_certificate(download_node))
-    if trouble == "down":
-        web.stop()
-    elif trouble == "slow":
-        web.delay = 2
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.bundle_path))
-        + "\n"
-        + download_options(web, tls, tmp_path / "ek-certs", **options)
-    )
-    audit = expect_rejection(agent, server, grpc.StatusCode.UNAVAILABLE, words)
+    fetching.web.body = intel_answer(fetching.ek_ca.issue_ek_certificate(download_node))
+    make_trouble(fetching.web, trouble)
+    fetching.configure_download(**options)
+    audit = fetching.expect_rejection(grpc.StatusCode.UNAVAILABLE, words)
     assert audit["check"] == "ek_cert_download"
 
 
 def test_not_published_is_remembered_for_negative_cache(
-    server: PluginProcess,
-    agent: PluginProcess,
-    download_node: EKKey,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
+    fetching: Fetching, download_node: EKKey
 ) -> None:
-    web.status = 404
-    cache = tmp_path / "ek-certs"
-
-    def configure(negative_cache: str) -> None:
-        options = download_options(web, tls, cache, negative_cache=negative_cache)
-        server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path)) + "\n" + options)
-
-    configure("1h")
+    fetching.web.status = 404
+    fetching.configure_download(negative_cache="1h")
     for _ in range(2):
-        expect_rejection(
-            agent, server, grpc.StatusCode.PERMISSION_DENIED, "its manufacturer publishes none"
+        fetching.expect_rejection(
+            grpc.StatusCode.PERMISSION_DENIED, "its manufacturer publishes none"
         )
-    assert len(web.paths) == 1  # the second attestation believed the first "not found"
-    configure("0s")
+    assert len(fetching.web.paths) == 1  # the second attestation believed the first "not found"
+    fetching.configure_download(negative_cache="0s")
     for _ in range(2):
-        expect_rejection(
-            agent, server, grpc.StatusCode.PERMISSION_DENIED, "its manufacturer publishes none"
+        fetching.expect_rejection(
+            grpc.StatusCode.PERMISSION_DENIED, "its manufacturer publishes none"
         )
-    assert len(web.paths) == 3
+    assert len(fetching.web.paths) == 3
 
 
-def test_allowlisted_ek_needs_no_download(
-    server: PluginProcess,
-    agent: PluginProcess,
-    download_node: EKKey,
-    ek_ca: TestCA,
-    tls: TLSFiles,
-    web: DocumentServer,
-    tmp_path: Path,
-) -> None:
-    hashes = tmp_path / "hashes"
+def test_allowlisted_ek_needs_no_download(fetching: Fetching, download_node: EKKey) -> None:
+    hashes = fetching.directory / "hashes"
     hashes.mkdir()
     (hashes / ek_hash(download_node)).write_text("")
-    server.configure(
-        hcl(ek_ca_path=str(ek_ca.bundle_path), hash_path=str(hashes))
-        + "\n"
-        + download_options(web, tls, tmp_path / "ek-certs")
-    )
-    relay_attestation(agent, server)
-    assert web.paths == []
+    fetching.configure_download(server_options={"hash_path": str(hashes)})
+    fetching.attest()
+    assert fetching.web.paths == []
 
 
-def test_download_host_not_allowed_is_refused_at_configure(
-    server: PluginProcess, ek_ca: TestCA, tls: TLSFiles, web: DocumentServer, tmp_path: Path
-) -> None:
-    options = download_options(web, tls, tmp_path / "ek-certs", allowed_hosts=["ekop.intel.com"])
-    error = rpc_error(
-        lambda: server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path)) + "\n" + options)
-    )
+def test_download_host_not_allowed_is_refused_at_configure(fetching: Fetching) -> None:
+    error = rpc_error(lambda: fetching.configure_download(allowed_hosts=["ekop.intel.com"]))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not an http(s) URL on a host in allowed_hosts" in str(error.details())
-    assert web.paths == []
+    assert fetching.web.paths == []
