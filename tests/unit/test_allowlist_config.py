@@ -12,6 +12,7 @@ from server_plugin.allowlist.file import DocumentFile
 from server_plugin.allowlist.http import HTTPAllowlist
 from server_plugin.config import ServerConfig, build_server_config
 from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
+from spire_tpm_attestor.testing.ca import TestCA
 from tests.integration.plugins import hcl, hcl_block
 
 CORE = CoreConfig("example.org")
@@ -128,8 +129,9 @@ def test_a_deny_list_alone_trusts_nothing(dirs: dict[str, str]) -> None:
         ),
     ],
 )
-def test_block_problems_are_named(block: dict[str, object], expected: str) -> None:
-    problems = problems_of(hcl(ek_ca_path="/") + "\n" + hcl_block("allowlist", "x", **block))
+def test_block_problems_are_named(block: dict[str, object], expected: str, ek_ca: TestCA) -> None:
+    ca_path = hcl(ek_ca_path=str(ek_ca.bundle_path))
+    problems = problems_of(ca_path + "\n" + hcl_block("allowlist", "x", **block))
     assert any(expected in problem for problem in problems), problems
 
 
@@ -139,11 +141,16 @@ def test_unlabeled_block_is_a_problem(dirs: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("kind", ["allowlist", "denylist"])
-def test_plain_http_needs_insecure_http(kind: str) -> None:
+def test_plain_http_needs_insecure_http(kind: str, ek_ca: TestCA, tmp_path: Path) -> None:
     block = {"type": "http", "url": "http://127.0.0.1:9/a.json"}
-    problems = problems_of(hcl(ek_ca_path="/") + "\n" + hcl_block(kind, "x", **block))
-    assert any(f"{kind}.x.url: is plain http://" in p for p in problems), problems
-    config = build(hcl_block(kind, "x", **block, insecure_http=True) + "\n" + hcl(hash_path="/"))
+    ca_path = hcl(ek_ca_path=str(ek_ca.bundle_path))
+    problems = problems_of(ca_path + "\n" + hcl_block(kind, "x", **block))
+    # The only problem: the rest of the configuration is sound.
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{kind}.x.url: is plain http://"), problems
+    config = build(
+        hcl_block(kind, "x", **block, insecure_http=True) + "\n" + hcl(hash_path=str(tmp_path))
+    )
     try:
         assert any(isinstance(s, HTTPAllowlist) for s in [*config.allowlist, *config.denylist])
     finally:
