@@ -4,12 +4,14 @@
 AK, DevID), answer the server's one challenge (activate the credential; quote the PCRs
 it asks for; certify the DevID key with the AK and sign both nonces with it; add the
 firmware event log if asked), done.
-The TPM is opened per attestation and every object is flushed when the stream ends.
+The TPM is opened per attestation, by one attestation at a time, and every object is
+flushed when the stream ends.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -32,6 +34,13 @@ from spire_tpm_attestor.runtime.status import Internal, InvalidArgument, Unavail
 
 SERVICE_NAME = "spire.plugin.agent.nodeattestor.v1.NodeAttestor"
 log = logging.getLogger("agent_plugin")
+
+# One attestation uses the TPM at a time. A TPM without a resource manager (swtpm,
+# /dev/tpm0) has about three object slots, and a stream SPIRE cancelled flushes its
+# objects only once its thread sees the cancel (~0.1 s later): the next attestation waits
+# for that instead of failing with "out of memory for object contexts".
+TPM_TURN = threading.Lock()
+TPM_TURN_TIMEOUT = 30.0
 
 
 def build_payload(tpm: TPMSession, config: AgentConfig) -> attestation_pb2.Payload:
@@ -117,6 +126,12 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
         self, challenges: Iterator[agent_pb2.Challenge]
     ) -> Iterator[agent_pb2.PayloadOrChallengeResponse]:
         config = self._holder.get()
+        if not TPM_TURN.acquire(blocking=False):
+            log.debug("waiting for another attestation to release the TPM")
+            if not TPM_TURN.acquire(timeout=TPM_TURN_TIMEOUT):
+                raise Unavailable(
+                    f"the TPM is still in use by another attestation after {TPM_TURN_TIMEOUT:g}s"
+                )
         try:
             with step("open"):
                 session = TPMSession.open(
@@ -133,6 +148,8 @@ class AgentNodeAttestor(agent_pb2_grpc.NodeAttestorServicer):
             raise Unavailable(f"TPM: {exc}") from None
         except TPMAccessError as exc:
             raise Internal(f"TPM: {exc}") from None
+        finally:
+            TPM_TURN.release()
         # Yield only after the session is closed: gRPC may not resume this generator
         # for a while, and a TPM without a resource manager has few object slots.
         yield agent_pb2.PayloadOrChallengeResponse(challenge_response=wire.encode(response))

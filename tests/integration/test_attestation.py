@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import grpc
@@ -15,6 +16,8 @@ from spire_tpm_attestor import wire
 from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.pb import attestation_pb2
 from spire_tpm_attestor.runtime.host import (
+    AttestationFailed,
+    AttestationResult,
     PluginProcess,
     relay_attestation,
 )
@@ -28,8 +31,10 @@ from tests.integration.plugins import (
     audit_lines,
     expect_rejection,
     hcl,
+    log_entries,
     provisioned_hash,
     rpc_error,
+    wait_for_log,
 )
 from tests.integration.tpm_state import leftover_handles
 
@@ -346,6 +351,43 @@ def test_unreadable_allowlist_entry_rejects_rather_than_admits(
     server.configure(hcl(hash_path=str(hashes)))
     audit = expect_rejection(agent, server, grpc.StatusCode.UNAVAILABLE, "allowlist lookup failed")
     assert audit["check"] == "allowlist_lookup"
+
+
+def test_an_attestation_waits_for_a_cancelled_one_to_release_the_tpm(
+    agent: PluginProcess, server: PluginProcess, swtpm: SWTPM, ek_ca: TestCA
+) -> None:
+    """swtpm, like /dev/tpm0, has about three object slots, and a stream SPIRE cancelled
+    holds its EK and AK until its thread sees the cancel: the next attestation waits for
+    them to be flushed rather than failing with "out of memory for object contexts"."""
+    agent.configure(hcl(tcti=swtpm.tcti, log_level="DEBUG"))
+    server.configure(hcl(ek_ca_path=str(ek_ca.bundle_path)))
+    seen = len(log_entries(agent))
+    cancelled = AgentConversation(agent)
+    outcome: list[object] = []
+
+    def attest() -> None:
+        try:
+            outcome.append(relay_attestation(agent, server))
+        except AttestationFailed as failure:
+            outcome.append(failure)
+
+    following = threading.Thread(target=attest, daemon=True)
+    try:
+        cancelled.payload()  # its EK and AK stay loaded until the stream ends
+        following.start()
+        wait_for_log(  # (on the old code the next attestation failed at once instead)
+            agent,
+            lambda e: (
+                e["@message"] == "waiting for another attestation to release the TPM"
+                or bool(outcome)
+            ),
+            after=seen,
+        )
+    finally:
+        cancelled.cancel()
+    following.join(timeout=60)
+    assert len(outcome) == 1 and isinstance(outcome[0], AttestationResult), outcome
+    assert leftover_handles(swtpm.tcti) == []
 
 
 def test_agent_leaves_no_tpm_objects_once_it_has_answered(
