@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
+import os
 from pathlib import Path
 
 import grpc
 import pytest
 
 from spire_tpm_attestor.pb import attestation_pb2
-from spire_tpm_attestor.runtime.host import AttestationFailed, PluginProcess, relay_attestation
+from spire_tpm_attestor.runtime.host import PluginProcess, relay_attestation
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM
 from tests.integration.platform_setup import (
@@ -21,12 +20,7 @@ from tests.integration.platform_setup import (
     intercept,
     read_pcrs,
 )
-from tests.integration.plugins import (
-    audit_line_after,
-    audit_lines,
-    expect_rejection,
-    hcl,
-)
+from tests.integration.plugins import expect_rejection, hcl, log_entries, wait_for_log
 
 pytestmark = pytest.mark.swtpm
 
@@ -107,20 +101,17 @@ def test_policy_mismatch_names_the_pcr_and_the_value_seen(
     assert audit["check"] == "pcr_policy"
 
 
-def _attest_until(
-    agent: PluginProcess, server: PluginProcess, admitted: bool, timeout: float = 10
-) -> None:
-    """Attest until the decision is `admitted` (the policy file reloads asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = len(audit_lines(server))
-        with contextlib.suppress(AttestationFailed):  # a rejection is one outcome polled for
-            relay_attestation(agent, server)
-        decision = audit_line_after(server, seen)["decision"]
-        if (decision == "admitted") == admitted:
-            return
-        assert time.monotonic() < deadline, f"the policy file change did not apply ({decision})"
-        time.sleep(0.1)
+def replace_policy(server: PluginProcess, path: Path, text: str, outcome: str) -> None:
+    """Replace the policy file as an operator should (a rename, never a half-written
+    file) and wait for the server's log line on it: `reloaded` or `reload failed`."""
+    seen = len(log_entries(server))
+    path.with_suffix(".new").write_text(text)
+    os.replace(path.with_suffix(".new"), path)
+    wait_for_log(
+        server,
+        lambda e: e.get("what") == "pcr_policy_path" and e["@message"].startswith(outcome),
+        after=seen,
+    )
 
 
 def test_policy_file_is_reloaded_when_it_changes(
@@ -134,15 +125,15 @@ def test_policy_file_is_reloaded_when_it_changes(
     assert relay_attestation(agent, server).spiffe_id
 
     # The fleet moves to firmware 2: the operator replaces the allowed value.
-    policy_file.write_text(json.dumps({"sha256": {"7": ["ab" * 32]}}))
-    _attest_until(agent, server, admitted=False)
+    replace_policy(server, policy_file, json.dumps({"sha256": {"7": ["ab" * 32]}}), "reloaded")
+    expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "pcr_policy")
     # A broken edit keeps the last good policy rather than opening (or closing) the door.
-    policy_file.write_text("{ not valid")
-    time.sleep(0.5)
+    replace_policy(server, policy_file, "{ not valid", "reload failed")
     expect_rejection(agent, server, grpc.StatusCode.PERMISSION_DENIED, "pcr_policy")
     # HCL works as well as JSON, with both firmware versions allowed.
-    policy_file.write_text(f'sha256 {{ "7" = ["ab{"ab" * 31}", "{firmware_1}"] }}')
-    _attest_until(agent, server, admitted=True)
+    hcl_policy = f'sha256 {{ "7" = ["ab{"ab" * 31}", "{firmware_1}"] }}'
+    replace_policy(server, policy_file, hcl_policy, "reloaded")
+    assert relay_attestation(agent, server).spiffe_id
 
 
 # -- a man in the middle rewrites the quote --------------------------------------------
