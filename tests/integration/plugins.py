@@ -98,12 +98,16 @@ def expect_rejection(
     assert failure.value.side == "server"
     assert failure.value.code == code, failure.value
     assert words in failure.value.details, failure.value.details
-    # The line of this very decision: an earlier attestation's line may still be on its
-    # way through the stderr reader.
+    return rejection_line(server, failure.value, seen)
+
+
+def rejection_line(server: PluginProcess, failure: AttestationFailed, seen: int) -> dict[str, str]:
+    """The audit line of this very refusal, from the `seen`-th line on: an earlier
+    attestation's line may still be on its way through the stderr reader."""
     deadline = time.monotonic() + 10
     while True:
         for audit in audit_lines(server)[seen:]:
-            if audit["decision"] == "rejected" and audit["reason"] == failure.value.details:
+            if audit["decision"] == "rejected" and audit["reason"] == failure.details:
                 return audit
         assert time.monotonic() < deadline, "the server plugin logged no such rejection"
         time.sleep(0.02)
