@@ -39,13 +39,20 @@ def telemetry(port: int = 0) -> str:
     return f'telemetry {{\nPrometheus {{\nhost = "127.0.0.1"\nport = {port}\n}}\n}}'
 
 
-def configure(plugin: PluginProcess, text: str) -> int:
-    """Configure with `text` and return the port the endpoint serves on (the same
-    address as before keeps its listener, so it logs nothing new)."""
+def configure(plugin: PluginProcess, text: str, port: int = 0) -> int:
+    """Configure with `text` and return the port the endpoint serves on (`port` when
+    not 0), from the last `serving metrics` line once that port is listening: the stderr
+    reader may lag behind the answer, and the same address as before keeps its listener,
+    so it logs nothing new."""
     plugin.configure(text)
-    time.sleep(0.3)  # for the stderr reader: Configure logs before it answers
-    serving = [e for e in log_entries(plugin) if e["@message"] == "serving metrics"]
-    return int(serving[-1]["port"])
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [e for e in log_entries(plugin) if e["@message"] == "serving metrics"]
+        served = int(lines[-1]["port"]) if lines else 0
+        if served and port in (0, served) and listening(served):
+            return served
+        assert time.monotonic() < deadline, "the plugin logged no endpoint serving"
+        time.sleep(0.02)
 
 
 def scrape(port: int) -> Samples:
@@ -249,7 +256,7 @@ def test_the_endpoint_follows_configure_and_never_validate(
     first, second = free_port(), free_port()
     assert server.validate(base + "\n" + telemetry(first)) == []
     assert not listening(first)  # Validate starts nothing
-    assert configure(server, base + "\n" + telemetry(first)) == first
+    assert configure(server, base + "\n" + telemetry(first), first) == first
     server.configure(base + "\n" + telemetry(first))  # the same address: the same listener
     assert scrape(first)
     # A port that is taken: Configure fails and the endpoint in force stays.
@@ -260,7 +267,7 @@ def test_the_endpoint_follows_configure_and_never_validate(
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "telemetry: cannot serve metrics" in (error.details() or "")
     assert scrape(first)
-    assert configure(server, base + "\n" + telemetry(second)) == second
+    assert configure(server, base + "\n" + telemetry(second), second) == second
     assert not listening(first)  # the old listener is closed, not leaked
     assert scrape(second)
     server.configure(base)
