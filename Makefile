@@ -17,7 +17,7 @@ SPIRE_CACHE := $(HOME)/.cache/spire-tpm-attestor/spire
 SPIRE_BIN ?= $(SPIRE_CACHE)/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto docs dist dist-check test test-spire-oldest test-spire-matrix demo bench bench-spire bench-process bench-process-profile soak lint spire clean
+.PHONY: install system-packages proto docs dist dist-check test test-spire-oldest test-spire-matrix demo bench bench-spire bench-process bench-process-h2 bench-process-profile soak lint spire clean
 
 install: $(STAMP)
 
@@ -146,6 +146,14 @@ bench-spire: install
 # Figures go to stdout and bench/process.json. PROCBENCH_ARGS e.g. "--rounds 20".
 bench-process: install
 	$(PY) -m tests.bench.procbench $(if $(BASELINE),--baseline $(BASELINE)) $(PROCBENCH_ARGS)
+
+# The do-nothing plugin on this tree's grpc.aio runtime beside one that speaks gRPC itself
+# on asyncio + h2 without grpcio (a probe, tests/bench/procbench/noop_h2_plugin.py): the
+# floor of each transport side by side: bench/process-h2.json.
+bench-process-h2: install
+	$(PY) -m pip install -q h2
+	$(PY) tests/bench/procbench/noop_h2_plugin.py --price 5000
+	$(PY) -m tests.bench.procbench --h2 $(PROCBENCH_ARGS)
 
 # This tree's server plugin at each log level, metrics off and on, and under hostile
 # scrapers (a flood, silent connections), side by side: bench/observe.json.

@@ -7,6 +7,9 @@ their own checkout, so they share this interpreter and its packages. A Go driver
 (main.go here) loads each like SPIRE's catalog over go-plugin gRPC and runs batches of
 attestations, alternating the two batch by batch; the table gives each one's figures and
 the ratio current/baseline. `--profile` instead samples the current plugin with py-spy.
+`--h2` instead sets the do-nothing plugin on this tree's grpc.aio runtime beside a
+do-nothing plugin that speaks gRPC itself on asyncio + h2 without grpcio
+(noop_h2_plugin.py): the floor of each transport, side by side.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ SERVER_HOST_SERVICES = [
 CONFIGS = ("chain", "allowlist", "noop", "noop-reader", "noop-reader-audit")
 LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 NOOP_FLAGS = {"noop": [], "noop-reader": ["--reader"], "noop-reader-audit": ["--reader", "--audit"]}
+H2_CONFIG = "noop-h2"  # --h2: the two do-nothing plugins, each its own variant
+H2_VARIANTS = {"noop-aio": "noop_plugin.py", "noop-h2": "noop_h2_plugin.py"}
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
@@ -143,20 +148,20 @@ def configs(
             entries = nodes.allowlist_nodes(software, hashes, fillers=1000)
             config = hcl(ek_policy="allowlist", hash_path=str(hashes))
             out.append({"name": name, "hcl": config, "ek_keys": ek_keys, "nodes": entries})
-        elif name in NOOP_FLAGS:
+        elif name in NOOP_FLAGS or name == H2_CONFIG:
             # The same payload bytes as the chain case, a fixed 100-byte answer.
             entries = [{**entry, "ek_key": -1} for entry in nodes.chain_nodes(software[:1], ca, 1)]
-            noop = [sys.executable, str(HERE / "noop_plugin.py"), *NOOP_FLAGS[name]]
-            out.append(
-                {
-                    "name": name,
-                    "hcl": "",
-                    "ek_keys": [],
-                    "nodes": entries,
-                    "answer": base64.b64encode(bytes(100)).decode(),
-                    "argv": {p["name"]: noop for p in plugins},
-                }
-            )
+            config = {
+                "name": name,
+                "hcl": "",
+                "ek_keys": [],
+                "nodes": entries,
+                "answer": base64.b64encode(bytes(100)).decode(),
+            }
+            if name in NOOP_FLAGS:  # every variant runs the do-nothing plugin
+                noop = [sys.executable, str(HERE / "noop_plugin.py"), *NOOP_FLAGS[name]]
+                config["argv"] = {p["name"]: noop for p in plugins}
+            out.append(config)
     return out, chain_hcl
 
 
@@ -211,16 +216,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "scrapers (no baseline, no starts)",
     )
     parser.add_argument(
+        "--h2",
+        action="store_true",
+        help="the do-nothing plugin on grpc.aio beside one on asyncio + h2 without grpcio "
+        "(no baseline, no silent streams; default --out bench/process-h2.json)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the current plugin with py-spy instead (no baseline, no starts)",
     )
     args = parser.parse_args(argv)
-    args.out = args.out or str(
-        ROOT / "bench" / ("observe.json" if args.observe else "process.json")
-    )
+    default_out = "observe.json" if args.observe else "process-h2.json" if args.h2 else "process.json"
+    args.out = args.out or str(ROOT / "bench" / default_out)
     wanted = [name for name in args.configs.split(",") if name]
     unknown = set(wanted) - set(CONFIGS)
+    if args.h2:
+        if args.baseline or args.profile or args.observe:
+            parser.error("--h2 runs the two do-nothing plugins of this tree only")
+        wanted, unknown, args.silent = [H2_CONFIG], set(), 0
+        try:
+            import h2  # noqa: F401 - only the plugin process uses it
+        except ImportError:
+            raise SystemExit("h2 is not installed: pip install h2 (make bench-process-h2)") from None
     if unknown:
         parser.error(f"unknown configuration(s) {', '.join(sorted(unknown))}")
     if shutil.which("go") is None:
@@ -249,7 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         path, sha = check_out(args.baseline, work)
         plugins.append(plugin("baseline", path))
         commits["baseline"] = sha
-    if not args.observe:
+    if args.h2:
+        current = plugin("current", ROOT)
+        plugins = [
+            {**current, "name": name, "argv": [sys.executable, str(HERE / script)]}
+            for name, script in H2_VARIANTS.items()
+        ]
+    elif not args.observe:
         plugins.append(plugin("current", ROOT))
 
     report.progress("building the Go driver")
@@ -268,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup": args.warmup,
         "processes": 1 if args.profile else args.processes,
         "starts": 0 if args.profile else args.starts,
-        "starts_hcl": chain_hcl,
+        "starts_hcl": "" if args.h2 else chain_hcl,
         "log_dir": str(logs),
     }
     if args.silent and not args.profile and "chain" in wanted:
@@ -315,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         report.print_decomposition(results, in_process)
         return 0
-    summary = report.summarize(results, [p["name"] for p in plugins])
+    names = [p["name"] for p in plugins]
+    summary = report.summarize(results, names, (names[0], names[1]) if args.h2 else None)
     report.print_tables(summary, args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ CONFIG_TITLES = {
     "noop": "do-nothing Attest on the project's runtime (tests/bench/procbench/noop_plugin.py)",
     "noop-reader": "do-nothing Attest, reading through server_plugin's RequestReader",
     "noop-reader-audit": "do-nothing Attest, RequestReader and server_plugin's audit line",
+    "noop-h2": "do-nothing Attest: grpc.aio runtime (noop_plugin.py) vs asyncio + h2, no grpcio "
+    "(noop_h2_plugin.py)",
 }
 
 
@@ -40,8 +42,13 @@ def _ratio(current: float, baseline: float) -> float | None:
     return round(current / baseline, 3) if baseline else None
 
 
-def summarize(results: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
-    summary: dict[str, Any] = {"configs": {}, "starts": {}}
+def summarize(
+    results: dict[str, Any], plugins: list[str], pair: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """Figures per plugin; the ratios ("current_over_baseline") are pair[1] over pair[0]
+    (by default current over baseline)."""
+    base_name, cur_name = pair or ("baseline", "current")
+    summary: dict[str, Any] = {"configs": {}, "starts": {}, "ratio_of": f"{cur_name}/{base_name}"}
     for config in results["configs"]:
         by_plugin: dict[str, Any] = {}
         per_round: dict[str, dict[int, float]] = {}
@@ -67,12 +74,12 @@ def summarize(results: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
                 "threads_after_batches": config["threads_after_batches"][name],
             }
         entry: dict[str, Any] = {"plugins": by_plugin}
-        if "baseline" in by_plugin and "current" in by_plugin:
-            base, cur = by_plugin["baseline"], by_plugin["current"]
+        if base_name in by_plugin and cur_name in by_plugin:
+            base, cur = by_plugin[base_name], by_plugin[cur_name]
             paired = [
-                per_round["current"][r] / per_round["baseline"][r]
-                for r in sorted(per_round["baseline"])
-                if r in per_round["current"] and per_round["baseline"][r]
+                per_round[cur_name][r] / per_round[base_name][r]
+                for r in sorted(per_round[base_name])
+                if r in per_round[cur_name] and per_round[base_name][r]
             ]
             entry["current_over_baseline"] = {
                 "cpu": _ratio(cur["cpu_ms_per_attestation"], base["cpu_ms_per_attestation"]),
@@ -125,8 +132,8 @@ def summarize(results: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
                 ),
             }
         summary["silent"][run["plugin"]] = phases
-    if {"baseline", "current"} <= set(summary["starts"]):
-        base, cur = summary["starts"]["baseline"], summary["starts"]["current"]
+    if {base_name, cur_name} <= set(summary["starts"]):
+        base, cur = summary["starts"][base_name], summary["starts"][cur_name]
         summary["starts"]["current_over_baseline"] = {
             key: _ratio(cur[key], base[key]) for key in cur if key != "starts"
         }
@@ -134,11 +141,12 @@ def summarize(results: dict[str, Any], plugins: list[str]) -> dict[str, Any]:
 
 
 def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
+    ratio_of = summary.get("ratio_of", "current/baseline")
     for name, entry in summary["configs"].items():
         plugins = entry["plugins"]
         table = Table(
             f"{name}: {CONFIG_TITLES.get(name, name)}",
-            ("figure", *plugins, *(["current/baseline"] if len(plugins) == 2 else []), "anchor"),
+            ("figure", *plugins, *([ratio_of] if len(plugins) == 2 else []), "anchor"),
         )
         ratio = entry.get("current_over_baseline", {})
 
@@ -185,7 +193,7 @@ def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
         )
         table.note("CPU = utime+stime of the plugin process (/proc/<pid>/stat, 10 ms ticks)")
         if ratio:
-            table.note("per batch min..max under current/baseline: ratios of same-round batches")
+            table.note(f"per batch min..max under {ratio_of}: ratios of same-round batches")
         print()
         print(table.render())
     starts = summary["starts"]
@@ -194,8 +202,9 @@ def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
         ratio = starts.get("current_over_baseline", {})
         table = Table(
             f"plugin start, as SPIRE loads it ({next(iter(plugins.values()))['starts']} starts "
-            "each, interleaved, after one warm-up start each; chain configuration)",
-            ("figure", *plugins, *(["current/baseline"] if ratio else []), "anchor"),
+            "each, interleaved, after one warm-up start each; "
+            f"{'empty' if getattr(args, 'h2', False) else 'chain'} configuration)",
+            ("figure", *plugins, *([ratio_of] if ratio else []), "anchor"),
         )
         for label, key, anchor in (
             ("exec -> handshake line, p50 ms", "handshake_ms_p50", ANCHOR_HANDSHAKE_MS),
