@@ -45,7 +45,11 @@ CONFIGS = ("chain", "allowlist", "noop", "noop-reader", "noop-reader-audit")
 LEVELS = ("DEBUG", "INFO", "WARN", "ERROR")
 NOOP_FLAGS = {"noop": [], "noop-reader": ["--reader"], "noop-reader-audit": ["--reader", "--audit"]}
 H2_CONFIG = "noop-h2"  # --h2: the two do-nothing plugins, each its own variant
-H2_VARIANTS = {"noop-aio": "noop_plugin.py", "noop-h2": "noop_h2_plugin.py"}
+H2_VARIANTS = {
+    "noop-aio": ["noop_plugin.py"],
+    "noop-h2": ["noop_h2_plugin.py"],
+    "noop-h2-early": ["noop_h2_plugin.py", "--early-handshake"],
+}
 
 
 def git(*args: str, cwd: Path = ROOT) -> str:
@@ -227,8 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="sample the current plugin with py-spy instead (no baseline, no starts)",
     )
     args = parser.parse_args(argv)
-    default_out = "observe.json" if args.observe else "process-h2.json" if args.h2 else "process.json"
-    args.out = args.out or str(ROOT / "bench" / default_out)
+    default = "observe.json" if args.observe else "process-h2.json" if args.h2 else "process.json"
+    args.out = args.out or str(ROOT / "bench" / default)
     wanted = [name for name in args.configs.split(",") if name]
     unknown = set(wanted) - set(CONFIGS)
     if args.h2:
@@ -238,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             import h2  # noqa: F401 - only the plugin process uses it
         except ImportError:
-            raise SystemExit("h2 is not installed: pip install h2 (make bench-process-h2)") from None
+            raise SystemExit("h2 is not installed: make bench-process-h2 installs it") from None
     if unknown:
         parser.error(f"unknown configuration(s) {', '.join(sorted(unknown))}")
     if shutil.which("go") is None:
@@ -270,8 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.h2:
         current = plugin("current", ROOT)
         plugins = [
-            {**current, "name": name, "argv": [sys.executable, str(HERE / script)]}
-            for name, script in H2_VARIANTS.items()
+            {**current, "name": name, "argv": [sys.executable, str(HERE / script), *flags]}
+            for name, (script, *flags) in H2_VARIANTS.items()
         ]
     elif not args.observe:
         plugins.append(plugin("current", ROOT))

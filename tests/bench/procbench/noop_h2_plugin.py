@@ -15,27 +15,57 @@ Left out, because the do-nothing flow does not need them: logging, HCL parsing, 
 limits beyond h2's, and every check a product runtime would make. See README, "The
 runtime: grpc.aio, and what is left per attestation".
 
+`--early-handshake` binds the socket and prints the handshake line before importing
+asyncio, h2 and protobuf (host connections wait in the listen backlog meanwhile): how
+much of exec -> handshake is imports a runtime could do after it.
+
 `--price N` instead times N do-nothing attestations through two in-memory h2 connections
 (a client and this server), no sockets: the pure-Python framing per attestation.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
+import socket
 import sys
-from collections.abc import Callable
-from typing import Any
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.exceptions
 
-from spire_tpm_attestor.pb import spire_config_pb2 as config_pb2
-from spire_tpm_attestor.pb import spire_init_pb2 as init_pb2
-from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
+def private_directory() -> str:
+    """A new 0700 directory for the socket, as the runtime makes one."""
+    parent = os.environ.get("TMPDIR") or "/tmp"
+    path = os.path.join(parent, f"spire-tpm-h2-{os.urandom(6).hex()}")
+    os.mkdir(path, 0o700)
+    return path
+
+
+def listen_and_announce() -> tuple[socket.socket, str]:
+    """Bind and listen on the plugin socket, then print go-plugin's handshake line."""
+    socket_path = os.path.join(private_directory(), "plugin.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(128)
+    sys.stdout.write(f"1|1|unix|{socket_path}|grpc\n")
+    sys.stdout.flush()
+    sys.stdout = sys.stderr  # nothing else reaches the host's pipe
+    return listener, socket_path
+
+
+if __name__ == "__main__" and "--early-handshake" in sys.argv[1:]:
+    EARLY = listen_and_announce()
+
+import asyncio  # noqa: E402 - after the early handshake
+import signal  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
+import h2.events  # noqa: E402
+import h2.exceptions  # noqa: E402
+
+from spire_tpm_attestor.pb import spire_config_pb2 as config_pb2  # noqa: E402
+from spire_tpm_attestor.pb import spire_init_pb2 as init_pb2  # noqa: E402
+from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2  # noqa: E402
 
 SERVICE_NAME = "spire.plugin.server.nodeattestor.v1.NodeAttestor"
 CONFIG_SERVICE = "spire.service.common.config.v1.Config"
@@ -219,7 +249,9 @@ class Connection(asyncio.Protocol):
 
     def send_pending(self, stream_id: int, stream: Stream) -> None:
         while stream.pending:
-            window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+            window = min(
+                self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size
+            )
             if window <= 0:
                 return  # WindowUpdated sends the rest
             self.h2.send_data(stream_id, bytes(stream.pending[:window]))
@@ -234,29 +266,17 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
 
-def private_directory() -> str:
-    """A new 0700 directory for the socket, as the runtime makes one."""
-    parent = os.environ.get("TMPDIR") or "/tmp"
-    path = os.path.join(parent, f"spire-tpm-h2-{os.urandom(6).hex()}")
-    os.mkdir(path, 0o700)
-    return path
-
-
-async def serve() -> None:
+async def serve(early: tuple[socket.socket, str] | None) -> None:
     loop = asyncio.get_running_loop()
     plugin = Plugin()
     loop.add_signal_handler(signal.SIGTERM, plugin.shutdown.set)
-    socket_dir = private_directory()
-    socket_path = os.path.join(socket_dir, "plugin.sock")
-    server = await loop.create_unix_server(lambda: Connection(plugin), socket_path)
-    sys.stdout.write(f"1|1|unix|{socket_path}|grpc\n")
-    sys.stdout.flush()
-    sys.stdout = sys.stderr
+    listener, socket_path = early or listen_and_announce()
+    server = await loop.create_unix_server(lambda: Connection(plugin), sock=listener)
     await plugin.shutdown.wait()
     await asyncio.sleep(0)  # let Shutdown's answer reach the socket
     server.close()
     os.unlink(socket_path)
-    os.rmdir(socket_dir)
+    os.rmdir(os.path.dirname(socket_path))
     os._exit(0)
 
 
@@ -339,4 +359,4 @@ if __name__ == "__main__":
         price(int(sys.argv[2]))
     else:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        asyncio.run(serve())
+        asyncio.run(serve(globals().get("EARLY")))

@@ -144,11 +144,11 @@ def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
     ratio_of = summary.get("ratio_of", "current/baseline")
     for name, entry in summary["configs"].items():
         plugins = entry["plugins"]
+        ratio = entry.get("current_over_baseline", {})
         table = Table(
             f"{name}: {CONFIG_TITLES.get(name, name)}",
-            ("figure", *plugins, *([ratio_of] if len(plugins) == 2 else []), "anchor"),
+            ("figure", *plugins, *([ratio_of] if ratio else []), "anchor"),
         )
-        ratio = entry.get("current_over_baseline", {})
 
         rows = (
             (
@@ -166,7 +166,7 @@ def print_tables(summary: dict[str, Any], args: argparse.Namespace) -> None:
             ("threads after the batches", "threads_after_batches", "", ""),
         )
         for label, key, anchor, ratio_key in rows:
-            extra = [ratio.get(ratio_key, "")] if len(plugins) == 2 else []
+            extra = [ratio.get(ratio_key, "")] if ratio else []
             table.add(label, *(p[key] for p in plugins.values()), *extra, anchor)
             if key != "cpu_ms_per_attestation":
                 continue
