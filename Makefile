@@ -151,7 +151,6 @@ bench-process: install
 # on asyncio + h2 without grpcio (a probe, tests/bench/procbench/noop_h2_plugin.py): the
 # floor of each transport side by side: bench/process-h2.json.
 bench-process-h2: install
-	$(PY) -m pip install -q h2
 	$(PY) tests/bench/procbench/noop_h2_plugin.py --price 5000
 	$(PY) -m tests.bench.procbench --h2 $(PROCBENCH_ARGS)
 
