@@ -15,7 +15,6 @@ import pytest
 from spire_tpm_attestor.pb import spire_server_nodeattestor_pb2 as server_pb2
 from spire_tpm_attestor.runtime.host import SERVER_HOST_SERVICES, SERVER_SERVICE, PluginProcess
 
-
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "bench" / "procbench" / "noop_h2_plugin.py"
 
