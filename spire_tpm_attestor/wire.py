@@ -37,6 +37,7 @@ MAX_TPM_BLOB = 1024
 MAX_SECRET = 64
 MAX_PCR_VALUES = 4 * 24
 MAX_DIGEST = 64
+MAX_ALG_ID = 0xFFFF  # TPM_ALG_ID is a UINT16; the protobuf field a uint32
 
 Payload = attestation_pb2.Payload
 Challenge = attestation_pb2.Challenge
@@ -113,6 +114,8 @@ def decode_challenge(data: bytes) -> attestation_pb2.Challenge:
     _exact(challenge.nonce, NONCE_SIZE, "nonce")
     _limit(challenge.pcr_selection, 8, "pcr_selection banks")
     for bank in challenge.pcr_selection:
+        if bank.hash_alg > MAX_ALG_ID:  # the agent hands it to the TPM as a TPM_ALG_ID
+            raise WireError(f"pcr_selection hash_alg {bank.hash_alg} is not a TPM_ALG_ID")
         if any(index > 23 for index in bank.indices) or len(set(bank.indices)) != len(bank.indices):
             raise WireError("pcr_selection indices must be distinct and within 0..23")
     return challenge

@@ -23,7 +23,8 @@ MiB, never the whole JSON tree (for a million entries, several times the documen
 It accepts what `json.loads` and the checks after it would, bar what json.loads allows
 beyond JSON (NaN, Infinity) and documents nested deeper than any valid one; and yajl
 reads a lone surrogate escape (`\\ud800`) as `?`, which json.loads keeps (and the
-checks then refuse as unprintable).
+checks then refuse as unprintable), and refuses a lone surrogate's encoded bytes as not
+JSON, where json.loads keeps it too (and the checks refuse it).
 """
 
 from __future__ import annotations
@@ -265,6 +266,8 @@ class DocumentParser:
                         self._tokens.close()
                     except ijson.JSONError as exc:
                         self._malformed = _syntax_error(exc, b"", self._parsed)
+                    except UnicodeDecodeError:
+                        self._malformed = _lone_surrogate(self._parsed, 0)
                     else:
                         self._follow(self._events)
                 return self._index()
@@ -348,6 +351,10 @@ class DocumentParser:
             self._tokens.send(piece)
         except ijson.JSONError as exc:
             self._malformed = _syntax_error(exc, piece, self._parsed)
+            self._drop()
+            return
+        except UnicodeDecodeError:
+            self._malformed = _lone_surrogate(self._parsed, len(piece))
             self._drop()
             return
         self._parsed += len(piece)
@@ -449,6 +456,13 @@ def _syntax_error(exc: Exception, piece: bytes, start: int) -> str:
     if offset is None:
         return f"not valid JSON: {reason} (in bytes {start}-{start + len(piece)})"
     return f"not valid JSON: {reason} near byte {start + offset}"
+
+
+def _lone_surrogate(start: int, size: int) -> str:
+    """yajl decodes strings strictly, so a lone surrogate encoded in the bytes (which
+    json.loads decodes with surrogatepass) stops it. No valid document holds one (names
+    and labels must be printable, hashes hex, keys known): refused as not JSON."""
+    return f"not valid JSON: a string holds a lone surrogate (in bytes {start}-{start + size})"
 
 
 def _error_offset(quoted: bytes, piece: bytes) -> int | None:

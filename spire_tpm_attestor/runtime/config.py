@@ -237,7 +237,17 @@ class ConfigReader:
         if not isinstance(value, str):
             self._wrong_type(name, "a string", value)
             return cast(str | None, default)
+        if not self._without_nul(name, value):
+            return cast(str | None, default)
         return value
+
+    def _without_nul(self, name: str, *values: str) -> bool:
+        """No option's value holds a NUL (as is, or \\u0000 in a JSON configuration):
+        the OS refuses it in a path with a ValueError, where a problem must say so."""
+        if any("\x00" in value for value in values):
+            self.problem(f"{self.key(name)}: holds a NUL character")
+            return False
+        return True
 
     def boolean(self, name: str) -> bool:
         value, default = self._take(name, "boolean")
@@ -266,11 +276,11 @@ class ConfigReader:
         if value is None:
             return []
         if isinstance(value, str):
-            return [value]
+            value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self._wrong_type(name, "a list of strings", value)
             return []
-        return list(value)
+        return list(value) if self._without_nul(name, *value) else []
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         value = self.string(name)

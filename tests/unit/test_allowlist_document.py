@@ -386,6 +386,23 @@ def test_bytes_that_do_not_decode_come_before_any_syntax_error(
     assert str(error.value) == f"not valid JSON: {expected.value}"
 
 
+@pytest.mark.parametrize(
+    "where",
+    ['"name": "node \ud800"', '"labels": {"\ud800": "x"}', '"\ud800": 1'],
+)
+def test_a_lone_surrogate_encoded_in_the_bytes_is_refused(
+    parse_bytes: Callable[[bytes], Index], where: str
+) -> None:
+    """json.loads decodes a lone surrogate's bytes (surrogatepass) and the checks refuse
+    the document; yajl stops on them: a DocumentError too, never its UnicodeDecodeError
+    (found by tests/fuzz)."""
+    text = f'{{"version": 1, "entries": [{{"pub_hash": "{H1}", {where}}}]}}'
+    with pytest.raises(DocumentError, match="lone surrogate"):
+        parse_bytes(text.encode("utf-8", "surrogatepass"))
+    with pytest.raises(DocumentError, match="lone surrogate"):
+        parse_document(text, "src")  # as text
+
+
 def test_a_document_file_is_read_in_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(allowlist_document, "PIECE", 1000)
     path = tmp_path / "allowlist.json"

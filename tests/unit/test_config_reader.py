@@ -170,3 +170,20 @@ def test_options_table() -> None:
         '| `y "<label>" { ... }` | none | ys |',
         "| `z` | the current directory | where |",
     ]
+
+
+def test_a_nul_character_in_a_string_or_path_is_a_problem() -> None:
+    """The OS refuses a path with a NUL with ValueError, which Validate would answer as
+    INTERNAL: a problem instead (found by tests/fuzz)."""
+    from server_plugin.config import build_server_config
+    from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
+
+    reader = ConfigReader(
+        parse_hcl('{"path": "a\\u0000b", "list": ["ok", "x\\u0000"]}'),  # JSON unescapes
+        problems := [],
+        declare(Option("path", "string", ""), Option("list", "strings", "")),
+    )
+    assert reader.string("path") is None and reader.string_list("list") == []
+    assert problems == ["path: holds a NUL character", "list: holds a NUL character"]
+    with pytest.raises(ConfigProblems, match="ek_ca_path: holds a NUL character"):
+        build_server_config('ek_ca_path = "/etc/\x00ca.pem"', CoreConfig("example.org"))

@@ -1,4 +1,5 @@
-"""Every size limit decode_challenge_response enforces, one field at a time."""
+"""Every size limit decode_challenge_response enforces, one field at a time; what
+decode_challenge refuses before the agent hands it to its TPM."""
 
 from __future__ import annotations
 
@@ -95,3 +96,23 @@ def test_unknown_fields_do_not_ride_on_the_event_log_allowance() -> None:
     unknown_field_99 = b"\x9a\x06" + b"\x80\x80\x04" + bytes(65536)  # tag 99, 64 KiB
     with pytest.raises(wire.WireError, match="besides its event log"):
         wire.decode_challenge_response(wire.encode(response) + unknown_field_99)
+
+
+def test_a_challenge_bank_that_is_no_tpm_alg_id_is_refused() -> None:
+    """A server's bank id beyond UINT16 would overflow tpm2-pytss's TPM_ALG_ID (an
+    INTERNAL on the agent); it is malformed input (found by tests/fuzz)."""
+    from agent_plugin.plugin import decode_challenge
+    from spire_tpm_attestor.pb import spire_agent_nodeattestor_pb2 as agent_pb2
+    from spire_tpm_attestor.runtime.status import InvalidArgument
+
+    challenge = attestation_pb2.Challenge(
+        version=wire.PROTOCOL_VERSION,
+        credential_blob=b"blob",
+        encrypted_secret=b"secret",
+        nonce=bytes(wire.NONCE_SIZE),
+        pcr_selection=[attestation_pb2.PCRBankSelection(hash_alg=0xFFFF, indices=[7])],
+    )
+    wire.decode_challenge(wire.encode(challenge))  # the largest TPM_ALG_ID is one
+    challenge.pcr_selection[0].hash_alg = 0x1000B
+    with pytest.raises(InvalidArgument, match="not a TPM_ALG_ID"):
+        decode_challenge(agent_pb2.Challenge(challenge=wire.encode(challenge)))
