@@ -17,7 +17,7 @@ SPIRE_CACHE := $(HOME)/.cache/spire-tpm-attestor/spire
 SPIRE_BIN ?= $(SPIRE_CACHE)/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto docs dist dist-check test test-spire-oldest test-spire-matrix demo bench bench-spire bench-process bench-process-h2 bench-process-profile soak lint spire clean
+.PHONY: install system-packages proto docs dist dist-check test test-spire-oldest test-spire-matrix demo bench bench-spire bench-process bench-process-h2 bench-process-profile soak fuzz lint spire clean
 
 install: $(STAMP)
 
@@ -174,6 +174,13 @@ SOAK_ATTESTATIONS ?= 20000
 SOAK_VARIANTS ?= info
 soak: install
 	$(PY) -m tests.bench.load --attestations $(SOAK_ATTESTATIONS) --variants $(SOAK_VARIANTS) $(SOAK_ARGS)
+
+# The long fuzz run (README: Fuzzing): every target under atheris, one after the other,
+# FUZZ_RUNS inputs each, a per-input timeout and an RSS limit; `make test` runs the short
+# run (tests/fuzz/test_fuzz.py). FUZZ_ARGS e.g. "--max-seconds 1800 x509 event_log".
+FUZZ_RUNS ?= 1000000
+fuzz: install
+	$(PY) -m tests.fuzz run --runs $(FUZZ_RUNS) $(FUZZ_ARGS)
 
 # The README's option tables, from the options' declarations (Option, in each config.py).
 docs: install
