@@ -53,6 +53,8 @@ def one(name: str, flags: list[str]) -> None:
 
 
 def run(names: list[str], runs: int, timeout: int, rss_mb: int, max_seconds: int) -> int:
+    from tests.fuzz.targets import targets
+
     figures = {}
     failed = []
     for name in names:
@@ -71,7 +73,7 @@ def run(names: list[str], runs: int, timeout: int, rss_mb: int, max_seconds: int
             str(scratch_corpus),
             str(CORPUS / name),
         ]
-        print(f"=== {name}: {runs} inputs", flush=True)
+        print(f"=== {name} ({targets()[name].doc}): {runs} inputs", flush=True)
         started = time.monotonic()
         log = work / "libfuzzer.log"
         with log.open("w") as out:

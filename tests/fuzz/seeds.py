@@ -256,14 +256,17 @@ SEEDS = {
 
 
 def write_seeds(corpus: Path = CORPUS) -> dict[str, int]:
-    """Write every target's seeds (named by their SHA-1, as libFuzzer names inputs)."""
+    """Write every target's seeds as seed-<SHA-1> (in place of the last ones: the
+    builders sign afresh); the inputs that were findings (finding-<SHA-1>) stay."""
     counts = {}
     for name, seeds in SEEDS.items():
         directory = corpus / name
         directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("seed-*"):
+            old.unlink()
         count = 0
         for data in seeds():
-            (directory / hashlib.sha1(data).hexdigest()).write_bytes(data)
+            (directory / f"seed-{hashlib.sha1(data).hexdigest()}").write_bytes(data)
             count += 1
         counts[name] = count
     return counts

@@ -135,39 +135,33 @@ SECRET = bytes(range(100, 132))
 
 
 @functools.cache
-def server_material() -> dict[str, Any]:
+def fuzz_config() -> Any:
+    """The server configuration of the server targets: every check on (EK CA, allowlist,
+    deny list, DevID CA, PCR policy, event log and its policy)."""
     from server_plugin.event_log_policy import parse_event_log_policy
     from server_plugin.evidence_config import EventLogOptions
     from server_plugin.pcr_policy import parse_pcr_policy
+    from spire_tpm_attestor.ek_hash import ek_hash
     from spire_tpm_attestor.tpm.constants import TPM_ALG
+    from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
     from spire_tpm_attestor.x509 import load_ca_bundle, load_certificate
     from tests.unit.server_builders import fixed, listing, server_config
     from tests.unit.x509_builders import der
 
-    ek = vector("swtpm_ek.json")
-    ek_hashes = []
-    from spire_tpm_attestor.ek_hash import ek_hash
-    from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
-
-    for kind in ("rsa2048", "ecc256"):
-        area = parse_tpm2b_public(bytes.fromhex(ek[kind]["ek_public"]))
-        ek_hashes.append(ek_hash(area.public_key()))
-    _, ca = devid_ca()
+    listed = parse_tpm2b_public(bytes.fromhex(vector("swtpm_ek.json")["ecc256"]["ek_public"]))
     log_policy = parse_event_log_policy({"require_secure_boot": True})
-    event_log = EventLogOptions(policy_file=fixed(log_policy))
-    pcr_policy = parse_pcr_policy({"sha256": {"16": "00" * 32}})
     config = server_config(
         ek_policy="cert_or_allowlist",
         ek_ca=load_ca_bundle(VECTORS / "swtpm_localca_root.pem"),
-        allowlist=[listing(ek_hashes[1], name="listed")],
+        allowlist=[listing(ek_hash(listed.public_key()), name="listed")],
         denylist=[listing("ab" * 32)],
-        devid_ca=[load_certificate(der(ca))],
+        devid_ca=[load_certificate(der(devid_ca()[1]))],
         pcr_selection=[(TPM_ALG.SHA256, 16)],
-        pcr_policy=pcr_policy,
-        event_log=event_log,
+        pcr_policy=parse_pcr_policy({"sha256": {"16": "00" * 32}}),
+        event_log=EventLogOptions(policy_file=fixed(log_policy)),
         agent_path_template="tpm/{{ .PubHash }}/{{ .DevIDSubjectCN }}",
     )
-    return {"config": dataclasses.replace(config, enforce_ek_cert_expiry=False)}
+    return dataclasses.replace(config, enforce_ek_cert_expiry=False)
 
 
 # --- the server's attestation payload ----------------------------------------------------------
@@ -176,7 +170,7 @@ def server_material() -> dict[str, Any]:
 def run_payload(data: bytes) -> None:
     from server_plugin import attestation
 
-    config = server_material()["config"]
+    config = fuzz_config()
 
     def attest() -> None:
         evidence = attestation.check_payload(config, attestation.decode_payload(data))
@@ -226,7 +220,7 @@ def pending_challenge() -> Any:
     from spire_tpm_attestor.x509 import load_certificate
     from tests.unit.tpm_builders import DEVID_ATTRIBUTES, area, software_ak
 
-    config = server_material()["config"]
+    config = fuzz_config()
     ak = software_ak(software_key(AK_SEED))
     devid_public = area(software_key(DEVID_SEED).public_key(), attributes=DEVID_ATTRIBUTES)
     ek = parse_tpm2b_public(bytes.fromhex(vector("swtpm_ek.json")["ecc256"]["ek_public"]))
@@ -287,7 +281,7 @@ def run_response(data: bytes) -> None:
     from server_plugin import attestation
     from server_plugin.plugin import fit, joined_selectors
 
-    config = server_material()["config"]
+    config = fuzz_config()
 
     def verify() -> None:
         answer = attestation.decode_response(data)
@@ -679,7 +673,7 @@ def run_event_log(data: bytes) -> None:
         verified = eventlog.verify(log, quoted)
         facts = eventlog.derive_facts(verified.events)
         eventlog.selectors(facts)
-        policy = server_material()["config"].event_log.policy()
+        policy = fuzz_config().event_log.policy()
         policy.refusal(ProvenBoot(facts, verified.pcrs), "")
 
     core_errors_only(replayed)
@@ -820,7 +814,7 @@ def preload() -> None:
     import spire_tpm_attestor.eventlog
     import spire_tpm_attestor.x509.issuers  # noqa: F401
 
-    server_material()
+    fuzz_config()
     pending_challenge()
     ak_areas()
     chain_material()
