@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import re
@@ -36,6 +37,7 @@ def one(name: str, flags: list[str]) -> None:
     """Run one target under atheris (the child process of `run`)."""
     import atheris
 
+    logging.disable(logging.CRITICAL)  # a rejection logs; millions of them are noise
     with atheris.instrument_imports(include=list(INSTRUMENTED)):
         from tests.fuzz.targets import preload, targets
 
