@@ -237,16 +237,24 @@ class ConfigReader:
         if not isinstance(value, str):
             self._wrong_type(name, "a string", value)
             return cast(str | None, default)
-        if not self._without_nul(name, value):
+        if not self._plain_text(name, value):
             return cast(str | None, default)
         return value
 
-    def _without_nul(self, name: str, *values: str) -> bool:
-        """No option's value holds a NUL (as is, or \\u0000 in a JSON configuration):
-        the OS refuses it in a path with a ValueError, where a problem must say so."""
-        if any("\x00" in value for value in values):
-            self.problem(f"{self.key(name)}: holds a NUL character")
-            return False
+    def _plain_text(self, name: str, *values: str) -> bool:
+        """No option's value holds a NUL or a lone surrogate (as is, or escaped in a JSON
+        configuration): the OS refuses either in a path with ValueError or
+        UnicodeEncodeError, where a problem must say so."""
+        for value in values:
+            if "\x00" in value:
+                self.problem(f"{self.key(name)}: holds a NUL character")
+                return False
+            if not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    self.problem(f"{self.key(name)}: holds a lone surrogate, not a character")
+                    return False
         return True
 
     def boolean(self, name: str) -> bool:
@@ -280,7 +288,7 @@ class ConfigReader:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self._wrong_type(name, "a list of strings", value)
             return []
-        return list(value) if self._without_nul(name, *value) else []
+        return list(value) if self._plain_text(name, *value) else []
 
     def choice(self, name: str, choices: tuple[str, ...]) -> str | None:
         value = self.string(name)

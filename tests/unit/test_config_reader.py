@@ -172,9 +172,10 @@ def test_options_table() -> None:
     ]
 
 
-def test_a_nul_character_in_a_string_or_path_is_a_problem() -> None:
-    """The OS refuses a path with a NUL with ValueError, which Validate would answer as
-    INTERNAL: a problem instead (found by tests/fuzz)."""
+def test_a_nul_or_a_lone_surrogate_in_a_string_or_path_is_a_problem() -> None:
+    """The OS refuses a path with a NUL (ValueError) or a lone surrogate
+    (UnicodeEncodeError), which Validate would answer as INTERNAL: a problem instead
+    (found by tests/fuzz)."""
     from server_plugin.config import build_server_config
     from spire_tpm_attestor.runtime.config import ConfigProblems, CoreConfig
 
@@ -187,3 +188,5 @@ def test_a_nul_character_in_a_string_or_path_is_a_problem() -> None:
     assert problems == ["path: holds a NUL character", "list: holds a NUL character"]
     with pytest.raises(ConfigProblems, match="ek_ca_path: holds a NUL character"):
         build_server_config('ek_ca_path = "/etc/\x00ca.pem"', CoreConfig("example.org"))
+    with pytest.raises(ConfigProblems, match="ek_ca_path: holds a lone surrogate"):
+        build_server_config('{"ek_ca_path": "/etc/\\ud800"}', CoreConfig("example.org"))
