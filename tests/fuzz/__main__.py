@@ -8,7 +8,8 @@ Each target runs until it has executed `--runs` inputs (or for `--max-seconds`),
 libFuzzer's per-input timeout (a hang) and RSS limit (bounded memory). New inputs go to
 a scratch corpus (.fuzz/<target>/corpus, outside git), the committed corpus is read as
 seeds; a finding is written to .fuzz/<target>/ and fails the run. The figures (inputs,
-inputs/s, wall time, peak RSS) are printed per target and written to .fuzz/figures.json.
+inputs/s, wall and CPU time, peak RSS) are printed per target and written to
+.fuzz/figures.json.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import random
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -54,6 +56,11 @@ def one(name: str, flags: list[str]) -> None:
     atheris.Fuzz()
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(names: list[str], runs: int, timeout: int, rss_mb: int, max_seconds: int) -> int:
     from tests.fuzz.targets import targets
 
@@ -77,6 +84,7 @@ def run(names: list[str], runs: int, timeout: int, rss_mb: int, max_seconds: int
         ]
         print(f"=== {name} ({targets()[name].doc}): {runs} inputs", flush=True)
         started = time.monotonic()
+        cpu_before = _children_cpu()
         log = work / "libfuzzer.log"
         with log.open("w") as out:
             code = subprocess.call(
@@ -87,6 +95,7 @@ def run(names: list[str], runs: int, timeout: int, rss_mb: int, max_seconds: int
                 cwd=ROOT,
             )
         wall = time.monotonic() - started
+        cpu = _children_cpu() - cpu_before  # on a shared machine, less than the wall time
         stats = {key: int(value) for key, value in STAT.findall(log.read_text(errors="replace"))}
         executed = stats.get("number_of_executed_units", 0)
         figures[name] = {
@@ -94,23 +103,29 @@ def run(names: list[str], runs: int, timeout: int, rss_mb: int, max_seconds: int
             "inputs_per_s": round(executed / wall) if wall else 0,
             "libfuzzer_exec_per_s": stats.get("average_exec_per_sec", 0),
             "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "inputs_per_cpu_s": round(executed / cpu) if cpu else 0,
             "peak_rss_mb": stats.get("peak_rss_mb", 0),
             "exit_code": code,
         }
         print(
-            f"{name}: {executed} inputs, {figures[name]['inputs_per_s']}/s, "
-            f"{wall:.0f} s, peak RSS {figures[name]['peak_rss_mb']} MB, exit {code}",
+            f"{name}: {executed} inputs, {figures[name]['inputs_per_s']}/s, {wall:.0f} s "
+            f"({cpu:.0f} s CPU, {figures[name]['inputs_per_cpu_s']}/CPU s), "
+            f"peak RSS {figures[name]['peak_rss_mb']} MB, exit {code}",
             flush=True,
         )
         if code != 0:
             failed.append(name)
             print(f"{name}: FINDING, see {log} and the artifacts in {work}/", flush=True)
     (SCRATCH / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
-    print(f"{'target':<18}{'inputs':>10}{'inputs/s':>10}{'wall s':>9}{'peak RSS MB':>13}")
+    print(
+        f"{'target':<18}{'inputs':>10}{'inputs/s':>10}{'wall s':>9}{'CPU s':>8}"
+        f"{'inputs/CPU s':>14}{'peak RSS MB':>13}"
+    )
     for name, row in figures.items():
         print(
-            f"{name:<18}{row['inputs']:>10}{row['inputs_per_s']:>10}"
-            f"{row['wall_s']:>9}{row['peak_rss_mb']:>13}"
+            f"{name:<18}{row['inputs']:>10}{row['inputs_per_s']:>10}{row['wall_s']:>9}"
+            f"{row['cpu_s']:>8}{row['inputs_per_cpu_s']:>14}{row['peak_rss_mb']:>13}"
         )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if failed:
