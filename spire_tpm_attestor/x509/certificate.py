@@ -218,8 +218,9 @@ class Certificate:
         return None
 
     def describe(self) -> str:
-        """A short label for messages: subject (or serial) and issuer."""
-        subject = self.subject.rfc4514_string() or f"serial {self.serial_number}"
+        """A short label for messages: subject (or serial, in hex: Python refuses to
+        print an int of over 4,300 digits in decimal) and issuer."""
+        subject = self.subject.rfc4514_string() or f"serial {self.serial_number:#x}"
         return f"{subject!r} issued by {self.issuer.rfc4514_string()!r}"
 
 

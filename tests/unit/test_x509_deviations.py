@@ -29,6 +29,8 @@ from tests.unit.x509_builders import (
     add_extension,
     der,
     encode,
+    make_ca,
+    make_ek_cert,
     parse,
     resign,
 )
@@ -234,3 +236,19 @@ def test_premise_cryptography_refuses_what_is_tolerated(ca: TestCA) -> None:
         with pytest.raises((ValueError, x509.InvalidVersion, x509.UnsupportedGeneralNameType)):
             loaded = x509.load_der_x509_certificate(deviant)
             loaded.extensions  # noqa: B018
+
+
+def test_a_certificate_with_an_enormous_serial_is_described_in_hex() -> None:
+    """A serial of over 4,300 decimal digits made describe() raise Python's ValueError
+    (int to str), INTERNAL wherever a message names the certificate (found by
+    tests/fuzz): an EK certificate without a subject is named by its serial in hex."""
+    ca = make_ca("fuzz CA")
+    clean = der(make_ek_cert(ec.generate_private_key(ec.SECP256R1()).public_key(), ca))
+
+    def enormous_serial(fields: list[Node]) -> None:
+        fields[1].value = b"\x01" + bytes(2000)  # [0] version, then the serial
+
+    certificate = load_certificate(resign(clean, ca, enormous_serial))
+    assert certificate.describe().startswith("'serial 0x1" + "0" * 4000)
+    usable, problems = ca_certificates_in(certificate.der)
+    assert not usable and problems[0].startswith("'serial 0x1") and "is not a CA" in problems[0]
