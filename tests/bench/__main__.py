@@ -1,4 +1,6 @@
-"""Run the benchmark sections: `python -m tests.bench [name ...]` (`--list` lists them)."""
+"""Run the benchmark sections: `python -m tests.bench [name ...]` (`--list` lists them).
+
+The figures go to bench/results.json (`--out`) and the chart to the same name in .png."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from types import ModuleType
 
 import tests.bench
+from tests.bench import results
 from tests.bench.measure import Skipped, Table
 
 PREFIX = "bench_"
@@ -32,28 +37,47 @@ def describe(module: ModuleType) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def run_section(name: str, index: int, total: int) -> tuple[str, float]:
-    """Import and run one section, printing its header and tables; returns (status, s)."""
+def run_section(name: str, index: int, total: int) -> results.SectionResult:
+    """Import and run one section, printing its header and tables."""
     started = time.perf_counter()
     print(RULE)
+    tables: Sequence[Table] = ()
+    note = ""
     try:
         module = importlib.import_module(f"tests.bench.{PREFIX}{name}")
         print(f"[{index}/{total}] {name}: {describe(module)}")
         print(RULE, flush=True)
-        tables: Sequence[Table] | None = module.run()
-        for table in tables or ():
+        tables = module.run() or ()
+        for table in tables:
             print()
             print(table.render())
         status = "ok"
     except Skipped as reason:
         print(f"[{index}/{total}] {name}: SKIPPED: {reason}")
-        status = "skipped"
-    except Exception:
+        status, note = "skipped", str(reason)
+    except Exception as error:
         print(f"[{index}/{total}] {name}: FAILED")
         traceback.print_exc(file=sys.stdout)
-        status = "FAILED"
+        status, note = "FAILED", f"{type(error).__name__}: {error}"
     print(flush=True)
-    return status, time.perf_counter() - started
+    figures = [figure for table in tables for figure in table.figures]
+    details = {key: value for table in tables for key, value in table.details.items()}
+    seconds = time.perf_counter() - started
+    return results.SectionResult(name, status, seconds, figures, note, details)
+
+
+def write_results(out: Path, document: dict[str, object]) -> None:
+    """bench/results.json, then the chart next to it (when matplotlib is installed)."""
+    results.write(out, document)
+    print(f"figures written to {out}")
+    try:
+        from tests.bench import chart
+    except ImportError as missing:
+        print(f"no chart: {missing} (make install brings matplotlib)")
+        return
+    picture = out.with_suffix(".png")
+    chart.draw(document, picture)
+    print(f"chart drawn to {picture}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("sections", nargs="*", metavar="name", help=f"one of: {', '.join(names)}")
     parser.add_argument("--list", action="store_true", help="list the sections and exit")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=results.RESULTS,
+        help="where the figures go (default bench/results.json; the chart: same name, .png)",
+    )
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(names))
@@ -70,14 +100,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(names)}")
 
-    results = [run_section(name, i, len(wanted)) for i, name in enumerate(wanted, start=1)]
-    summary = Table("bench summary", ("section", "status", "seconds"))
-    for name, (status, seconds) in zip(wanted, results, strict=True):
-        summary.add(name, status, f"{seconds:.1f}")
-    summary.add("total", "", f"{sum(seconds for _, seconds in results):.1f}")
+    started = datetime.now(UTC)
+    machine, commit = results.machine(), results.commit()
+    ran = [run_section(name, i, len(wanted)) for i, name in enumerate(wanted, start=1)]
+    summary = Table("bench summary", ("section", "status", "seconds", "figures"))
+    for section in ran:
+        summary.add(section.name, section.status, f"{section.seconds:.1f}", len(section.figures))
+    summary.add("total", "", f"{sum(section.seconds for section in ran):.1f}", "")
     print(RULE)
     print(summary.render())
-    return 1 if any(status == "FAILED" for status, _ in results) else 0
+    argv = ["python -m tests.bench", *(sys.argv[1:] if argv is None else argv)]
+    document = results.document(ran, machine, commit, started, argv, results.soak_section())
+    print(
+        f"load average {machine['loadavg_before']} at the start, "
+        f"{document['machine']['loadavg_after']} at the end"
+    )
+    write_results(args.out, document)
+    return 1 if any(section.status == "FAILED" for section in ran) else 0
 
 
 if __name__ == "__main__":

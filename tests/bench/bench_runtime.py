@@ -11,12 +11,17 @@ from pathlib import Path
 
 from spire_tpm_attestor.runtime.host import AGENT_HOST_SERVICES, SERVER_HOST_SERVICES, PluginProcess
 from spire_tpm_attestor.testing.ca import TestCA
-from tests.bench.measure import Stats, Table, mib, ms, progress, rss_bytes
+from tests.bench.measure import Figure, Stats, Table, mib, ms, progress, rss_bytes
 
 STARTS = 20
 BIN = Path(sys.executable).parent
 # Configure does not touch the TPM, so an address nobody listens on is fine.
 AGENT_PLUGIN_DATA = {"tcti": "swtpm:host=127.0.0.1,port=2321", "ek_algorithm": "rsa2048"}
+HANDSHAKE = "exec -> handshake line"
+
+
+def start_figure(side: str, label: str) -> str:
+    return f"{side}: {label}"
 
 
 def _hcl(options: dict[str, str]) -> str:
@@ -72,13 +77,16 @@ def run() -> list[Table]:
             _load_once(side, plugin_data[side])  # warm-up: .pyc and page cache
             runs = [_load_once(side, plugin_data[side]) for _ in range(STARTS)]
             for label, samples in (
-                ("exec -> handshake line", [r[0] for r in runs]),
+                (HANDSHAKE, [r[0] for r in runs]),
                 ("exec -> Init answered (loaded)", [r[1] for r in runs]),
                 ("exec -> Configure answered", [r[2] for r in runs]),
             ):
                 stats = Stats.of(samples)
+                timings.record(
+                    Figure.of(start_figure(side, label), samples, "ms", scale=1e3, curve=True)
+                )
                 timings.add(
-                    f"{side}: {label}",
+                    start_figure(side, label),
                     stats.count,
                     ms(stats.median, 1),
                     ms(stats.p99, 1),
@@ -87,6 +95,7 @@ def run() -> list[Table]:
                 )
             rss = Stats.of([float(r[3]) for r in runs])
             memory.add(side, rss.count, mib(rss.median), mib(rss.max))
+            memory.record(Figure.of_stats(f"{side}: RSS after Configure", rss, "MiB", 2**-20))
             exits.extend(r[4] for r in runs)
         timings.add(
             "baseline: `python -c pass`",
@@ -96,7 +105,9 @@ def run() -> list[Table]:
             ms(baseline.max, 1),
             ms(baseline.min, 1),
         )
+        timings.record(Figure.of_stats("baseline: `python -c pass`", baseline, "ms", 1e3))
         unload = Stats.of(exits)
+        timings.record(Figure.of_stats("unload (Deinit + Shutdown -> exit)", unload, "ms", 1e3))
         timings.note(
             "handshake = Popen() until the go-plugin line is read (PluginProcess.handshake_seconds)"
         )

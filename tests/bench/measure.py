@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: percentiles, CPU pinning, process RSS, tables."""
+"""Shared helpers for the benchmarks: percentiles, CPU pinning, process RSS, tables, figures."""
 
 from __future__ import annotations
 
@@ -122,14 +122,105 @@ def progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
+# Where a distribution's curve is kept in bench/results.json (percentiles, 0-100).
+CDF_PERCENTILES = (
+    0,
+    1,
+    2,
+    5,
+    10,
+    20,
+    25,
+    30,
+    40,
+    50,
+    60,
+    70,
+    75,
+    80,
+    90,
+    95,
+    98,
+    99,
+    99.5,
+    99.9,
+    100,
+)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure as bench/results.json keeps it: a value in a unit, and for a
+    distribution its median (the value), p99, sample count and, when asked, its curve."""
+
+    name: str
+    value: float
+    unit: str
+    p50: float | None = None
+    p99: float | None = None
+    count: int | None = None
+    cdf: tuple[tuple[float, float], ...] | None = None  # (percentile, value)
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        samples: Sequence[float],
+        unit: str,
+        scale: float = 1.0,
+        curve: bool = False,
+    ) -> Figure:
+        """The distribution of `samples`, each multiplied by `scale` (e.g. 1e3: s -> ms)."""
+        scaled = [sample * scale for sample in samples]
+        middle = median(scaled)
+        return cls(
+            name,
+            middle,
+            unit,
+            p50=middle,
+            p99=p99(scaled),
+            count=len(scaled),
+            cdf=tuple((q, percentile(scaled, q)) for q in CDF_PERCENTILES) if curve else None,
+        )
+
+    @classmethod
+    def of_stats(cls, name: str, stats: Stats, unit: str, scale: float = 1.0) -> Figure:
+        middle = stats.median * scale
+        return cls(name, middle, unit, p50=middle, p99=stats.p99 * scale, count=stats.count)
+
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "value": _rounded(self.value)}
+        out["unit"] = self.unit
+        for key in ("p50", "p99", "count"):
+            if getattr(self, key) is not None:
+                out[key] = _rounded(getattr(self, key))
+        if self.cdf is not None:
+            out["cdf"] = [[q, _rounded(value)] for q, value in self.cdf]
+        return out
+
+
+def _rounded(value: float) -> float | None:
+    """Six significant digits (more than any figure here is worth); null for NaN or inf,
+    which JSON has no spelling for."""
+    if isinstance(value, int):
+        return value
+    return float(f"{value:.6g}") if math.isfinite(value) else None
+
+
 @dataclass
 class Table:
-    """A titled table of figures, with notes printed under it."""
+    """A titled table of figures, with notes printed under it; `figures` (and `details`,
+    e.g. the commits compared) are what bench/results.json records of it."""
 
     title: str
     columns: Sequence[str]
     rows: list[list[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    details: dict[str, object] = field(default_factory=dict)
+
+    def record(self, *figures: Figure) -> None:
+        self.figures.extend(figures)
 
     def add(self, *cells: object) -> None:
         if len(cells) != len(self.columns):

@@ -19,7 +19,6 @@ import atexit
 import base64
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -30,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tests.bench import results as bench_results
 from tests.bench.procbench import nodes, report
 
 HERE = Path(__file__).resolve().parent
@@ -169,28 +169,6 @@ def configs(
     return out, chain_hcl
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import grpc
-
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "go": subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip(),
-        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.procbench", description=__doc__)
     parser.add_argument("--baseline", help="commit to compare against, e.g. a19ce94")
@@ -250,11 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="procbench-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
-    info = machine()
-    current_sha = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    info = bench_results.machine()
+    current = bench_results.commit()
     plugins: list[dict[str, Any]] = []
-    commits = {"current": current_sha + ("+dirty" if dirty else "")}
+    commits = {"current": current["sha"] + ("+dirty" if current["dirty"] else "")}
     scrapers = None
     if args.observe:
         if args.baseline or args.profile:
@@ -328,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--- {log.name} (last lines)", file=sys.stderr)
             print("\n".join(log.read_text().splitlines()[-15:]), file=sys.stderr)
         return run.returncode
-    info["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    info["loadavg_after"] = bench_results.load_average()
     info["seconds"] = round(time.monotonic() - started, 1)
     results = json.loads(results_path.read_text())
     if args.profile:
