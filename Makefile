@@ -17,7 +17,7 @@ SPIRE_CACHE := $(HOME)/.cache/spire-tpm-attestor/spire
 SPIRE_BIN ?= $(SPIRE_CACHE)/$(SPIRE_VERSION)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-packages proto docs dist dist-check test test-spire-oldest test-spire-matrix demo bench bench-spire bench-process bench-process-h2 bench-process-profile soak fuzz lint spire clean
+.PHONY: install system-packages proto docs dist dist-check test test-spire-oldest test-spire-matrix demo bench bench-spire bench-process bench-process-h2 bench-process-observe bench-process-profile soak fuzz lint spire clean
 
 install: $(STAMP)
 
@@ -133,13 +133,18 @@ test-spire-matrix: install
 demo: install
 	$(PY) -m spire_tpm_attestor.testing.demo
 
+# Every section (or BENCH_SECTIONS="x509 runtime"; BENCH_QUICK=1: a short process bench and
+# no 1,000,000-entry allowlists), the process bench against BASELINE (empty: this tree
+# only): figures to bench/results.json, the chart to bench/results.png (README).
+bench: BASELINE ?= a19ce94
 bench: install
-	$(PY) -m tests.bench
+	BENCH_BASELINE=$(BASELINE) BENCH_QUICK=$(BENCH_QUICK) PROCBENCH_ARGS="$(PROCBENCH_ARGS)" \
+	  $(PY) -m tests.bench $(BENCH_SECTIONS)
 
 # Real SPIRE: `spire-agent run` to the agent SVID, TPM plugins vs join_token (venv and
 # `make dist` executables; the latter only when this tree's build is cached).
 bench-spire: install
-	SPIRE_BIN=$(SPIRE_BIN) $(PY) -m tests.bench spire
+	SPIRE_BIN=$(SPIRE_BIN) $(PY) -m tests.bench spire --out bench/spire.json
 
 # The server plugin as a process, as SPIRE runs it (Go driver over go-plugin gRPC):
 # `make bench-process BASELINE=a19ce94` interleaves batches of that commit and this tree.

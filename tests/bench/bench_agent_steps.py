@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.bench.measure import Table, median, ms, progress, require_swtpm
+from tests.bench.measure import Figure, Table, median, ms, progress, require_swtpm
 
 ROUNDS = 5
 SECRET = bytes(range(32))
@@ -71,6 +71,7 @@ def run() -> list[Table]:
     from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 
     columns: dict[str, dict[str, float]] = {}
+    figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as work:
         ca = TestCA.create(Path(work) / "ca")
         for ek_case in ("created", "persisted"):
@@ -82,9 +83,12 @@ def run() -> list[Table]:
                         _persist_ek(swtpm.tcti)
                     _one(swtpm.tcti, ak_algorithm)  # warm-up
                     rounds = [_one(swtpm.tcti, ak_algorithm) for _ in range(ROUNDS)]
-                columns[f"EK {ek_case}, {ak_algorithm.upper()} AK"] = {
-                    name: median([r[name] for r in rounds]) for name in rounds[0]
-                }
+                column = f"EK {ek_case}, {ak_algorithm.upper()} AK"
+                columns[column] = {name: median([r[name] for r in rounds]) for name in rounds[0]}
+                figures.extend(
+                    Figure.of(f"{column}: {name}", [r[name] for r in rounds], "ms", 1e3)
+                    for name in rounds[0]
+                )
     table = Table(
         "agent TPM work per attestation on swtpm (RSA-2048 EK with its NV certificate), "
         "wall ms, median",
@@ -92,6 +96,7 @@ def run() -> list[Table]:
     )
     for name in next(iter(columns.values())):
         table.add(name, *(ms(column[name], 1) for column in columns.values()))
+    table.record(*figures)
     table.note(
         f"{ROUNDS} rounds after one warm-up, each on one TPMSession as the agent plugin opens "
         "per attestation; 'persisted': an RSA EK at 0x81010001 matching the TCG template, "

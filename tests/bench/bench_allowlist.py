@@ -24,7 +24,15 @@ from pathlib import Path
 from server_plugin.allowlist import AllowlistEntry
 from server_plugin.allowlist.directory import BucketedDirectory, DirectorySource, FlatDirectory
 from server_plugin.allowlist.document import parse_document, render_document
-from tests.bench.measure import Stats, Table, mib, proc_status_bytes, progress, rss_bytes
+from tests.bench.measure import (
+    Figure,
+    Stats,
+    Table,
+    mib,
+    proc_status_bytes,
+    progress,
+    rss_bytes,
+)
 
 ENTRIES = 1_000_000
 LOOKUPS = 20_000  # half listed, half not
@@ -97,6 +105,11 @@ def documents(hashes: list[str], sample: list[str]) -> Table:
         parsed = time.perf_counter() - started
         stats = lookup_stats(lambda h, index=index: index.lookup(h, "bench"), sample)
         table.add(label, mib(len(body)), seconds(parsed), us(stats.median), us(stats.p99))
+        table.record(
+            Figure(f"document, {label}: size", len(body) / 2**20, "MiB"),
+            Figure(f"document, {label}: parse", parsed, "s"),
+            Figure.of_stats(f"document, {label}: lookup", stats, "µs", 1e6),
+        )
         del body, index
     table.note("render_document sorts by hash, so 'shuffled' rows shuffle the entries first")
     return table
@@ -147,6 +160,24 @@ def http_source(hashes: list[str], sample: list[str], work: Path) -> Table:
         if server is not None:
             server.stop()
     figures = json.loads(child.stdout)
+    table.record(
+        Figure("HTTP: first fetch + parse (200)", figures["first_load"], "s"),
+        Figure("HTTP: refresh of a changed document (200)", figures["changed_refresh"], "s"),
+        Figure(
+            "HTTP: refresh of an unchanged document (304)", figures["unchanged_refresh"] * 1e3, "ms"
+        ),
+        Figure(
+            "HTTP: RSS of the index", (figures["rss_loaded"] - figures["rss_before"]) / 2**20, "MiB"
+        ),
+        Figure("HTTP: peak RSS (VmHWM)", figures["hwm"] / 2**20, "MiB"),
+        Figure(
+            "HTTP: lookup",
+            figures["lookup_p50"] * 1e6,
+            "µs",
+            p50=figures["lookup_p50"] * 1e6,
+            p99=figures["lookup_p99"] * 1e6,
+        ),
+    )
     table.add("first fetch + parse (200), s", seconds(figures["first_load"]))
     table.add("refresh of a changed document (200), s", seconds(figures["changed_refresh"]))
     table.add(
@@ -268,8 +299,13 @@ def directories(hashes: list[str], sample: list[str], work: Path) -> Table:
         shutil.rmtree(path)
         removed = time.perf_counter() - started
         table.add(layout.kind, seconds(created), us(stats.median), us(stats.p99), seconds(removed))
+        table.record(
+            Figure(f"{layout.kind}: create", created, "s"),
+            Figure.of_stats(f"{layout.kind}: lookup", stats, "µs", 1e6),
+        )
     progress(f"CLI: adding {CLI_ADDS:,} entries")
     per_add = cli_adds(work)
+    table.record(Figure("CLI `allowlist add`, per entry", per_add * 1e3, "ms"))
     table.note(
         "create = one plain write per entry (a bulk import); the CLI's atomic, fsynced "
         f"`allowlist add` took {per_add * 1e3:.2f} ms per entry ({CLI_ADDS:,} from stdin), "

@@ -32,6 +32,7 @@ from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.testing.swtpm import SWTPM, provision_ek_certificates
 from spire_tpm_attestor.tpm.structures import parse_tpm2b_public
 from tests.bench.measure import (
+    Figure,
     Stats,
     Table,
     median,
@@ -299,6 +300,17 @@ def _server_table(results: list[CaseResult]) -> Table:
         ),
     )
     for r in results:
+        case = f"{r.case.ek}, {r.case.trust}"
+        table.record(
+            Figure.of(f"{case}: server CPU per attestation", r.total, "ms", 1e3),
+            Figure.of(f"{case}: payload -> challenge", r.challenge, "ms", 1e3),
+            Figure.of(f"{case}: response -> result", r.result, "ms", 1e3),
+            Figure(
+                f"{case}: attestations/s, loop on one CPU",
+                ops_per_second(r.loop_seconds_per_attestation),
+                "1/s",
+            ),
+        )
         table.add(
             r.case.ek,
             r.case.trust,
@@ -410,6 +422,11 @@ def _agent_tables(tpm: SWTPM, ca: TestCA) -> list[Table]:
                     lags.append(_wait_until_flushed(tpm.tcti))
                 attestations += AGENT_ROUNDS + 1
                 stats = Stats.of(samples)
+                wall.record(
+                    Figure.of_stats(
+                        f"{ek} EK, {ak} AK: attestation through the plugins", stats, "ms", 1e3
+                    )
+                )
                 wall.add(
                     ek,
                     ak,
@@ -436,6 +453,10 @@ def _agent_tables(tpm: SWTPM, ca: TestCA) -> list[Table]:
         ("plugin", "after Configure", "after 1st attestation", f"after {attestations}", "growth"),
     )
     for name in plugins:
+        memory.record(
+            Figure(f"{name}: RSS after Configure", configured[name] / 2**20, "MiB"),
+            Figure(f"{name}: RSS after {attestations} attestations", final[name] / 2**20, "MiB"),
+        )
         memory.add(
             name,
             mib(configured[name]),

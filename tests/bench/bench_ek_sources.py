@@ -24,7 +24,7 @@ from server_plugin.web_fetch import DiskCache, FetchSettings, WebFetcher
 from spire_tpm_attestor.ek_hash import ek_hash
 from spire_tpm_attestor.testing.ca import TestCA
 from spire_tpm_attestor.x509 import load_ca_bundle, load_certificate
-from tests.bench.measure import Stats, Table, ms, progress
+from tests.bench.measure import Figure, Stats, Table, ms, progress
 from tests.integration.http_servers import DocumentServer
 
 ROUNDS = 300
@@ -77,6 +77,7 @@ def run() -> list[Table]:
                 progress(name)
                 stats = timed(operation)
                 table.add(name, ms(stats.median, 3), ms(stats.p99, 3))
+                table.record(Figure.of_stats(name, stats, "ms", 1e3))
 
             row(
                 "chain, intermediate from the agent",

@@ -22,7 +22,7 @@ from spire_tpm_attestor import wire
 from spire_tpm_attestor.eventlog import derive_facts, parse, selectors, verify
 from spire_tpm_attestor.runtime.config import CoreConfig
 from spire_tpm_attestor.testing.ca import TestCA
-from tests.bench.measure import Stats, Table, ms, progress
+from tests.bench.measure import Figure, Stats, Table, ms, progress
 from tests.eventlog_builder import SHA256, BuiltLog, Machine, bench_log, fingerprint
 from tests.unit.software_tpm import SoftwareTPM
 
@@ -69,6 +69,7 @@ def run() -> list[Table]:
     for label, operation in steps:
         progress(label)
         stats = _cpu(operation)
+        table.record(Figure.of_stats(f"event log: {label}", stats, "µs"))
         table.add(
             label,
             stats.count,
@@ -158,6 +159,7 @@ def _attestation_table(built: BuiltLog) -> Table:
                 config.close()
             stats = Stats.of(samples)
             baseline = baseline or stats.median
+            table.record(Figure.of_stats(f"attestation, {label}", stats, "ms", 1e3))
             table.add(
                 label,
                 len(values),

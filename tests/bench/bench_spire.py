@@ -21,7 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 from spire_tpm_attestor.testing.ca import TestCA
-from tests.bench.measure import Skipped, Table, median, ms, progress, require_swtpm
+from tests.bench.measure import Figure, Skipped, Table, median, ms, progress, require_swtpm
 from tests.spire.harness import (
     Daemon,
     Plugin,
@@ -159,6 +159,11 @@ def run() -> list[Table]:
                 workdir = Path(work) / f"w{index}"
                 workdir.mkdir()
                 tpm, token = _interleaved(spire_bin, workdir, ek_ca, simulator.tcti, server, agent)
+                table.record(
+                    Figure.of(f"{label}: spire-agent run -> SVID, tpm", tpm, "ms", 1e3),
+                    Figure.of(f"{label}: spire-agent run -> SVID, join_token", token, "ms", 1e3),
+                    Figure(f"{label}: tpm / join_token", median(tpm) / median(token), "ratio"),
+                )
                 table.add(
                     label,
                     ms(median(tpm), 0),
