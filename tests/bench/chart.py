@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,13 @@ def _figures(results: dict[str, Any], section: str) -> dict[str, dict[str, Any]]
 def _not_measured(axes: Axes, results: dict[str, Any], section: str) -> None:
     found = results["sections"].get(section)
     why = f"{found['status']}: {found.get('note', '')}" if found else "not run"
+    message = textwrap.shorten(f"section '{section}' {why}", 160, placeholder=" ...")
     axes.text(
         0.5,
         0.5,
-        f"section '{section}' {why}"[:90],
+        textwrap.fill(message, 48),
         ha="center",
         va="center",
-        wrap=True,
         transform=axes.transAxes,
         color="#777777",
     )
@@ -99,6 +100,11 @@ def _cdf(axes: Axes, figure: dict[str, Any], label: str, **style: Any) -> None:
     axes.plot([value for _, value in points], [q for q, _ in points], label=label, **style)
 
 
+def _two_and_five(value: float, _position: int) -> str:
+    """Minor tick labels of a log axis at 2 and 5 times a power of ten only."""
+    return f"{value:g}" if f"{value:.0e}"[0] in "25" else ""
+
+
 def _latency_panel(axes: Axes, results: dict[str, Any]) -> None:
     figures = _figures(results, "process")
     axes.set_title("latency per attestation (grpc-go driver, one at a time)")
@@ -114,9 +120,8 @@ def _latency_panel(axes: Axes, results: dict[str, Any]) -> None:
             label = f"{config}, {plugin}: p50 {figure['p50']:.2f}, p99 {figure['p99']:.2f} ms"
             _cdf(axes, figure, label, color=color, linestyle=line, linewidth=1.4)
     axes.set_xscale("log")
-    plain = ticker.FuncFormatter(lambda value, _: f"{value:g}")
-    axes.xaxis.set_major_formatter(plain)
-    axes.xaxis.set_minor_formatter(plain)
+    axes.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(ticker.FuncFormatter(_two_and_five))
     axes.tick_params(axis="x", which="minor", labelsize=7)
     axes.set_xlabel("ms, exchange start to result (log scale)")
     axes.set_ylabel("percentile")
@@ -141,7 +146,7 @@ def _box(figure: dict[str, Any], label: str) -> dict[str, Any]:
 
 
 def _start_panel(axes: Axes, results: dict[str, Any]) -> None:
-    axes.set_title("plugin start: exec -> go-plugin handshake line")
+    axes.set_title("plugin start: exec -> handshake line")
     process, runtime = _figures(results, "process"), _figures(results, "runtime")
     boxes, colors = [], []
     for plugin in PLUGINS:
