@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.load.concurrent import AT_ONCE, admissions, burst
-from tests.bench.load.driver import load_average, unexpected
+from tests.bench.load.driver import unexpected
 from tests.bench.load.fleet import Fleet, Known
-from tests.bench.measure import Table, progress
+from tests.bench.measure import Figure, Table, load_average, progress
 from tests.integration.plugins import start_plugin
 
 ROUNDS = 3
@@ -70,6 +70,20 @@ def run() -> list[Table]:
     )
     for known in CONFIGURATIONS:
         row = results[str(known)]
+        table.record(
+            Figure(f"{known}: admitted of {AT_ONCE}", row["admitted"], "count"),
+            Figure(
+                f"{known}: latency, {AT_ONCE} at once",
+                row["latency_p50_ms"],
+                "ms",
+                p50=row["latency_p50_ms"],
+                p99=row["latency_p99_ms"],
+            ),
+            Figure(f"{known}: burst of {AT_ONCE}", row["wall_seconds"], "s"),
+            Figure(f"{known}: CPU per attestation", row["cpu_ms_per_attestation"], "ms"),
+            Figure(f"{known}: peak RSS", row["peak_rss_mib"], "MiB"),
+            Figure(f"{known}: threads at the peak", row["threads_peak"], "count"),
+        )
         table.add(
             str(known),
             f"{row['admitted']:.0f} of {AT_ONCE}",

@@ -46,6 +46,12 @@ def p99(samples: Sequence[float]) -> float:
     return percentile(samples, 99)
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the machine was."""
+    with open("/proc/loadavg", encoding="ascii") as loadavg:
+        return [float(value) for value in loadavg.read().split()[:3]]
+
+
 def ops_per_second(seconds_per_op: float) -> float:
     return 1 / seconds_per_op if seconds_per_op > 0 else math.inf
 

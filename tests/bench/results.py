@@ -18,18 +18,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tests.bench.measure import Figure
+from tests.bench.measure import Figure, load_average
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_DIR = ROOT / "bench"
 RESULTS = BENCH_DIR / "results.json"
 SOAK = BENCH_DIR / "soak.json"
 PACKAGES = ("grpcio", "cryptography", "protobuf")
-
-
-def load_average() -> list[float]:
-    """The 1, 5 and 15 minute load averages: how busy the machine was."""
-    return [float(value) for value in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def _cpu_model() -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.load.soak import GROWTH_LIMIT, VARIANTS, soak_figures
-from tests.bench.measure import Table, progress
+from tests.bench.measure import Figure, Table, progress
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -44,6 +44,7 @@ def table(results: list[dict[str, Any]]) -> Table:
     for name, *keys in rows:
         out.add(name, *(" / ".join(str(result[key]) for key in keys) for result in results))
     for result in results:
+        out.record(*figures(result))
         if "metrics_page_bytes_end" in result:
             out.note(
                 f"{result['variant']}: metrics page {result['metrics_page_bytes_after_warmup']} "
@@ -53,6 +54,27 @@ def table(results: list[dict[str, Any]]) -> Table:
             out.note(f"{result['variant']}: {line}")
         for line in result.get("traced_growth_top", []):
             out.note(f"{result['variant']}, grown after warm-up: {line}")
+    return out
+
+
+# What bench/results.json keeps of a run (section "soak"): key, name, unit.
+FIGURES = (
+    ("unexpected", "unexpected outcomes", "count"),
+    ("attestations_per_second", "attestations/s at concurrency", "1/s"),
+    ("cpu_ms_per_attestation", "CPU per attestation after warm-up", "ms"),
+    ("rss_growth_mib", "RSS growth after warm-up", "MiB"),
+    ("rss_slope_mib_per_10k", "RSS slope after warm-up", "MiB per 10k attestations"),
+    ("peak_rss_mib", "peak RSS", "MiB"),
+    ("threads_end", "threads at the end", "count"),
+    ("fds_end", "file descriptors at the end", "count"),
+)
+
+
+def figures(result: dict[str, Any]) -> list[Figure]:
+    variant = result["variant"]
+    out = [Figure(f"{variant}: {name}", result[key], unit) for key, name, unit in FIGURES]
+    p50, p99 = result["latency_p50_ms"], result["latency_p99_ms"]
+    out.append(Figure(f"{variant}: latency (admitted)", p50, "ms", p50=p50, p99=p99))
     return out
 
 
@@ -89,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.concurrency, variant, args.trace,
                 )
             )  # fmt: skip
-    print(table(results).render())
+    summary = table(results)
+    print(summary.render())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     document = {
@@ -97,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "growth_limit_mib": GROWTH_LIMIT / 2**20,
         "runs": results,
+        "figures": [figure.as_json() for figure in summary.figures],
     }
     out.write_text(json.dumps(document, indent=1))
     print(f"\nfigures written to {out}")

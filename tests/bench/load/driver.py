@@ -201,7 +201,3 @@ def latency_figures(outcomes: Iterable[Outcome]) -> dict[str, float]:
 
 def unexpected(outcomes: Iterable[Outcome]) -> list[str]:
     return [outcome.describe() for outcome in outcomes if not outcome.as_expected]
-
-
-def load_average() -> list[float]:
-    return [float(value) for value in Path("/proc/loadavg").read_text().split()[:3]]

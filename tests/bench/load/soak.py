@@ -34,11 +34,11 @@ from tests.bench.load.driver import (
     Outcome,
     ProcessSample,
     latency_figures,
-    load_average,
     run,
     unexpected,
 )
 from tests.bench.load.fleet import Fleet, Known, Node
+from tests.bench.measure import load_average
 from tests.integration.http_servers import free_port
 from tests.integration.plugins import start_plugin
 

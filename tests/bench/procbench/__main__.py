@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import results as bench_results
+from tests.bench.measure import load_average
 from tests.bench.procbench import nodes, report
 
 HERE = Path(__file__).resolve().parent
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--- {log.name} (last lines)", file=sys.stderr)
             print("\n".join(log.read_text().splitlines()[-15:]), file=sys.stderr)
         return run.returncode
-    info["loadavg_after"] = bench_results.load_average()
+    info["loadavg_after"] = load_average()
     info["seconds"] = round(time.monotonic() - started, 1)
     results = json.loads(results_path.read_text())
     if args.profile:
