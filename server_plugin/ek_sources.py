@@ -24,7 +24,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 from server_plugin.web_fetch import (
     DiskCache,
@@ -42,6 +41,7 @@ from spire_tpm_attestor.ek_download import (
 from spire_tpm_attestor.errors import AttestorError, MalformedInput, NotProven, SourceUnavailable
 from spire_tpm_attestor.runtime.config import ConfigReader, Option, declare
 from spire_tpm_attestor.tpm.structures import PublicArea
+from spire_tpm_attestor.urls import http_hostname
 from spire_tpm_attestor.x509 import Certificate, load_certificate
 from spire_tpm_attestor.x509.issuers import ca_issuers_urls, issuer_certificates
 
@@ -293,7 +293,7 @@ def read_ek_cert_download(reader: ConfigReader) -> EKCertDownload | None:
     if block is None:
         return None
     urls = _service_urls(block)
-    default_hosts = sorted({urlsplit(url).hostname or "" for url in urls.values()} - {""})
+    default_hosts = sorted({host for url in urls.values() if (host := http_hostname(url))})
     settings = _fetch_settings(block, "ek_cert_download", default_hosts)
     for manufacturer, url in urls.items():
         if not host_allowed(url, settings.allowed_hosts):

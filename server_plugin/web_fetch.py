@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from spire_tpm_attestor.errors import NotProven, SourceUnavailable
+from spire_tpm_attestor.urls import http_hostname
 
 if TYPE_CHECKING:
     import httpx
@@ -121,8 +121,7 @@ def _shut(sock: socket.socket) -> None:
 
 
 def host_allowed(url: str, allowed_hosts: frozenset[str]) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in FETCH_SCHEMES and (parts.hostname or "").lower() in allowed_hosts
+    return http_hostname(url, FETCH_SCHEMES) in allowed_hosts
 
 
 class WebFetcher:

@@ -14,7 +14,6 @@ denylist "revoked" {                           # any kind; beats every allow
 from __future__ import annotations
 
 import ssl
-from urllib.parse import urlsplit
 
 from server_plugin.allowlist.base import AllowlistSource
 from server_plugin.allowlist.directory import (
@@ -28,6 +27,7 @@ from server_plugin.allowlist.file import DocumentFile
 from server_plugin.allowlist.http import HTTPAllowlist, HTTPSettings
 from spire_tpm_attestor.files import FileTooLarge
 from spire_tpm_attestor.runtime.config import ConfigReader, Option, Options, declare
+from spire_tpm_attestor.urls import split_url
 
 SOURCE_TYPES = ("directory", "bucketed_directory", "file", "http")
 DIRECTORY_TYPES: dict[str, type[DirectorySource]] = {
@@ -215,8 +215,8 @@ def _http_source(block: ConfigReader, name: str) -> AllowlistSource | None:
 
 def _http_problems(settings: HTTPSettings, insecure_http: bool) -> list[tuple[str, str]]:
     """(option, problem) pairs; HTTPAllowlist itself loads the TLS files and token."""
-    parts = urlsplit(settings.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    parts = split_url(settings.url)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         return [("url", f"{settings.url!r} is not an http:// or https:// URL")]
     problems: list[tuple[str, str]] = []
     if parts.scheme == "https" and insecure_http:

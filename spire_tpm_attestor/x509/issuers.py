@@ -11,12 +11,11 @@ to a chain's candidates only. Bad input raises MalformedInput.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from spire_tpm_attestor.errors import MalformedInput
+from spire_tpm_attestor.urls import http_hostname
 from spire_tpm_attestor.x509 import der
 from spire_tpm_attestor.x509.certificate import (
     Certificate,
@@ -63,7 +62,7 @@ def ca_issuers_urls(certificate: Certificate) -> list[str]:
         for description in access
         if description.access_method == AuthorityInformationAccessOID.CA_ISSUERS
         and isinstance(description.access_location, x509.UniformResourceIdentifier)
-        and urlsplit(description.access_location.value).scheme in ("http", "https")
+        and http_hostname(description.access_location.value) is not None
     ]
 
 

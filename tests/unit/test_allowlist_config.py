@@ -99,6 +99,8 @@ def test_a_deny_list_alone_trusts_nothing(dirs: dict[str, str]) -> None:
         ({"type": "file", "path": "/nonexistent.json"}, "cannot read /nonexistent.json"),
         ({"type": "http"}, "allowlist.x.url: required for type 'http'"),
         ({"type": "http", "url": "ftp://h/a"}, "allowlist.x.url: 'ftp://h/a' is not an http"),
+        # Found by `make fuzz`: urlsplit raises on an unclosed IPv6 bracket.
+        ({"type": "http", "url": "https://h:844[/a"}, "allowlist.x.url: 'https://h:844[/a' is not"),
         (
             {"type": "http", "url": "http://h/a", "bearer_token_path": "/t"},
             "allowlist.x.bearer_token_path: needs an https:// url",

@@ -83,6 +83,9 @@ def test_ca_issuers_urls(ek_ca: TestCA) -> None:
     assert ca_issuers_urls(load_certificate(ldap.public_bytes(Encoding.DER))) == []
     plain = ek_ca.issue_ek_certificate(key)
     assert ca_issuers_urls(load_certificate(plain.public_bytes(Encoding.DER))) == []
+    # urlsplit raises on an unclosed IPv6 bracket; a certificate's URL is skipped instead.
+    broken = ek_ca.issue_ek_certificate(key, ca_issuers_url="http://pki.example:80[/ca.cer")
+    assert ca_issuers_urls(load_certificate(broken.public_bytes(Encoding.DER))) == []
 
 
 @pytest.mark.parametrize("form", ["der", "pem", "pem-bundle", "pkcs7-der", "pkcs7-pem"])
