@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 USER_AGENT = "spire-tpm-attestor"
-FETCH_SCHEMES = ("http", "https")
 
 
 class NotPublished(NotProven):
@@ -121,7 +120,7 @@ def _shut(sock: socket.socket) -> None:
 
 
 def host_allowed(url: str, allowed_hosts: frozenset[str]) -> bool:
-    return http_hostname(url, FETCH_SCHEMES) in allowed_hosts
+    return http_hostname(url) in allowed_hosts
 
 
 class WebFetcher:

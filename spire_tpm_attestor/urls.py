@@ -18,9 +18,9 @@ def split_url(url: str) -> SplitResult | None:
         return None
 
 
-def http_hostname(url: str, schemes: tuple[str, ...] = ("http", "https")) -> str | None:
-    """The lowercase host of an absolute URL with one of `schemes`, else None."""
+def http_hostname(url: str) -> str | None:
+    """The lowercase host of an absolute http:// or https:// URL, else None."""
     parts = split_url(url)
-    if parts is None or parts.scheme not in schemes or not parts.hostname:
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         return None
     return parts.hostname.lower()
